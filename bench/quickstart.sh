@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Measures what a newcomer sees with `modelgate dev` and all-MiniLM-L6-v2:
+#   - upload speed of model.safetensors (87 MiB) through PUT .../files/...
+#   - cold-start latency: the first /v1/embeddings call after `dev` starts (fetch + load + infer)
+#   - warm latency of a one-sentence request (N sequential calls: p50 / p90 / p99)
+# Usage: bench/quickstart.sh MODEL_DIR [N]   (builds the release binary first)
+set -euo pipefail
+MODEL_DIR=${1:?usage: bench/quickstart.sh MODEL_DIR [N]}
+N=${2:-200}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+BIN=$ROOT/target/release/modelgate
+WORK=$(mktemp -d)
+PORT=18080
+MG=http://127.0.0.1:$PORT
+cd "$WORK"
+RUST_LOG=warn "$BIN" dev --listen 127.0.0.1:$PORT >dev.out 2>dev.err &
+DEV=$!
+trap 'kill $DEV 2>/dev/null; rm -rf "$WORK"' EXIT
+for _ in $(seq 1 100); do curl -sf $MG/healthz >/dev/null && break; sleep 0.1; done
+ADMIN=$(cat modelgate-data/admin.key)
+J='Content-Type: application/json'
+curl -sf -X POST $MG/api/v1/tenants -H "Authorization: Bearer $ADMIN" -H "$J" -d '{"name":"acme"}' >/dev/null
+KEY=$(curl -sf -X POST $MG/api/v1/tenants/acme/keys -H "Authorization: Bearer $ADMIN" -H "$J" \
+  -d '{"name":"bench","role":"developer"}' | sed -E 's/.*"key":"([^"]+)".*/\1/')
+A="Authorization: Bearer $KEY"
+curl -sf -X POST $MG/api/v1/tenants/acme/models -H "$A" -H "$J" -d '{"name":"minilm","task":"embedding"}' >/dev/null
+curl -sf -X POST $MG/api/v1/tenants/acme/models/minilm/versions -H "$A" >/dev/null
+BASE=$MG/api/v1/tenants/acme/models/minilm/versions/1/files
+for f in config.json tokenizer.json modules.json 1_Pooling/config.json sentence_bert_config.json; do
+  curl -sf -X PUT "$BASE/$f" -H "$A" --data-binary "@$MODEL_DIR/$f" >/dev/null
+done
+SIZE=$(stat -c %s "$MODEL_DIR/model.safetensors")
+UP=$(curl -sf -o /dev/null -w '%{time_total}' -X PUT "$BASE/model.safetensors" -H "$A" --data-binary "@$MODEL_DIR/model.safetensors")
+curl -sf -X POST $MG/api/v1/tenants/acme/models/minilm/versions/1/commit -H "$A" >/dev/null
+BODY='{"model":"minilm@1","input":"A man is eating food."}'
+COLD=$(curl -sf -o /dev/null -w '%{time_total}' $MG/v1/embeddings -H "$A" -H "$J" -d "$BODY")
+for _ in $(seq 1 "$N"); do curl -sf -o /dev/null -w '%{time_total}\n' $MG/v1/embeddings -H "$A" -H "$J" -d "$BODY"; done >warm.txt
+python3 - "$SIZE" "$UP" "$COLD" warm.txt <<'PY'
+import sys, statistics
+size, up, cold, path = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+warm = sorted(float(x) * 1000 for x in open(path))
+q = lambda p: warm[min(len(warm) - 1, int(p * len(warm)))]
+print(f"upload model.safetensors: {size / 2**20:.1f} MiB in {up:.2f} s = {size / 2**20 / up:.0f} MiB/s")
+print(f"cold first embedding (fetch + verify + load + infer): {cold * 1000:.0f} ms")
+print(f"warm one-sentence embedding over {len(warm)} sequential calls: p50 {q(0.5):.1f} ms, p90 {q(0.9):.1f} ms, p99 {q(0.99):.1f} ms")
+PY

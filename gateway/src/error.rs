@@ -1,0 +1,171 @@
+//! One error type for every HTTP answer that is not a success, and one JSON envelope:
+//! `{"error": {"code", "message", "type"}}` — the management API's shape and OpenAI's at once.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::{Value, json};
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    details: Option<Value>,
+    retry_after_secs: Option<u64>,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), details: None, retry_after_secs: None, source: None }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1)
+    }
+
+    pub fn internal(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
+            .with_source(source)
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// OpenAI's `type` for the status, so OpenAI SDKs classify the error as they expect.
+    fn kind(&self) -> &'static str {
+        match self.status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            400..=499 => "invalid_request_error",
+            _ => "api_error",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if self.status.is_server_error() {
+            let chain = error_chain(self);
+            tracing::error!(http.status = self.status.as_u16(), error.code = self.code, error = %chain, "request failed");
+        }
+        let mut body = json!({ "code": self.code, "message": self.message, "type": self.kind() });
+        if let Some(details) = &self.details {
+            body["details"] = details.clone();
+        }
+        let mut response = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after_secs {
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        response.json(json!({ "error": body }))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
+
+impl From<registry::Error> for ApiError {
+    fn from(e: registry::Error) -> Self {
+        use registry::Error as E;
+        let message = e.to_string();
+        match e {
+            E::NotFound { .. } => ApiError::not_found(message),
+            E::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            E::Invalid(_) => ApiError::bad_request("invalid_request", message),
+            E::DigestMismatch { .. } => ApiError::bad_request("digest_mismatch", message),
+            E::Validation(ref problems) => {
+                let details = json!({ "problems": problems });
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message).with_details(details)
+            }
+            E::Upload(_) => ApiError::bad_request("upload_interrupted", message).with_source(e),
+            E::DatabaseUnavailable(_) => ApiError::unavailable("database_unavailable", message).with_source(e),
+            E::Storage(object_store::Error::NotFound { .. }) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "blob_missing",
+                "a stored file is missing from object storage",
+            )
+            .with_source(e),
+            E::Storage(_) => ApiError::unavailable("storage_unavailable", message).with_source(e),
+            E::Database(_) | E::StorageConfig(_) | E::Io(..) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    fn from(s: tonic::Status) -> Self {
+        use tonic::Code;
+        let message = s.message().to_owned();
+        match s.code() {
+            Code::InvalidArgument => ApiError::bad_request("invalid_request", message),
+            Code::FailedPrecondition => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "model_unloadable", message),
+            Code::ResourceExhausted => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", message).retry_after(1)
+            }
+            Code::Unavailable => ApiError::unavailable("runner_unavailable", message).with_source(s),
+            Code::DeadlineExceeded => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message),
+            _ => ApiError::new(StatusCode::BAD_GATEWAY, "runner_error", message).with_source(s),
+        }
+    }
+}

@@ -1,0 +1,107 @@
+#![doc = include_str!("../README.md")]
+
+pub mod auth;
+pub mod error;
+mod routes;
+pub mod runners;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use actix_web::dev::{Server, Service as _};
+use actix_web::error::JsonPayloadError;
+use actix_web::http::StatusCode;
+use actix_web::{App, HttpServer, web};
+use futures::FutureExt as _;
+use registry::Registry;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::runners::RunnerPool;
+use crate::tokens::TokenIssuer;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Where the HTTP API listens.
+    pub listen: SocketAddr,
+    /// gRPC addresses of the runners (`http://host:port`).
+    pub runners: Vec<String>,
+    /// Lifetime of tokens from `POST /api/v1/auth/token`.
+    pub token_ttl_secs: i64,
+    /// PKCS#8 PEM Ed25519 key that signs tokens. `dev` generates and keeps one in its data folder.
+    pub signing_key_file: Option<PathBuf>,
+    /// Largest JSON body accepted (file uploads stream and are not bound by this).
+    pub max_json_bytes: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            runners: vec!["http://127.0.0.1:50051".into()],
+            token_ttl_secs: 900,
+            signing_key_file: None,
+            max_json_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// What every request handler can reach.
+pub struct AppState {
+    pub registry: Registry,
+    pub tokens: TokenIssuer,
+    pub runners: RunnerPool,
+}
+
+/// Starts the HTTP server on `listener`; the returned server runs until stopped.
+pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayConfig) -> std::io::Result<Server> {
+    let state = web::Data::new(state);
+    let max_json = config.max_json_bytes;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::JsonConfig::default().limit(max_json).error_handler(|e, _| json_error(e).into()))
+            .wrap_fn(|req, srv| {
+                let started = Instant::now();
+                let method = req.method().clone();
+                let path = req.path().to_owned();
+                srv.call(req).map(move |res| {
+                    if let Ok(res) = &res {
+                        let status = res.status().as_u16();
+                        let duration_ms = started.elapsed().as_millis() as u64;
+                        tracing::info!(http.method = %method, http.path = %path, http.status = status, duration_ms, "request");
+                    }
+                    res
+                })
+            })
+            .configure(routes::configure)
+            .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::not_found("no such route")) }))
+    })
+    .listen(listener)?
+    .disable_signals()
+    .shutdown_timeout(10)
+    .run();
+    Ok(server)
+}
+
+fn json_error(e: JsonPayloadError) -> ApiError {
+    match e {
+        JsonPayloadError::ContentType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ),
+        JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the JSON body exceeds {limit} bytes"),
+        ),
+        JsonPayloadError::Deserialize(e) => {
+            ApiError::bad_request("invalid_json", format!("the JSON body is invalid: {e}"))
+        }
+        e => ApiError::bad_request("invalid_json", format!("the JSON body could not be read: {e}")),
+    }
+}

@@ -1,0 +1,21 @@
+use actix_web::{HttpResponse, post, web};
+use serde_json::json;
+
+use crate::AppState;
+use crate::auth::{Credential, Principal};
+use crate::error::ApiError;
+
+/// Exchanges an API key for a short-lived JWT. Requires: an API key (a token cannot mint tokens).
+#[post("/api/v1/auth/token")]
+async fn issue(state: web::Data<AppState>, principal: Principal) -> Result<HttpResponse, ApiError> {
+    if principal.credential != Credential::ApiKey {
+        return Err(ApiError::forbidden("tokens are issued for API keys; send the key, not a token"));
+    }
+    let (token, expires_at) = state.tokens.issue(&principal.key_id)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "token": token,
+        "token_type": "Bearer",
+        "expires_at": expires_at,
+        "expires_in": expires_at - registry::db::now_ms() / 1000,
+    })))
+}

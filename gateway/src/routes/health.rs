@@ -1,0 +1,30 @@
+use actix_web::{HttpResponse, get, web};
+use serde_json::json;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// The process is up. No auth.
+#[get("/healthz")]
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// The database and the object store answer and at least one runner is reachable. No auth.
+#[get("/readyz")]
+async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let database = state.registry.db().ping().await.is_ok();
+    let storage = state.registry.storage().check().await.is_ok();
+    let statuses = state.runners.statuses().await;
+    let runners_up = statuses.iter().filter(|(_, s)| s.is_ok()).count();
+    let body = json!({
+        "database": if database { "ok" } else { "unavailable" },
+        "storage": if storage { "ok" } else { "unavailable" },
+        "runners": { "reachable": runners_up, "configured": statuses.len() },
+    });
+    if database && storage && runners_up > 0 {
+        Ok(HttpResponse::Ok().json(json!({ "status": "ready", "checks": body })))
+    } else {
+        Err(ApiError::unavailable("not_ready", "not ready: a dependency is unavailable").with_details(body))
+    }
+}

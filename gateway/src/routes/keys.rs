@@ -1,0 +1,72 @@
+use actix_web::{HttpResponse, delete, get, post, web};
+use registry::keys::KeyRole;
+use registry::names::Role;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::List;
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::ApiError;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: String,
+    role: Role,
+    /// Seconds from now until the key stops working.
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// Creates a key; its secret is in this answer and nowhere else, ever. Requires: tenant admin.
+#[post("/api/v1/tenants/{tenant}/keys")]
+async fn create(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+    body: web::Json<CreateKey>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = principal.tenant(&state.registry, &path, Role::Admin).await?;
+    let expires_at = match body.expires_in {
+        Some(0) => {
+            return Err(ApiError::bad_request("invalid_request", "expires_in must be at least 1 second"));
+        }
+        Some(secs) => {
+            Some(registry::db::now_ms().saturating_add(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)))
+        }
+        None => None,
+    };
+    let (key, secret) = state
+        .registry
+        .create_key(&principal.actor(), Some(&tenant.id), &body.name, KeyRole::Tenant(body.role), expires_at)
+        .await?;
+    let mut answer = serde_json::to_value(&key).map_err(ApiError::internal)?;
+    answer["key"] = json!(secret);
+    answer["tenant"] = json!(tenant.name);
+    Ok(HttpResponse::Created().json(answer))
+}
+
+/// Lists keys without secrets. Requires: tenant admin.
+#[get("/api/v1/tenants/{tenant}/keys")]
+async fn list(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = principal.tenant(&state.registry, &path, Role::Admin).await?;
+    Ok(HttpResponse::Ok().json(List { data: state.registry.list_keys(&tenant.id).await? }))
+}
+
+/// Revokes a key at once. Requires: tenant admin.
+#[delete("/api/v1/tenants/{tenant}/keys/{id}")]
+async fn revoke(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, id) = path.into_inner();
+    let tenant = principal.tenant(&state.registry, &tenant, Role::Admin).await?;
+    let key = state.registry.revoke_key(&principal.actor(), &tenant.id, &id).await?;
+    Ok(HttpResponse::Ok().json(key))
+}

@@ -1,0 +1,78 @@
+//! Every route, with what it requires stated in its handler.
+//!
+//! | route | requires |
+//! | --- | --- |
+//! | `GET /healthz`, `GET /readyz` | nothing |
+//! | `POST /api/v1/auth/token` | an API key (not a token) |
+//! | `POST/GET /api/v1/tenants` | platform admin |
+//! | `POST/GET/DELETE .../keys` | tenant admin |
+//! | `GET` models, versions, files | viewer |
+//! | `POST` models, versions, `PUT` files, commit, `PUT` aliases | developer |
+//! | `/v1/models`, `/v1/embeddings` | invoker (tenant key) |
+
+mod aliases;
+mod auth_token;
+mod files;
+mod health;
+mod keys;
+mod models;
+mod openai;
+mod tenants;
+mod versions;
+
+use actix_web::web;
+
+use crate::error::ApiError;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(health::healthz)
+        .service(health::readyz)
+        .service(auth_token::issue)
+        .service(tenants::create)
+        .service(tenants::list)
+        .service(keys::create)
+        .service(keys::list)
+        .service(keys::revoke)
+        .service(models::create)
+        .service(models::list)
+        .service(models::get)
+        .service(versions::create)
+        .service(versions::list)
+        .service(versions::get)
+        .service(versions::commit)
+        .service(files::put)
+        .service(files::get)
+        .service(aliases::put)
+        .service(openai::models)
+        .service(openai::embeddings);
+}
+
+/// A JSON list envelope, as every list endpoint answers.
+#[derive(serde::Serialize)]
+pub struct List<T> {
+    pub data: Vec<T>,
+}
+
+fn parse<T>(parsed: Result<T, registry::Error>) -> Result<T, ApiError> {
+    parsed.map_err(ApiError::from)
+}
+
+/// A version number from a path: anything but a positive integer is "not found".
+fn version_number(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| ApiError::not_found(format!("version {raw:?} not found")))
+}
+
+/// The model a path names, if the principal may act on it with at least `need`.
+/// An unparseable name is "not found", like a missing one.
+async fn model_in(
+    state: &crate::AppState,
+    principal: &crate::auth::Principal,
+    tenant: &str,
+    model: &str,
+    need: registry::names::Role,
+) -> Result<registry::models::Model, ApiError> {
+    let tenant = principal.tenant(&state.registry, tenant, need).await?;
+    let name = registry::names::ModelName::parse(model)
+        .map_err(|_| ApiError::not_found(format!("model {model:?} not found")))?;
+    Ok(state.registry.model(&tenant.id, &name).await?)
+}

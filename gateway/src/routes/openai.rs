@@ -1,0 +1,183 @@
+//! The OpenAI-compatible inference API. The tenant comes from the credential; `model` is
+//! `name` (newest ready version), `name:alias` or `name@version` inside that tenant.
+
+use actix_web::{HttpResponse, get, post, web};
+use base64::Engine as _;
+use proto::v1::{ModelFile, ModelSpec};
+use registry::aliases::ModelRef;
+use registry::names::Role;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::ApiError;
+
+/// Inputs in one embeddings request at most (OpenAI's limit).
+const MAX_INPUTS: usize = 2048;
+
+/// The caller's callable models: each model with a ready version, and each of its aliases.
+/// Requires: invoker.
+#[get("/v1/models")]
+async fn models(state: web::Data<AppState>, principal: Principal) -> Result<HttpResponse, ApiError> {
+    let tenant = principal.own_tenant(Role::Invoker)?;
+    let mut data = Vec::new();
+    for model in state.registry.list_models(&tenant.id).await? {
+        let latest = state.registry.resolve(&tenant.id, &ModelRef::Latest(model.name.clone())).await;
+        if latest.is_err() {
+            continue;
+        }
+        let entry = |id: String| json!({ "id": id, "object": "model", "created": model.created_at / 1000, "owned_by": tenant.name });
+        data.push(entry(model.name.to_string()));
+        for alias in state.registry.aliases(&model).await? {
+            data.push(entry(format!("{}:{}", model.name, alias.name)));
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({ "object": "list", "data": data })))
+}
+
+#[derive(Deserialize)]
+struct EmbeddingsRequest {
+    model: String,
+    input: Value,
+    #[serde(default)]
+    encoding_format: EncodingFormat,
+    #[serde(default)]
+    dimensions: Option<u64>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum EncodingFormat {
+    #[default]
+    Float,
+    Base64,
+}
+
+fn invalid_input(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_input", message)
+}
+
+/// `input` as OpenAI takes it: a string or an array of strings.
+fn parse_input(input: Value) -> Result<Vec<String>, ApiError> {
+    let texts = match input {
+        Value::String(s) => vec![s],
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(invalid_input("input must not be an empty array"));
+            }
+            if items.iter().all(Value::is_number) || items.iter().all(Value::is_array) {
+                return Err(invalid_input("token arrays are not supported; send input as text"));
+            }
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(s),
+                    _ => Err(invalid_input(format!("input[{i}] must be a string"))),
+                })
+                .collect::<Result<_, _>>()?
+        }
+        _ => {
+            return Err(invalid_input("input must be a string or an array of strings"));
+        }
+    };
+    if texts.len() > MAX_INPUTS {
+        return Err(invalid_input(format!("at most {MAX_INPUTS} inputs per request; got {}", texts.len())));
+    }
+    if let Some(i) = texts.iter().position(|t| t.is_empty()) {
+        return Err(invalid_input(format!("input[{i}] is an empty string")));
+    }
+    Ok(texts)
+}
+
+/// Requires: invoker.
+#[post("/v1/embeddings")]
+async fn embeddings(
+    state: web::Data<AppState>,
+    principal: Principal,
+    body: web::Json<EmbeddingsRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = principal.own_tenant(Role::Invoker)?;
+    let body = body.into_inner();
+    let texts = parse_input(body.input)?;
+    if body.dimensions.is_some() {
+        return Err(ApiError::bad_request("invalid_request", "dimensions is not supported by this model"));
+    }
+    let not_found = || {
+        ApiError::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("model {:?} does not exist", body.model),
+        )
+    };
+    let reference = ModelRef::parse(&body.model).map_err(|_| not_found())?;
+    let (model, version) = state.registry.resolve(&tenant.id, &reference).await.map_err(|e| match e {
+        registry::Error::NotFound { .. } => not_found(),
+        e => e.into(),
+    })?;
+    if model.task != registry::names::Task::Embedding {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("model {:?} is not an embedding model", body.model),
+        ));
+    }
+    let storage = state.registry.storage();
+    let spec = ModelSpec {
+        version_id: version.id.clone(),
+        display_name: format!("{}/{}@{}", tenant.name, model.name, version.number),
+        architecture: version.architecture.clone().unwrap_or_default(),
+        task: model.task.as_str().to_owned(),
+        files: version
+            .files
+            .iter()
+            .map(|f| ModelFile {
+                path: f.path.to_string(),
+                sha256: f.digest.to_string(),
+                size: f.size,
+                object_path: storage.blob_path(&tenant.id, &f.digest).to_string(),
+            })
+            .collect(),
+    };
+    let answer = state.runners.embed(spec, texts).await?;
+    let prompt_tokens: u64 = answer.embeddings.iter().map(|e| u64::from(e.tokens)).sum();
+    let data: Vec<Value> = answer
+        .embeddings
+        .into_iter()
+        .enumerate()
+        .map(|(index, e)| {
+            let embedding = match body.encoding_format {
+                EncodingFormat::Float => json!(e.values),
+                EncodingFormat::Base64 => {
+                    let bytes: Vec<u8> = e.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                }
+            };
+            json!({ "object": "embedding", "index": index, "embedding": embedding })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "object": "list",
+        "data": data,
+        "model": body.model,
+        "usage": { "prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens },
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_takes_strings_and_refuses_the_rest_clearly() {
+        assert_eq!(parse_input(json!("hi")).ok(), Some(vec!["hi".to_owned()]));
+        assert_eq!(parse_input(json!(["a", "b"])).ok(), Some(vec!["a".to_owned(), "b".to_owned()]));
+        let message = |v: Value| parse_input(v).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message(json!([])).contains("empty array"));
+        assert!(message(json!(42)).contains("string or an array"));
+        assert!(message(json!([1, 2])).contains("token arrays"));
+        assert!(message(json!(["a", {}])).contains("input[1]"));
+        assert!(message(json!(["a", ""])).contains("input[1] is an empty string"));
+        assert!(message(json!(vec!["x"; MAX_INPUTS + 1])).contains("at most"));
+    }
+}

@@ -1,0 +1,58 @@
+use actix_web::{HttpResponse, get, post, web};
+use registry::names::Role;
+
+use super::{List, model_in, version_number};
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::ApiError;
+
+/// Starts a new draft version. Requires: developer.
+#[post("/api/v1/tenants/{tenant}/models/{model}/versions")]
+async fn create(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model) = path.into_inner();
+    let model = model_in(&state, &principal, &tenant, &model, Role::Developer).await?;
+    let version = state.registry.create_version(&principal.actor(), &model).await?;
+    Ok(HttpResponse::Created().json(version))
+}
+
+/// Requires: viewer.
+#[get("/api/v1/tenants/{tenant}/models/{model}/versions")]
+async fn list(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model) = path.into_inner();
+    let model = model_in(&state, &principal, &tenant, &model, Role::Viewer).await?;
+    Ok(HttpResponse::Ok().json(List { data: state.registry.list_versions(&model).await? }))
+}
+
+/// A version with its files. Requires: viewer.
+#[get("/api/v1/tenants/{tenant}/models/{model}/versions/{version}")]
+async fn get(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model, version) = path.into_inner();
+    let model = model_in(&state, &principal, &tenant, &model, Role::Viewer).await?;
+    let version = state.registry.version(&model, version_number(&version)?).await?;
+    Ok(HttpResponse::Ok().json(version))
+}
+
+/// Validates the draft and makes it ready and immutable; 422 lists every problem. Requires: developer.
+#[post("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/commit")]
+async fn commit(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model, version) = path.into_inner();
+    let model = model_in(&state, &principal, &tenant, &model, Role::Developer).await?;
+    let version = state.registry.commit_version(&principal.actor(), &model, version_number(&version)?).await?;
+    Ok(HttpResponse::Ok().json(version))
+}

@@ -1,0 +1,103 @@
+//! The runners this gateway sends inference to, over gRPC. A version goes to the runner
+//! that ranks first for it by rendezvous hashing (so it lands where it is already loaded);
+//! a call whose connection fails moves on to the next runner.
+
+use std::time::Duration;
+
+use proto::v1::runner_client::RunnerClient;
+use proto::v1::{EmbedRequest, EmbedResponse, ModelSpec, StatusRequest, StatusResponse};
+use sha2::{Digest as _, Sha256};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::ApiError;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A cold request includes downloading and loading the model.
+const INFERENCE_TIMEOUT: Duration = Duration::from_secs(300);
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+struct Runner {
+    address: String,
+    client: RunnerClient<Channel>,
+}
+
+#[derive(Clone)]
+pub struct RunnerPool {
+    runners: Vec<Runner>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid runner address {address:?}")]
+pub struct AddressError {
+    address: String,
+    #[source]
+    source: tonic::transport::Error,
+}
+
+impl RunnerPool {
+    /// Connections are made lazily, so a gateway starts before its runners.
+    pub fn new(addresses: &[String]) -> Result<Self, AddressError> {
+        let runners = addresses
+            .iter()
+            .map(|address| {
+                let endpoint = Endpoint::from_shared(address.clone())
+                    .map_err(|source| AddressError { address: address.clone(), source })?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true);
+                let client = RunnerClient::new(endpoint.connect_lazy())
+                    .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
+                Ok(Runner { address: address.clone(), client })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { runners })
+    }
+
+    /// Runners in the order this version tries them: highest rendezvous score first.
+    fn ranked(&self, version_id: &str) -> Vec<&Runner> {
+        let score = |r: &Runner| {
+            let h = Sha256::new().chain_update(version_id).chain_update(b"/").chain_update(&r.address).finalize();
+            u64::from_be_bytes(h[..8].try_into().unwrap_or_default())
+        };
+        let mut ranked: Vec<&Runner> = self.runners.iter().collect();
+        ranked.sort_by_key(|r| std::cmp::Reverse(score(r)));
+        ranked
+    }
+
+    pub async fn embed(&self, spec: ModelSpec, inputs: Vec<String>) -> Result<EmbedResponse, ApiError> {
+        let mut last = None;
+        for runner in self.ranked(&spec.version_id).into_iter().take(2) {
+            let mut request = tonic::Request::new(EmbedRequest { model: Some(spec.clone()), inputs: inputs.clone() });
+            request.set_timeout(INFERENCE_TIMEOUT);
+            match runner.client.clone().embed(request).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if is_connection_failure(&status) => {
+                    tracing::warn!(runner.address = %runner.address, error = %status, "runner unreachable; trying the next one");
+                    last = Some(status);
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+        Err(match last {
+            Some(status) => ApiError::unavailable("runner_unavailable", "no runner is reachable; try again shortly")
+                .with_source(status),
+            None => ApiError::unavailable("runner_unavailable", "no runners are configured"),
+        })
+    }
+
+    /// The status of every runner that answers.
+    pub async fn statuses(&self) -> Vec<(String, Result<StatusResponse, tonic::Status>)> {
+        let calls = self.runners.iter().map(|r| async move {
+            let mut request = tonic::Request::new(StatusRequest {});
+            request.set_timeout(STATUS_TIMEOUT);
+            (r.address.clone(), r.client.clone().status(request).await.map(tonic::Response::into_inner))
+        });
+        futures::future::join_all(calls).await
+    }
+}
+
+/// The call never reached a runner (refused, reset, no route): safe to retry elsewhere.
+fn is_connection_failure(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable && std::error::Error::source(status).is_some()
+}

@@ -1,0 +1,88 @@
+-- Times are milliseconds since the Unix epoch (BIGINT), ids are UUIDv7 text:
+-- both travel through sqlx's Any driver unchanged on Postgres and SQLite.
+
+CREATE TABLE tenants (
+    id          TEXT PRIMARY KEY,
+    slug        TEXT NOT NULL UNIQUE,
+    created_at  BIGINT NOT NULL
+);
+
+-- tenant_id NULL and role 'platform_admin' mark a platform administrator's key.
+CREATE TABLE api_keys (
+    id            TEXT PRIMARY KEY,
+    tenant_id     TEXT REFERENCES tenants (id),
+    name          TEXT NOT NULL,
+    role          TEXT NOT NULL,
+    secret_sha256 TEXT NOT NULL,
+    created_by    TEXT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    expires_at    BIGINT,
+    revoked_at    BIGINT,
+    last_used_at  BIGINT
+);
+CREATE INDEX api_keys_tenant ON api_keys (tenant_id);
+
+CREATE TABLE models (
+    id           TEXT PRIMARY KEY,
+    tenant_id    TEXT NOT NULL REFERENCES tenants (id),
+    name         TEXT NOT NULL,
+    task         TEXT NOT NULL,
+    description  TEXT NOT NULL DEFAULT '',
+    next_version BIGINT NOT NULL DEFAULT 1,
+    created_by   TEXT NOT NULL,
+    created_at   BIGINT NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+
+-- status: draft -> ready (immutable from then on); failed and archived come with later features.
+CREATE TABLE model_versions (
+    id           TEXT PRIMARY KEY,
+    model_id     TEXT NOT NULL REFERENCES models (id),
+    number       BIGINT NOT NULL,
+    status       TEXT NOT NULL,
+    architecture TEXT,
+    created_by   TEXT NOT NULL,
+    created_at   BIGINT NOT NULL,
+    committed_at BIGINT,
+    UNIQUE (model_id, number)
+);
+
+-- Content-addressed per tenant: the same bytes in one tenant are stored once.
+CREATE TABLE blobs (
+    tenant_id  TEXT NOT NULL REFERENCES tenants (id),
+    sha256     TEXT NOT NULL,
+    size       BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, sha256)
+);
+
+CREATE TABLE version_files (
+    version_id TEXT NOT NULL REFERENCES model_versions (id),
+    path       TEXT NOT NULL,
+    sha256     TEXT NOT NULL,
+    size       BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (version_id, path)
+);
+
+CREATE TABLE aliases (
+    model_id   TEXT NOT NULL REFERENCES models (id),
+    name       TEXT NOT NULL,
+    version_id TEXT NOT NULL REFERENCES model_versions (id),
+    updated_by TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (model_id, name)
+);
+
+CREATE TABLE audit_log (
+    id          TEXT PRIMARY KEY,
+    at          BIGINT NOT NULL,
+    actor       TEXT NOT NULL,
+    tenant_id   TEXT,
+    action      TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    source_ip   TEXT,
+    before_json TEXT,
+    after_json  TEXT
+);
+CREATE INDEX audit_log_tenant_at ON audit_log (tenant_id, at);

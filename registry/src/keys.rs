@@ -1,0 +1,275 @@
+//! API keys: `mg_<id>_<secret>`. The id finds the row without a scan; only the sha256
+//! of the whole key is stored, so the database never holds a usable secret.
+
+use rand::Rng as _;
+use rand::distr::Alphanumeric;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+
+use crate::audit::{self, Entry};
+use crate::db::now_ms;
+use crate::names::Role;
+use crate::{Actor, Error, Registry, Result};
+
+pub const KEY_PREFIX: &str = "mg_";
+const ID_LEN: usize = 12;
+const SECRET_LEN: usize = 40;
+/// `last_used_at` is refreshed at most this often, to keep writes off the hot path.
+const LAST_USED_GRANULARITY_MS: i64 = 60_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyRole {
+    PlatformAdmin,
+    #[serde(untagged)]
+    Tenant(Role),
+}
+
+impl KeyRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            KeyRole::PlatformAdmin => "platform_admin",
+            KeyRole::Tenant(role) => role.as_str(),
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        if s == "platform_admin" { Ok(KeyRole::PlatformAdmin) } else { Role::parse(s).map(KeyRole::Tenant) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiKey {
+    pub id: String,
+    /// `mg_<id>`: what a leaked key starts with, safe to show.
+    pub prefix: String,
+    #[serde(skip)]
+    pub tenant_id: Option<String>,
+    pub name: String,
+    pub role: KeyRole,
+    pub created_by: String,
+    #[serde(serialize_with = "crate::db::rfc3339")]
+    pub created_at: i64,
+    #[serde(serialize_with = "crate::db::rfc3339_opt")]
+    pub expires_at: Option<i64>,
+    #[serde(serialize_with = "crate::db::rfc3339_opt")]
+    pub revoked_at: Option<i64>,
+    #[serde(serialize_with = "crate::db::rfc3339_opt")]
+    pub last_used_at: Option<i64>,
+}
+
+impl ApiKey {
+    pub fn is_active(&self, now_ms: i64) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|t| t > now_ms)
+    }
+}
+
+const COLUMNS: &str = "id, tenant_id, name, role, created_by, created_at, expires_at, revoked_at, last_used_at";
+
+fn from_row(r: &AnyRow) -> Result<ApiKey> {
+    let id: String = r.try_get("id")?;
+    Ok(ApiKey {
+        prefix: format!("{KEY_PREFIX}{id}"),
+        id,
+        tenant_id: r.try_get("tenant_id")?,
+        name: r.try_get("name")?,
+        role: KeyRole::parse(&r.try_get::<String, _>("role")?)?,
+        created_by: r.try_get("created_by")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+        last_used_at: r.try_get("last_used_at")?,
+    })
+}
+
+fn hash(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn random_string(len: usize, lowercase: bool) -> String {
+    let s: String = rand::rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect();
+    if lowercase { s.to_ascii_lowercase() } else { s }
+}
+
+/// Splits `mg_<id>_<secret>` into the id, or None if it is not shaped like a key.
+fn key_id(presented: &str) -> Option<&str> {
+    let rest = presented.strip_prefix(KEY_PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    let shaped = id.len() == ID_LEN
+        && secret.len() == SECRET_LEN
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && secret.bytes().all(|b| b.is_ascii_alphanumeric());
+    shaped.then_some(id)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn validate_key_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(Error::Invalid("key name must be 1-100 printable characters".into()));
+    }
+    Ok(name.to_owned())
+}
+
+impl Registry {
+    /// Creates a key and returns it with its secret, which is never retrievable again.
+    pub async fn create_key(
+        &self,
+        actor: &Actor,
+        tenant_id: Option<&str>,
+        name: &str,
+        role: KeyRole,
+        expires_at: Option<i64>,
+    ) -> Result<(ApiKey, String)> {
+        let name = validate_key_name(name)?;
+        if tenant_id.is_none() != (role == KeyRole::PlatformAdmin) {
+            return Err(Error::Invalid(
+                "platform admin keys belong to no tenant; tenant keys need a tenant role".into(),
+            ));
+        }
+        let id = random_string(ID_LEN, true);
+        let secret = format!("{KEY_PREFIX}{id}_{}", random_string(SECRET_LEN, false));
+        let key = ApiKey {
+            prefix: format!("{KEY_PREFIX}{id}"),
+            id,
+            tenant_id: tenant_id.map(str::to_owned),
+            name,
+            role,
+            created_by: actor.key_id.clone(),
+            created_at: now_ms(),
+            expires_at,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, tenant_id, name, role, secret_sha256, created_by, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&key.id)
+        .bind(key.tenant_id.as_deref())
+        .bind(&key.name)
+        .bind(key.role.as_str())
+        .bind(hash(&secret))
+        .bind(&key.created_by)
+        .bind(key.created_at)
+        .bind(key.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        let after = serde_json::to_value(&key).ok();
+        audit::record(
+            &mut tx,
+            actor,
+            Entry { tenant_id, action: "key.create", target: format!("key/{}", key.id), before: None, after },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((key, secret))
+    }
+
+    pub async fn list_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>> {
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant_id).fetch_all(self.db.pool()).await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    pub async fn key_by_id(&self, id: &str) -> Result<Option<ApiKey>> {
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(self.db.pool()).await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Revokes a key of the tenant. A key of another tenant is "not found".
+    pub async fn revoke_key(&self, actor: &Actor, tenant_id: &str, id: &str) -> Result<ApiKey> {
+        let mut tx = self.db.pool().begin().await?;
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1 AND tenant_id = $2");
+        let before = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(tenant_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .as_ref()
+            .map(from_row)
+            .transpose()?
+            .ok_or_else(|| Error::not_found("key", id))?;
+        let now = now_ms();
+        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let after = ApiKey { revoked_at: before.revoked_at.or(Some(now)), ..before.clone() };
+        audit::record(
+            &mut tx,
+            actor,
+            Entry {
+                tenant_id: Some(tenant_id),
+                action: "key.revoke",
+                target: format!("key/{id}"),
+                before: serde_json::to_value(&before).ok(),
+                after: serde_json::to_value(&after).ok(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    /// The active key a presented secret belongs to, or None (malformed, unknown, wrong
+    /// secret, revoked or expired: the caller answers all of them the same way).
+    pub async fn authenticate_key(&self, presented: &str) -> Result<Option<ApiKey>> {
+        let Some(id) = key_id(presented) else {
+            return Ok(None);
+        };
+        let sql = format!("SELECT {COLUMNS}, secret_sha256 FROM api_keys WHERE id = $1");
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(self.db.pool()).await? else {
+            return Ok(None);
+        };
+        let stored: String = row.try_get("secret_sha256")?;
+        if !constant_time_eq(stored.as_bytes(), hash(presented).as_bytes()) {
+            return Ok(None);
+        }
+        let key = from_row(&row)?;
+        let now = now_ms();
+        if !key.is_active(now) {
+            return Ok(None);
+        }
+        if key.last_used_at.is_none_or(|t| now - t > LAST_USED_GRANULARITY_MS) {
+            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(&key.id)
+                .execute(self.db.pool())
+                .await?;
+        }
+        Ok(Some(key))
+    }
+
+    pub async fn active_platform_admin_exists(&self) -> Result<bool> {
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM api_keys WHERE role = 'platform_admin' AND revoked_at IS NULL")
+                .fetch_one(self.db.pool())
+                .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_shaped_keys_yield_an_id() {
+        let id = "abcdefgh1234";
+        let secret = "A".repeat(SECRET_LEN);
+        assert_eq!(key_id(&format!("mg_{id}_{secret}")), Some(id));
+        assert_eq!(key_id(&format!("mx_{id}_{secret}")), None);
+        assert_eq!(key_id(&format!("mg_{id}_{}", &secret[1..])), None);
+        assert_eq!(key_id(&format!("mg_ABCDEFGH1234_{secret}")), None);
+        assert_eq!(key_id("mg_"), None);
+    }
+}

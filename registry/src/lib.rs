@@ -1,0 +1,53 @@
+#![doc = include_str!("../README.md")]
+
+pub mod aliases;
+pub mod audit;
+pub mod db;
+mod error;
+pub mod keys;
+pub mod models;
+pub mod names;
+pub mod storage;
+pub mod tenants;
+pub mod validate;
+pub mod versions;
+
+pub use error::{Error, Problem, Result};
+
+use db::Db;
+use storage::Storage;
+
+/// Who makes a change, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// The id of the API key that acted (`bootstrap` for start-up actions).
+    pub key_id: String,
+    pub source_ip: Option<String>,
+}
+
+impl Actor {
+    pub fn system() -> Self {
+        Self { key_id: "system".into(), source_ip: None }
+    }
+}
+
+/// The registry: metadata in the database, bytes in object storage. One per process.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    db: Db,
+    storage: Storage,
+}
+
+impl Registry {
+    pub fn new(db: Db, storage: Storage) -> Self {
+        Self { db, storage }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+}

@@ -1,0 +1,237 @@
+//! Blob storage behind object_store. [`ObjectKey`] is the only place object paths are made.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::names::Digest;
+use crate::{Error, Result};
+
+/// Parts of a multipart upload; S3 needs at least 5 MiB for every part but the last.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts in flight per upload; with [`PART_SIZE`] this bounds an upload's memory to ~40 MiB.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// Where blobs live, chosen by URL.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `file:///path`, `memory://`, `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`.
+    pub url: String,
+    /// Endpoint of an S3-compatible server or of an Azure emulator (`http://127.0.0.1:9000`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Extra options for the cloud builder, named as object_store names them
+    /// (`aws_region`, `azure_storage_use_emulator`, `google_service_account`, …).
+    /// Credentials come from each cloud's usual environment variables.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// An object's place in the store. Only this type formats object paths.
+#[derive(Debug, Clone, Copy)]
+pub enum ObjectKey<'a> {
+    /// `{prefix}/tenants/{tenant_id}/blobs/sha256/{hex}`: content-addressed, never shared across tenants.
+    Blob { tenant_id: &'a str, digest: &'a Digest },
+    /// `{prefix}/tenants/{tenant_id}/staging/{upload_id}`: bytes whose digest is not known yet.
+    Staging { tenant_id: &'a str, upload_id: &'a str },
+}
+
+impl ObjectKey<'_> {
+    fn path(&self, prefix: &Path) -> Path {
+        let parts: [&str; 5] = match self {
+            ObjectKey::Blob { tenant_id, digest } => ["tenants", tenant_id, "blobs", "sha256", digest.as_hex()],
+            ObjectKey::Staging { tenant_id, upload_id } => ["tenants", tenant_id, "staging", upload_id, "data"],
+        };
+        parts.iter().fold(prefix.clone(), |path, part| path.join(*part))
+    }
+}
+
+/// Bytes written under a staging key, with what they hash to.
+#[derive(Debug)]
+pub struct Staged {
+    path: Path,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+}
+
+impl Storage {
+    pub fn open(config: &StorageConfig) -> Result<Self> {
+        let (store, prefix) = open_store(config)?;
+        Ok(Self { store, prefix })
+    }
+
+    /// The underlying store, for roles (the runner) that read objects by [`Storage::blob_path`].
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    pub fn blob_path(&self, tenant_id: &str, digest: &Digest) -> Path {
+        ObjectKey::Blob { tenant_id, digest }.path(&self.prefix)
+    }
+
+    /// Streams `body` to a staging object while hashing it. Memory stays bounded by
+    /// the part size times the parts in flight, whatever the size of the body.
+    pub async fn stage<S, E>(&self, tenant_id: &str, body: S) -> Result<Staged>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let upload_id = crate::db::new_id();
+        let path = ObjectKey::Staging { tenant_id, upload_id: &upload_id }.path(&self.prefix);
+        let mut body = body;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        let mut first = Vec::new();
+        // Small bodies go up in one request; a body larger than one part switches to multipart.
+        while first.len() < PART_SIZE {
+            match body.next().await {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(|e| Error::Upload(Box::new(e)))?;
+                    hasher.update(&chunk);
+                    size += chunk.len() as u64;
+                    first.extend_from_slice(&chunk);
+                }
+                None => {
+                    self.store.put(&path, PutPayload::from(first)).await?;
+                    return Ok(Staged { path, digest: finish(hasher), size });
+                }
+            }
+        }
+        let mut writer = WriteMultipart::new_with_chunk_size(self.store.put_multipart(&path).await?, PART_SIZE);
+        writer.put(Bytes::from(first));
+        let streamed: Result<()> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| Error::Upload(Box::new(e)))?;
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                writer.put(chunk);
+            }
+            Ok(())
+        }
+        .await;
+        match streamed {
+            Ok(()) => {
+                writer.finish().await?;
+                Ok(Staged { path, digest: finish(hasher), size })
+            }
+            Err(e) => {
+                if let Err(abort) = writer.abort().await {
+                    tracing::warn!(error = %abort, "aborting a failed multipart upload failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Moves staged bytes to their content address in the tenant's blob space.
+    pub async fn promote(&self, tenant_id: &str, staged: &Staged) -> Result<()> {
+        let target = self.blob_path(tenant_id, &staged.digest);
+        self.store.rename(&staged.path, &target).await?;
+        Ok(())
+    }
+
+    /// Drops staged bytes that will not be kept (digest mismatch, already stored).
+    pub async fn discard(&self, staged: &Staged) {
+        if let Err(e) = self.store.delete(&staged.path).await {
+            tracing::warn!(error = %e, object = %staged.path, "deleting a staged upload failed; GC will retry");
+        }
+    }
+
+    pub async fn get_blob(&self, tenant_id: &str, digest: &Digest) -> Result<object_store::GetResult> {
+        Ok(self.store.get(&self.blob_path(tenant_id, digest)).await?)
+    }
+
+    pub async fn read_blob_range(
+        &self,
+        tenant_id: &str,
+        digest: &Digest,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes> {
+        Ok(self.store.get_range(&self.blob_path(tenant_id, digest), range).await?)
+    }
+
+    /// Whether the store answers at all (a missing object is an answer).
+    pub async fn check(&self) -> Result<()> {
+        let probe = self.prefix.clone().join("readiness-probe");
+        match self.store.head(&probe).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn finish(hasher: Sha256) -> Digest {
+    Digest::from_bytes(&hasher.finalize().into())
+}
+
+fn open_store(config: &StorageConfig) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    let bad = |m: String| Error::StorageConfig(m);
+    let url = url::Url::parse(&config.url).map_err(|e| bad(format!("storage URL {:?}: {e}", config.url)))?;
+    // In `s3://bucket/prefix` the host is the bucket (or container); the path is our prefix.
+    let prefix = Path::from_url_path(url.path()).map_err(|e| bad(format!("storage URL path: {e}")))?;
+    let store: Arc<dyn ObjectStore> = match url.scheme() {
+        "file" => {
+            let dir = url.to_file_path().map_err(|()| bad(format!("{:?} is not a local path", config.url)))?;
+            std::fs::create_dir_all(&dir).map_err(|e| Error::Io("creating the blob folder", e))?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)?.with_automatic_cleanup(true);
+            return Ok((Arc::new(fs), Path::default()));
+        }
+        "memory" => Arc::new(object_store::memory::InMemory::new()),
+        "s3" | "s3a" => {
+            use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+            let mut b = AmazonS3Builder::from_env().with_url(config.url.as_str());
+            if let Some(endpoint) = &config.endpoint {
+                b = b
+                    .with_endpoint(endpoint)
+                    .with_allow_http(endpoint.starts_with("http://"))
+                    .with_virtual_hosted_style_request(false);
+            }
+            for (k, v) in &config.options {
+                let key: AmazonS3ConfigKey = k.parse().map_err(|_| bad(format!("unknown S3 option {k:?}")))?;
+                b = b.with_config(key, v);
+            }
+            Arc::new(b.build()?)
+        }
+        "az" | "azure" | "abfs" | "abfss" => {
+            use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+            let mut b = MicrosoftAzureBuilder::from_env().with_url(config.url.as_str());
+            for (k, v) in &config.options {
+                let key: AzureConfigKey = k.parse().map_err(|_| bad(format!("unknown Azure option {k:?}")))?;
+                b = b.with_config(key, v);
+            }
+            if let Some(endpoint) = &config.endpoint {
+                b = b.with_endpoint(endpoint.clone()).with_allow_http(endpoint.starts_with("http://"));
+            }
+            Arc::new(b.build()?)
+        }
+        "gs" => {
+            use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+            let mut b = GoogleCloudStorageBuilder::from_env().with_url(config.url.as_str());
+            for (k, v) in &config.options {
+                let key: GoogleConfigKey = k.parse().map_err(|_| bad(format!("unknown GCS option {k:?}")))?;
+                b = b.with_config(key, v);
+            }
+            Arc::new(b.build()?)
+        }
+        other => {
+            return Err(bad(format!(
+                "unsupported storage scheme {other:?}: use file://, memory://, s3://, gs:// or az://"
+            )));
+        }
+    };
+    Ok((store, prefix))
+}

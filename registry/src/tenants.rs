@@ -1,0 +1,84 @@
+//! Tenants: isolated namespaces.
+
+use serde::Serialize;
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+
+use crate::audit::{self, Entry};
+use crate::db::{new_id, now_ms};
+use crate::names::TenantSlug;
+use crate::{Actor, Error, Registry, Result};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Tenant {
+    pub id: String,
+    pub name: TenantSlug,
+    #[serde(serialize_with = "crate::db::rfc3339")]
+    pub created_at: i64,
+}
+
+fn from_row(r: AnyRow) -> Result<Tenant> {
+    Ok(Tenant {
+        id: r.try_get("id")?,
+        name: TenantSlug::parse(&r.try_get::<String, _>("slug")?)?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+impl Registry {
+    pub async fn create_tenant(&self, actor: &Actor, name: &TenantSlug) -> Result<Tenant> {
+        let tenant = Tenant { id: new_id(), name: name.clone(), created_at: now_ms() };
+        let mut tx = self.db.pool().begin().await?;
+        let inserted =
+            sqlx::query("INSERT INTO tenants (id, slug, created_at) VALUES ($1, $2, $3) ON CONFLICT (slug) DO NOTHING")
+                .bind(&tenant.id)
+                .bind(tenant.name.as_str())
+                .bind(tenant.created_at)
+                .execute(&mut *tx)
+                .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(Error::Conflict(format!("tenant {name:?} already exists", name = name.as_str())));
+        }
+        let after = serde_json::to_value(&tenant).ok();
+        audit::record(
+            &mut tx,
+            actor,
+            Entry {
+                tenant_id: Some(&tenant.id),
+                action: "tenant.create",
+                target: format!("tenant/{name}"),
+                before: None,
+                after,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(tenant)
+    }
+
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>> {
+        let rows =
+            sqlx::query("SELECT id, slug, created_at FROM tenants ORDER BY slug").fetch_all(self.db.pool()).await?;
+        rows.into_iter().map(from_row).collect()
+    }
+
+    pub async fn tenant_by_slug(&self, name: &TenantSlug) -> Result<Tenant> {
+        sqlx::query("SELECT id, slug, created_at FROM tenants WHERE slug = $1")
+            .bind(name.as_str())
+            .fetch_optional(self.db.pool())
+            .await?
+            .map(from_row)
+            .transpose()?
+            .ok_or_else(|| Error::not_found("tenant", name))
+    }
+
+    pub async fn tenant_by_id(&self, id: &str) -> Result<Tenant> {
+        sqlx::query("SELECT id, slug, created_at FROM tenants WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await?
+            .map(from_row)
+            .transpose()?
+            .ok_or_else(|| Error::not_found("tenant", id))
+    }
+}

@@ -1,0 +1,217 @@
+//! Commit-time validation of a version's files. Every problem is collected, so the
+//! uploader learns all of them at once, each tied to the file it concerns.
+
+use serde_json::Value;
+
+use crate::error::Problem;
+use crate::names::{Digest, Task};
+use crate::storage::Storage;
+use crate::versions::VersionFile;
+use crate::{Error, Result};
+
+/// Bound on a safetensors header (the format's own reference bound).
+const MAX_SAFETENSORS_HEADER: u64 = 100 * 1024 * 1024;
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+const MAX_TOKENIZER_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Architectures a runner family serves, by task, keyed by the config's `model_type`.
+const SUPPORTED: &[(Task, &str)] = &[(Task::Embedding, "bert")];
+
+/// Checks a version's files and returns the architecture it runs as, or every problem found.
+/// Storage failures are returned as errors, not as problems of the version.
+pub async fn validate(
+    storage: &Storage,
+    tenant_id: &str,
+    task: Task,
+    files: &[VersionFile],
+) -> Result<Result<String, Vec<Problem>>> {
+    let mut problems = Vec::new();
+    let find = |name: &str| files.iter().find(|f| f.path.as_str() == name);
+
+    let mut architecture = None;
+    match find("config.json") {
+        None => problems.push(Problem::version("config.json is missing")),
+        Some(f) if f.size > MAX_CONFIG_BYTES => {
+            problems
+                .push(Problem::file("config.json", format!("is {} bytes; at most {MAX_CONFIG_BYTES} allowed", f.size)));
+        }
+        Some(f) => {
+            let bytes = storage.read_blob_range(tenant_id, &f.digest, 0..f.size).await?;
+            match check_config(task, &bytes) {
+                Ok(arch) => architecture = Some(arch),
+                Err(message) => problems.push(Problem::file("config.json", message)),
+            }
+        }
+    }
+
+    if task.is_text() {
+        match find("tokenizer.json") {
+            None => problems
+                .push(Problem::version(format!("tokenizer.json is missing; {} models take text", task.as_str()))),
+            Some(f) if f.size > MAX_TOKENIZER_BYTES => problems.push(Problem::file(
+                "tokenizer.json",
+                format!("is {} bytes; at most {MAX_TOKENIZER_BYTES} allowed", f.size),
+            )),
+            Some(f) => {
+                let bytes = storage.read_blob_range(tenant_id, &f.digest, 0..f.size).await?;
+                let ok = serde_json::from_slice::<Value>(&bytes)
+                    .ok()
+                    .is_some_and(|v| v.get("model").is_some_and(Value::is_object));
+                if !ok {
+                    problems
+                        .push(Problem::file("tokenizer.json", "is not a tokenizers JSON file (no \"model\" object)"));
+                }
+            }
+        }
+    }
+
+    let weights: Vec<&VersionFile> = files.iter().filter(|f| f.path.as_str().ends_with(".safetensors")).collect();
+    if weights.is_empty() {
+        problems.push(Problem::version("no *.safetensors weights file"));
+    }
+    for f in weights {
+        if let Err(message) = check_safetensors(storage, tenant_id, &f.digest, f.size).await? {
+            problems.push(Problem::file(f.path.as_str(), message));
+        }
+    }
+
+    Ok(match architecture {
+        Some(arch) if problems.is_empty() => Ok(arch),
+        _ => Err(problems),
+    })
+}
+
+fn check_config(task: Task, bytes: &[u8]) -> Result<String, String> {
+    let config: Value = serde_json::from_slice(bytes).map_err(|e| format!("is not valid JSON: {e}"))?;
+    let model_type = config
+        .get("model_type")
+        .and_then(Value::as_str)
+        .ok_or("has no \"model_type\"; cannot tell the architecture")?;
+    if !SUPPORTED.iter().any(|(t, arch)| *t == task && *arch == model_type) {
+        let supported: Vec<&str> = SUPPORTED.iter().filter(|(t, _)| *t == task).map(|(_, a)| *a).collect();
+        return Err(format!(
+            "architecture {model_type:?} is not supported for task {}; supported: {}",
+            task.as_str(),
+            supported.join(", ")
+        ));
+    }
+    let missing: Vec<&str> = [
+        "hidden_size",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "intermediate_size",
+        "vocab_size",
+        "max_position_embeddings",
+    ]
+    .into_iter()
+    .filter(|k| config.get(*k).and_then(Value::as_u64).is_none_or(|n| n == 0))
+    .collect();
+    if !missing.is_empty() {
+        return Err(format!("lacks positive integer field(s): {}", missing.join(", ")));
+    }
+    Ok(model_type.to_owned())
+}
+
+/// Reads only the header: length prefix, then the JSON table of tensors.
+async fn check_safetensors(
+    storage: &Storage,
+    tenant_id: &str,
+    digest: &Digest,
+    size: u64,
+) -> Result<Result<(), String>> {
+    if size < 8 {
+        return Ok(Err(format!("is {size} bytes, shorter than the 8-byte header length")));
+    }
+    let prefix = storage.read_blob_range(tenant_id, digest, 0..8).await?;
+    let header_len = u64::from_le_bytes(prefix.as_ref().try_into().map_err(|_| Error::Invalid("short read".into()))?);
+    if header_len > MAX_SAFETENSORS_HEADER {
+        return Ok(Err(format!("header length {header_len} exceeds the {MAX_SAFETENSORS_HEADER}-byte bound")));
+    }
+    if 8 + header_len > size {
+        return Ok(Err(format!("header length {header_len} runs past the end of the {size}-byte file")));
+    }
+    let header = storage.read_blob_range(tenant_id, digest, 8..8 + header_len).await?;
+    Ok(check_safetensors_header(&header, size - 8 - header_len))
+}
+
+fn check_safetensors_header(header: &[u8], data_len: u64) -> Result<(), String> {
+    let table: serde_json::Map<String, Value> =
+        serde_json::from_slice(header).map_err(|e| format!("header is not a JSON object: {e}"))?;
+    let mut problems = Vec::new();
+    let mut tensors = 0usize;
+    for (name, entry) in &table {
+        if name == "__metadata__" {
+            continue;
+        }
+        tensors += 1;
+        if let Err(m) = check_tensor(entry, data_len) {
+            problems.push(format!("tensor {name:?} {m}"));
+        }
+        if problems.len() >= 5 {
+            problems.push("…".into());
+            break;
+        }
+    }
+    if tensors == 0 && problems.is_empty() {
+        problems.push("holds no tensors".into());
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+}
+
+fn check_tensor(entry: &Value, data_len: u64) -> Result<(), String> {
+    let dtype = entry.get("dtype").and_then(Value::as_str).ok_or("has no dtype")?;
+    let width: u64 = match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" => 1,
+        "U16" | "I16" | "F16" | "BF16" => 2,
+        "U32" | "I32" | "F32" => 4,
+        "U64" | "I64" | "F64" => 8,
+        other => return Err(format!("has unknown dtype {other:?}")),
+    };
+    let shape = entry.get("shape").and_then(Value::as_array).ok_or("has no shape")?;
+    let mut elements: u64 = 1;
+    for dim in shape {
+        let dim = dim.as_u64().ok_or("has a shape that is not a list of non-negative integers")?;
+        elements = elements.checked_mul(dim).ok_or("has a shape too large to address")?;
+    }
+    let offsets = entry.get("data_offsets").and_then(Value::as_array).ok_or("has no data_offsets")?;
+    let (begin, end) = match offsets.as_slice() {
+        [b, e] => (b.as_u64().ok_or("has a bad begin offset")?, e.as_u64().ok_or("has a bad end offset")?),
+        _ => return Err("has data_offsets that are not [begin, end]".into()),
+    };
+    if begin > end || end > data_len {
+        return Err(format!("has data_offsets [{begin}, {end}] outside the {data_len}-byte data section"));
+    }
+    if elements.checked_mul(width) != Some(end - begin) {
+        return Err(format!("has {} bytes for {elements} {dtype} elements", end - begin));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_must_name_a_supported_architecture_and_sizes() {
+        let good = br#"{"model_type":"bert","hidden_size":8,"num_attention_heads":2,"num_hidden_layers":1,"intermediate_size":16,"vocab_size":30,"max_position_embeddings":64}"#;
+        assert_eq!(check_config(Task::Embedding, good), Ok("bert".to_owned()));
+        let llama = br#"{"model_type":"llama"}"#;
+        assert!(check_config(Task::Embedding, llama).is_err_and(|m| m.contains("\"llama\" is not supported")));
+        assert!(check_config(Task::Embedding, b"{").is_err_and(|m| m.contains("not valid JSON")));
+        let partial = br#"{"model_type":"bert","hidden_size":8}"#;
+        assert!(check_config(Task::Embedding, partial).is_err_and(|m| m.contains("num_attention_heads")));
+    }
+
+    #[test]
+    fn tensor_entries_must_fit_the_data_section() {
+        let ok = br#"{"__metadata__":{"format":"pt"},"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#;
+        assert_eq!(check_safetensors_header(ok, 16), Ok(()));
+        assert!(check_safetensors_header(ok, 15).is_err_and(|m| m.contains("outside")));
+        let wrong_len = br#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}}"#;
+        assert!(check_safetensors_header(wrong_len, 16).is_err_and(|m| m.contains("12") || m.contains("16 bytes")));
+        let bad_dtype = br#"{"w":{"dtype":"F128","shape":[1],"data_offsets":[0,16]}}"#;
+        assert!(check_safetensors_header(bad_dtype, 16).is_err_and(|m| m.contains("unknown dtype")));
+        assert!(check_safetensors_header(b"[]", 0).is_err());
+        assert!(check_safetensors_header(b"{}", 0).is_err_and(|m| m.contains("no tensors")));
+    }
+}

@@ -1,0 +1,337 @@
+//! Versions: numbered per model, drafts while files are uploaded, immutable once committed.
+
+use bytes::Bytes;
+use futures::Stream;
+use serde::Serialize;
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+
+use crate::audit::{self, Entry};
+use crate::db::{new_id, now_ms};
+use crate::models::Model;
+use crate::names::{Digest, FilePath};
+use crate::{Actor, Error, Registry, Result, validate};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionStatus {
+    /// Files can be uploaded; not callable.
+    Draft,
+    /// Validated and immutable; callable.
+    Ready,
+}
+
+impl VersionStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            VersionStatus::Draft => "draft",
+            VersionStatus::Ready => "ready",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "draft" => Ok(VersionStatus::Draft),
+            "ready" => Ok(VersionStatus::Ready),
+            other => Err(Error::Invalid(format!("unknown version status {other:?} in the database"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionFile {
+    pub path: FilePath,
+    #[serde(rename = "sha256")]
+    pub digest: Digest,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Version {
+    #[serde(skip)]
+    pub id: String,
+    #[serde(rename = "version")]
+    pub number: i64,
+    pub status: VersionStatus,
+    pub architecture: Option<String>,
+    pub created_by: String,
+    #[serde(serialize_with = "crate::db::rfc3339")]
+    pub created_at: i64,
+    #[serde(serialize_with = "crate::db::rfc3339_opt")]
+    pub committed_at: Option<i64>,
+    pub files: Vec<VersionFile>,
+}
+
+const COLUMNS: &str = "id, number, status, architecture, created_by, created_at, committed_at";
+
+fn from_row(r: &AnyRow) -> Result<Version> {
+    Ok(Version {
+        id: r.try_get("id")?,
+        number: r.try_get("number")?,
+        status: VersionStatus::parse(&r.try_get::<String, _>("status")?)?,
+        architecture: r.try_get("architecture")?,
+        created_by: r.try_get("created_by")?,
+        created_at: r.try_get("created_at")?,
+        committed_at: r.try_get("committed_at")?,
+        files: Vec::new(),
+    })
+}
+
+fn file_from_row(r: &AnyRow) -> Result<VersionFile> {
+    Ok(VersionFile {
+        path: FilePath::parse(&r.try_get::<String, _>("path")?)?,
+        digest: Digest::parse(&r.try_get::<String, _>("sha256")?)?,
+        size: u64::try_from(r.try_get::<i64, _>("size")?).unwrap_or_default(),
+    })
+}
+
+fn size_i64(size: u64) -> Result<i64> {
+    i64::try_from(size).map_err(|_| Error::Invalid("file too large".into()))
+}
+
+impl Registry {
+    pub async fn create_version(&self, actor: &Actor, model: &Model) -> Result<Version> {
+        let mut tx = self.db.pool().begin().await?;
+        // The increment takes the row's write lock, so concurrent drafts get distinct numbers.
+        let row = sqlx::query("UPDATE models SET next_version = next_version + 1 WHERE id = $1 RETURNING next_version")
+            .bind(&model.id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let number = row.try_get::<i64, _>("next_version")? - 1;
+        let version = Version {
+            id: new_id(),
+            number,
+            status: VersionStatus::Draft,
+            architecture: None,
+            created_by: actor.key_id.clone(),
+            created_at: now_ms(),
+            committed_at: None,
+            files: Vec::new(),
+        };
+        sqlx::query(
+            "INSERT INTO model_versions (id, model_id, number, status, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&version.id)
+        .bind(&model.id)
+        .bind(number)
+        .bind(version.status.as_str())
+        .bind(&version.created_by)
+        .bind(version.created_at)
+        .execute(&mut *tx)
+        .await?;
+        let after = serde_json::to_value(&version).ok();
+        let target = format!("model/{}/version/{number}", model.name);
+        audit::record(
+            &mut tx,
+            actor,
+            Entry { tenant_id: Some(&model.tenant_id), action: "version.create", target, before: None, after },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    pub async fn list_versions(&self, model: &Model) -> Result<Vec<Version>> {
+        let sql = format!("SELECT {COLUMNS} FROM model_versions WHERE model_id = $1 ORDER BY number");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&model.id).fetch_all(self.db.pool()).await?;
+        let mut versions = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
+        let files = sqlx::query(
+            "SELECT f.version_id, f.path, f.sha256, f.size FROM version_files f
+             JOIN model_versions v ON v.id = f.version_id WHERE v.model_id = $1 ORDER BY f.path",
+        )
+        .bind(&model.id)
+        .fetch_all(self.db.pool())
+        .await?;
+        for row in &files {
+            let version_id: String = row.try_get("version_id")?;
+            if let Some(v) = versions.iter_mut().find(|v| v.id == version_id) {
+                v.files.push(file_from_row(row)?);
+            }
+        }
+        Ok(versions)
+    }
+
+    pub async fn version(&self, model: &Model, number: i64) -> Result<Version> {
+        let sql = format!("SELECT {COLUMNS} FROM model_versions WHERE model_id = $1 AND number = $2");
+        let mut version = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&model.id)
+            .bind(number)
+            .fetch_optional(self.db.pool())
+            .await?
+            .as_ref()
+            .map(from_row)
+            .transpose()?
+            .ok_or_else(|| Error::not_found("version", format!("{}@{number}", model.name)))?;
+        version.files = self.version_files(&version.id).await?;
+        Ok(version)
+    }
+
+    async fn version_files(&self, version_id: &str) -> Result<Vec<VersionFile>> {
+        let rows = sqlx::query("SELECT path, sha256, size FROM version_files WHERE version_id = $1 ORDER BY path")
+            .bind(version_id)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(file_from_row).collect()
+    }
+
+    /// Streams one file of a draft into the tenant's blob space and records it.
+    /// If `declared` is given and the bytes hash to something else, nothing is recorded.
+    pub async fn upload_file<S, E>(
+        &self,
+        actor: &Actor,
+        model: &Model,
+        number: i64,
+        path: &FilePath,
+        declared: Option<&Digest>,
+        body: S,
+    ) -> Result<VersionFile>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let version = self.version(model, number).await?;
+        ensure_draft(&version, model)?;
+        let tenant_id = model.tenant_id.as_str();
+        let staged = self.storage.stage(tenant_id, body).await?;
+        if let Some(declared) = declared
+            && *declared != staged.digest
+        {
+            self.storage.discard(&staged).await;
+            return Err(Error::DigestMismatch { declared: declared.to_string(), actual: staged.digest.to_string() });
+        }
+        let known = sqlx::query("SELECT 1 AS one FROM blobs WHERE tenant_id = $1 AND sha256 = $2")
+            .bind(tenant_id)
+            .bind(staged.digest.as_hex())
+            .fetch_optional(self.db.pool())
+            .await?
+            .is_some();
+        if known {
+            self.storage.discard(&staged).await;
+        } else {
+            // Object first, row second: a crash in between leaves an orphan object for GC,
+            // never a row pointing at nothing.
+            self.storage.promote(tenant_id, &staged).await?;
+        }
+        let file = VersionFile { path: path.clone(), digest: staged.digest.clone(), size: staged.size };
+        let now = now_ms();
+        let mut tx = self.db.pool().begin().await?;
+        lock_draft(&mut tx, &version.id, model, number).await?;
+        sqlx::query("INSERT INTO blobs (tenant_id, sha256, size, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, sha256) DO NOTHING")
+            .bind(tenant_id)
+            .bind(file.digest.as_hex())
+            .bind(size_i64(file.size)?)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO version_files (version_id, path, sha256, size, created_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (version_id, path) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, created_at = excluded.created_at",
+        )
+        .bind(&version.id)
+        .bind(path.as_str())
+        .bind(file.digest.as_hex())
+        .bind(size_i64(file.size)?)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let before = version.files.iter().find(|f| f.path == *path).and_then(|f| serde_json::to_value(f).ok());
+        let target = format!("model/{}/version/{number}/file/{path}", model.name);
+        let after = serde_json::to_value(&file).ok();
+        audit::record(
+            &mut tx,
+            actor,
+            Entry { tenant_id: Some(tenant_id), action: "version.file.put", target, before, after },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(file)
+    }
+
+    /// Validates a draft and makes it ready and immutable; on failure answers every problem
+    /// and leaves the draft as it was, so the uploader can fix the files and commit again.
+    pub async fn commit_version(&self, actor: &Actor, model: &Model, number: i64) -> Result<Version> {
+        let version = self.version(model, number).await?;
+        ensure_draft(&version, model)?;
+        let architecture = match validate::validate(&self.storage, &model.tenant_id, model.task, &version.files).await?
+        {
+            Ok(architecture) => architecture,
+            Err(problems) => return Err(Error::Validation(problems)),
+        };
+        let mut tx = self.db.pool().begin().await?;
+        lock_draft(&mut tx, &version.id, model, number).await?;
+        let rows = sqlx::query("SELECT path, sha256, size FROM version_files WHERE version_id = $1 ORDER BY path")
+            .bind(&version.id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let files = rows.iter().map(file_from_row).collect::<Result<Vec<_>>>()?;
+        if files != version.files {
+            return Err(Error::Conflict("files changed while the version was being validated; commit again".into()));
+        }
+        let now = now_ms();
+        sqlx::query("UPDATE model_versions SET status = 'ready', architecture = $1, committed_at = $2 WHERE id = $3")
+            .bind(&architecture)
+            .bind(now)
+            .bind(&version.id)
+            .execute(&mut *tx)
+            .await?;
+        let committed = Version {
+            status: VersionStatus::Ready,
+            architecture: Some(architecture),
+            committed_at: Some(now),
+            ..version.clone()
+        };
+        let target = format!("model/{}/version/{number}", model.name);
+        let entry = Entry {
+            tenant_id: Some(&model.tenant_id),
+            action: "version.commit",
+            target,
+            before: serde_json::to_value(&version).ok(),
+            after: serde_json::to_value(&committed).ok(),
+        };
+        audit::record(&mut tx, actor, entry).await?;
+        tx.commit().await?;
+        Ok(committed)
+    }
+
+    /// Opens a file of a version for download.
+    pub async fn open_file(
+        &self,
+        model: &Model,
+        number: i64,
+        path: &FilePath,
+    ) -> Result<(VersionFile, object_store::GetResult)> {
+        let version = self.version(model, number).await?;
+        let file = version
+            .files
+            .into_iter()
+            .find(|f| f.path == *path)
+            .ok_or_else(|| Error::not_found("file", format!("{}@{number}/{path}", model.name)))?;
+        let content = self.storage.get_blob(&model.tenant_id, &file.digest).await?;
+        Ok((file, content))
+    }
+}
+
+fn ensure_draft(version: &Version, model: &Model) -> Result<()> {
+    match version.status {
+        VersionStatus::Draft => Ok(()),
+        VersionStatus::Ready => Err(Error::Conflict(format!(
+            "version {}@{} is committed and immutable; create a new version",
+            model.name, version.number
+        ))),
+    }
+}
+
+/// Takes the version row's write lock inside `tx`, and fails unless it is still a draft.
+async fn lock_draft(tx: &mut sqlx::AnyConnection, version_id: &str, model: &Model, number: i64) -> Result<()> {
+    let locked = sqlx::query("UPDATE model_versions SET status = status WHERE id = $1 AND status = 'draft'")
+        .bind(version_id)
+        .execute(&mut *tx)
+        .await?;
+    if locked.rows_affected() == 0 {
+        return Err(Error::Conflict(format!(
+            "version {}@{number} is committed and immutable; create a new version",
+            model.name
+        )));
+    }
+    Ok(())
+}

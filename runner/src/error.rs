@@ -1,0 +1,51 @@
+/// Everything the runner can fail with. Mapped once to `tonic::Status`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The model's files are there but do not make a model this runner can serve.
+    #[error("model {model} cannot be loaded: {reason}")]
+    ModelInvalid { model: String, reason: String },
+    #[error("model {model} needs {needed_mib} MiB but the runner's memory budget is {budget_mib} MiB")]
+    TooLarge { model: String, needed_mib: u64, budget_mib: u64 },
+    #[error("file {path} of {model} does not match its sha256 (expected {expected}, got {actual})")]
+    DigestMismatch { model: String, path: String, expected: String, actual: String },
+    #[error("fetching {path} from the object store failed")]
+    Fetch {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("model {0} is overloaded: its queue is full")]
+    Overloaded(String),
+    #[error("model {0} stopped while the request was queued")]
+    WorkerGone(String),
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("I/O error in the artifact cache")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        e.status()
+    }
+}
+
+impl Error {
+    /// The gRPC status this error answers with; shared failed loads map through here too.
+    pub fn status(&self) -> tonic::Status {
+        use tonic::Status;
+        let message = self.to_string();
+        match self {
+            Error::InvalidRequest(_) => Status::invalid_argument(message),
+            Error::ModelInvalid { .. } | Error::TooLarge { .. } => Status::failed_precondition(message),
+            Error::DigestMismatch { .. } => Status::data_loss(message),
+            Error::Fetch { .. } | Error::WorkerGone(_) => Status::unavailable(message),
+            Error::Overloaded(_) => Status::resource_exhausted(message),
+            Error::Inference(_) | Error::Io(_) => Status::internal(message),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,138 @@
+#![doc = include_str!("../README.md")]
+
+mod artifacts;
+mod cache;
+mod error;
+mod models;
+mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Response, Status};
+
+pub use error::Error;
+pub use models::Embedded;
+use proto::v1::runner_server::{Runner as RunnerRpc, RunnerServer};
+use proto::v1::{EmbedRequest, EmbedResponse, Embedding, LoadedModel, StatusRequest, StatusResponse};
+
+/// Inputs in one embedding request at most.
+const MAX_INPUTS: usize = 2048;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunnerConfig {
+    /// Address of the gRPC server (`serve --role runner`); `dev` uses an ephemeral loopback port.
+    pub listen: SocketAddr,
+    /// Where downloaded model files are kept, by sha256 (default: `<data_dir>/artifacts`).
+    pub cache_dir: Option<PathBuf>,
+    /// Memory the loaded models may take together.
+    pub memory_budget_mib: u64,
+    /// Requests waiting per model before new ones are refused with RESOURCE_EXHAUSTED.
+    pub queue_depth: usize,
+    /// Inputs run together in one batch at most.
+    pub max_batch_inputs: usize,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            cache_dir: None,
+            memory_budget_mib: 4096,
+            queue_depth: 64,
+            max_batch_inputs: 256,
+        }
+    }
+}
+
+/// The runner role: the model cache and the gRPC service over it.
+#[derive(Clone)]
+pub struct Runner {
+    models: cache::ModelCache,
+}
+
+impl Runner {
+    /// `store` is the object store the gateway's object paths point into; `cache_dir`
+    /// is where fetched files are kept (the config's, resolved by the caller).
+    pub fn new(config: &RunnerConfig, cache_dir: PathBuf, store: Arc<dyn ObjectStore>) -> Result<Self, Error> {
+        let artifacts = artifacts::ArtifactCache::new(cache_dir, store)?;
+        let device = device();
+        tracing::info!(device = ?device, memory_budget_mib = config.memory_budget_mib, "runner ready");
+        let limits = worker::BatchLimits {
+            queue_depth: config.queue_depth.max(1),
+            max_batch_inputs: config.max_batch_inputs.max(1),
+        };
+        let models = cache::ModelCache::new(artifacts, device, config.memory_budget_mib * 1024 * 1024, limits);
+        Ok(Self { models })
+    }
+
+    pub fn into_service(self) -> RunnerServer<Self> {
+        RunnerServer::new(self)
+            .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(proto::MAX_MESSAGE_BYTES)
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
+        tonic::transport::Server::builder()
+            .add_service(self.into_service())
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+            .await
+    }
+}
+
+/// The CUDA GPU when built with `cuda` and one is present, else the CPU.
+fn device() -> candle_core::Device {
+    #[cfg(feature = "cuda")]
+    match candle_core::Device::cuda_if_available(0) {
+        Ok(device) => return device,
+        Err(e) => tracing::warn!(error = %e, "no usable CUDA device; using the CPU"),
+    }
+    candle_core::Device::Cpu
+}
+
+#[tonic::async_trait]
+impl RunnerRpc for Runner {
+    async fn embed(&self, request: Request<EmbedRequest>) -> Result<Response<EmbedResponse>, Status> {
+        let request = request.into_inner();
+        let spec = request.model.ok_or_else(|| Status::invalid_argument("model is required"))?;
+        if request.inputs.is_empty() {
+            return Err(Status::invalid_argument("inputs must not be empty"));
+        }
+        if request.inputs.len() > MAX_INPUTS {
+            return Err(Status::invalid_argument(format!("at most {MAX_INPUTS} inputs per request")));
+        }
+        let worker = self.models.get(&spec).await.map_err(|e| e.status())?;
+        let embedded = worker.embed(request.inputs).await?;
+        let embeddings = embedded.into_iter().map(|e| Embedding { values: e.values, tokens: e.tokens }).collect();
+        Ok(Response::new(EmbedResponse { embeddings }))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let loaded: Vec<LoadedModel> = self
+            .models
+            .loaded()
+            .await
+            .into_iter()
+            .map(|(version_id, w)| LoadedModel {
+                version_id,
+                display_name: w.display_name.clone(),
+                memory_bytes: w.memory_bytes,
+            })
+            .collect();
+        Ok(Response::new(StatusResponse {
+            memory_used_bytes: loaded.iter().map(|m| m.memory_bytes).sum(),
+            memory_budget_bytes: self.models.budget_bytes(),
+            device: format!("{:?}", self.models.device()),
+            loaded,
+        }))
+    }
+}

@@ -1,0 +1,107 @@
+//! The `modelgate` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret as _;
+
+use crate::config::Config;
+use crate::push::{PushArgs, push};
+use crate::startup::{self, Role};
+use crate::telemetry;
+
+#[derive(Debug, Parser)]
+#[command(name = "modelgate", version, about = "Multi-tenant model registry and inference gateway")]
+pub struct Cli {
+    /// TOML configuration file (settings in MODELGATE__SECTION__KEY variables override it).
+    #[arg(long, global = true, env = "MODELGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeFlags {
+    /// Folder for the SQLite file, local blobs, caches and keys.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the HTTP API.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Everything in one process on embedded defaults: SQLite, local-folder storage, a CPU runner.
+    Dev(ServeFlags),
+    /// Run one role (or all) as configured.
+    Serve {
+        #[arg(long, value_enum, default_value = "all")]
+        role: Role,
+        #[command(flatten)]
+        flags: ServeFlags,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Upload a folder as a new version of a model and commit it.
+    Push(PushArgs),
+}
+
+fn apply(config: &mut Config, flags: &ServeFlags) {
+    if let Some(dir) = &flags.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(listen) = flags.listen {
+        config.gateway.listen = listen;
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Push(args) => push(args).await,
+        Command::Migrate { data_dir } => {
+            let mut config = Config::load(cli.config.as_deref())?;
+            if let Some(dir) = data_dir {
+                config.data_dir = dir;
+            }
+            telemetry::init(&config.log);
+            std::fs::create_dir_all(&config.data_dir)?;
+            let registry = startup::open_registry(&config).await?;
+            registry.db().migrate().await.context("running migrations")?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Dev(flags) => {
+            let mut config = Config::load(cli.config.as_deref())?;
+            apply(&mut config, &flags);
+            serve(config, Role::All).await
+        }
+        Command::Serve { role, flags } => {
+            let mut config = Config::load(cli.config.as_deref())?;
+            apply(&mut config, &flags);
+            serve(config, role).await
+        }
+    }
+}
+
+async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
+    telemetry::init(&config.log);
+    let running = startup::start(&config, role).await?;
+    if let Some(addr) = running.gateway_addr {
+        println!("modelgate is serving http://{addr}");
+        match &running.new_admin_key {
+            Some(key) => println!(
+                "bootstrap platform-admin key (shown once, saved to {}):\n  {}",
+                config.admin_key_file().display(),
+                key.expose_secret()
+            ),
+            None => println!("platform-admin key: see {}", config.admin_key_file().display()),
+        }
+    }
+    running.until_stopped().await
+}

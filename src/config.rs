@@ -1,0 +1,161 @@
+//! One typed configuration, loaded once at start: defaults, then the TOML file, then
+//! `MODELGATE__SECTION__KEY` environment variables, then command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use figment::Figment;
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use gateway::GatewayConfig;
+use registry::storage::StorageConfig;
+use runner::RunnerConfig;
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where `dev` keeps its SQLite file, blobs, artifact cache, admin key and signing key.
+    pub data_dir: PathBuf,
+    pub database: DatabaseConfig,
+    pub storage: StorageConfig,
+    pub gateway: GatewayConfig,
+    pub runner: RunnerConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://…` or `sqlite://…`; default: a SQLite file in the data folder.
+    #[serde(serialize_with = "serialize_secret")]
+    pub url: Option<SecretString>,
+    /// A file holding the URL (for mounted secrets); wins over `url`.
+    pub url_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `compact` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `gateway=debug,info`; `RUST_LOG` wins.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Compact,
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Compact, filter: "info".into() }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("modelgate-data"),
+            database: DatabaseConfig::default(),
+            storage: StorageConfig::default(),
+            gateway: GatewayConfig::default(),
+            runner: RunnerConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+fn serialize_secret<S: serde::Serializer>(value: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(secret) => s.serialize_str(secret.expose_secret()),
+        None => s.serialize_none(),
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if given), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            anyhow::ensure!(file.exists(), "config file {} does not exist", file.display());
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("MODELGATE__").split("__"));
+        figment.extract().context("invalid configuration")
+    }
+
+    /// The database URL: the file, the setting, or a SQLite file in the data folder.
+    pub fn database_url(&self) -> anyhow::Result<SecretString> {
+        if let Some(file) = &self.database.url_file {
+            let url = std::fs::read_to_string(file)
+                .with_context(|| format!("reading database.url_file {}", file.display()))?;
+            return Ok(SecretString::from(url.trim().to_owned()));
+        }
+        if let Some(url) = &self.database.url {
+            return Ok(url.clone());
+        }
+        Ok(SecretString::from(format!("sqlite://{}", self.data_dir.join("modelgate.db").display())))
+    }
+
+    /// The storage settings, with the default of a `blobs` folder in the data folder.
+    pub fn storage(&self) -> anyhow::Result<StorageConfig> {
+        let mut storage = self.storage.clone();
+        if storage.url.is_empty() {
+            let dir = absolute(&self.data_dir.join("blobs"))?;
+            storage.url = url::Url::from_directory_path(&dir)
+                .map_err(|()| anyhow::anyhow!("cannot make a file:// URL of {}", dir.display()))?
+                .to_string();
+        }
+        Ok(storage)
+    }
+
+    pub fn runner_cache_dir(&self) -> PathBuf {
+        self.runner.cache_dir.clone().unwrap_or_else(|| self.data_dir.join("artifacts"))
+    }
+
+    pub fn signing_key_file(&self) -> PathBuf {
+        self.gateway.signing_key_file.clone().unwrap_or_else(|| self.data_dir.join("jwt-signing-key.pem"))
+    }
+
+    pub fn admin_key_file(&self) -> PathBuf {
+        self.data_dir.join("admin.key")
+    }
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_put_everything_under_the_data_dir() {
+        let config = Config::default();
+        assert_eq!(
+            config.database_url().map(|u| u.expose_secret().to_owned()).ok().as_deref(),
+            Some("sqlite://modelgate-data/modelgate.db")
+        );
+        assert_eq!(config.gateway.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.runner_cache_dir(), PathBuf::from("modelgate-data/artifacts"));
+    }
+
+    #[test]
+    fn a_toml_file_overrides_defaults_and_unknown_keys_fail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("modelgate.toml");
+        std::fs::write(&file, "[gateway]\nlisten = \"0.0.0.0:9000\"\n[storage]\nurl = \"s3://bucket/prefix\"\nendpoint = \"http://127.0.0.1:9000\"\n")
+            .expect("write");
+        let config = Config::load(Some(&file)).expect("loads");
+        assert_eq!(config.gateway.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.storage.url, "s3://bucket/prefix");
+        std::fs::write(&file, "[gateway]\nlisen = \"0.0.0.0:9000\"\n").expect("write");
+        assert!(Config::load(Some(&file)).is_err(), "a misspelt key must fail fast");
+    }
+}

@@ -1,0 +1,8 @@
+//! The `modelgate` binary's library: command line, configuration, telemetry and start-up.
+//! `main.rs` only calls [`cli::run`], so tests start exactly what production starts.
+
+pub mod cli;
+pub mod config;
+pub mod push;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,188 @@
+//! Starting the roles, in order, each step logged: storage, runner, database, keys, gateway.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context as _;
+use gateway::runners::RunnerPool;
+use gateway::tokens::TokenIssuer;
+use registry::db::Db;
+use registry::keys::KeyRole;
+use registry::storage::Storage;
+use registry::{Actor, Registry};
+use secrecy::{ExposeSecret as _, SecretString};
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Gateway,
+    Runner,
+    All,
+}
+
+type RunnerTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// The roles of this process, running.
+pub struct Running {
+    pub gateway_addr: Option<SocketAddr>,
+    pub runner_addr: Option<SocketAddr>,
+    /// The bootstrap platform-admin key, when this start created it (it is shown once).
+    pub new_admin_key: Option<SecretString>,
+    gateway: Option<(actix_web::dev::ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>)>,
+    runner: Option<(oneshot::Sender<()>, RunnerTask)>,
+}
+
+impl Running {
+    /// Runs until Ctrl-C / SIGTERM, then shuts down in order.
+    pub async fn until_stopped(mut self) -> anyhow::Result<()> {
+        let server_stopped = async {
+            match &mut self.gateway {
+                Some((_, task)) => task.await,
+                None => std::future::pending().await,
+            }
+        };
+        let ended = tokio::select! {
+            _ = shutdown_signal() => None,
+            result = server_stopped => Some(result),
+        };
+        match ended {
+            None => tracing::info!("shutting down"),
+            Some(result) => {
+                self.gateway = None;
+                result.context("the HTTP server task")?.context("the HTTP server stopped")?;
+            }
+        }
+        self.stop().await
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        if let Some((handle, task)) = self.gateway {
+            handle.stop(true).await;
+            task.await.context("the HTTP server task")?.context("the HTTP server")?;
+        }
+        if let Some((stop, task)) = self.runner {
+            let _ = stop.send(());
+            task.await.context("runner task")?.context("runner server")?;
+        }
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
+    let storage = Storage::open(&config.storage()?).context("opening object storage")?;
+    let db = Db::connect(config.database_url()?.expose_secret()).await.context("connecting to the database")?;
+    Ok(Registry::new(db, storage))
+}
+
+/// Starts `role`. With `Role::All` the gateway talks to the in-process runner over
+/// loopback gRPC (on an ephemeral port), exactly as it would to a remote one.
+pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data folder {}", config.data_dir.display()))?;
+    let storage = Storage::open(&config.storage()?).context("opening object storage")?;
+    tracing::info!(storage.url = %config.storage()?.url, "object storage opened");
+
+    let mut runner_addrs = config.gateway.runners.clone();
+    let mut runner = None;
+    let mut runner_addr = None;
+    if matches!(role, Role::Runner | Role::All) {
+        let listen = if role == Role::All { SocketAddr::from(([127, 0, 0, 1], 0)) } else { config.runner.listen };
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the runner to {listen}"))?;
+        let addr = listener.local_addr()?;
+        let service = runner::Runner::new(&config.runner, config.runner_cache_dir(), storage.object_store())
+            .context("starting the runner")?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(service.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        tracing::info!(runner.addr = %addr, "runner listening");
+        if role == Role::All {
+            runner_addrs = vec![format!("http://{addr}")];
+        }
+        runner = Some((stop, task));
+        runner_addr = Some(addr);
+    }
+
+    let mut gateway = None;
+    let mut gateway_addr = None;
+    let mut new_admin_key = None;
+    if matches!(role, Role::Gateway | Role::All) {
+        let db = Db::connect(config.database_url()?.expose_secret()).await.context("connecting to the database")?;
+        db.migrate().await.context("running database migrations")?;
+        tracing::info!(database.backend = ?db.backend(), "database ready");
+        let registry = Registry::new(db, storage);
+        new_admin_key = bootstrap_admin_key(&registry, &config.admin_key_file()).await?;
+        let tokens = TokenIssuer::from_pem(&signing_key(&config.signing_key_file())?, config.gateway.token_ttl_secs)?;
+        let runners = RunnerPool::new(&runner_addrs)?;
+        let listener = std::net::TcpListener::bind(config.gateway.listen)
+            .with_context(|| format!("binding the gateway to {}", config.gateway.listen))?;
+        let addr = listener.local_addr()?;
+        let state = gateway::AppState { registry, tokens, runners };
+        let server = gateway::serve(listener, state, &config.gateway)?;
+        let handle = server.handle();
+        let task = tokio::spawn(server);
+        tracing::info!(gateway.addr = %addr, runners = ?runner_addrs, "gateway listening");
+        gateway = Some((handle, task));
+        gateway_addr = Some(addr);
+    }
+    Ok(Running { gateway_addr, runner_addr, new_admin_key, gateway, runner })
+}
+
+/// Creates the first platform-admin key when none is active, writes it to `key_file`
+/// (mode 0600) and returns it; otherwise returns None.
+async fn bootstrap_admin_key(registry: &Registry, key_file: &Path) -> anyhow::Result<Option<SecretString>> {
+    if registry.active_platform_admin_exists().await? {
+        return Ok(None);
+    }
+    let (_, secret) =
+        registry.create_key(&Actor::system(), None, "bootstrap admin", KeyRole::PlatformAdmin, None).await?;
+    write_private(key_file, &format!("{secret}\n"))?;
+    tracing::info!(file = %key_file.display(), "created the bootstrap platform-admin key");
+    Ok(Some(SecretString::from(secret)))
+}
+
+/// The token signing key from `file`, generated there on first start.
+fn signing_key(file: &Path) -> anyhow::Result<SecretString> {
+    if file.exists() {
+        let pem =
+            std::fs::read_to_string(file).with_context(|| format!("reading the signing key {}", file.display()))?;
+        return Ok(SecretString::from(pem));
+    }
+    let pem = TokenIssuer::generate_pem()?;
+    write_private(file, pem.expose_secret())?;
+    tracing::warn!(file = %file.display(), "generated a token signing key; gateways that share a database must share this key");
+    Ok(pem)
+}
+
+fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(content.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! `TestApp`: starts the same roles the binary starts, on ephemeral ports.
+
+use std::path::{Path, PathBuf};
+
+use modelgate::config::Config;
+use modelgate::startup::{self, Role, Running};
+use reqwest::{Method, RequestBuilder, Response};
+use secrecy::{ExposeSecret as _, SecretString};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+/// Reads an environment variable that points a suite at a service, or says why it skips.
+pub fn service_var(name: &str, suite: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            eprintln!("SKIPPED {suite}: {name} is not set");
+            None
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Database {
+    Sqlite,
+    /// A Postgres server URL; each app gets a fresh database on it.
+    Postgres(String),
+}
+
+impl Database {
+    /// SQLite always; Postgres too when `MODELGATE_TEST_POSTGRES_URL` is set.
+    pub fn all(suite: &str) -> Vec<Database> {
+        let mut all = vec![Database::Sqlite];
+        if let Some(url) = service_var("MODELGATE_TEST_POSTGRES_URL", &format!("{suite} on Postgres")) {
+            all.push(Database::Postgres(url));
+        }
+        all
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub admin_key: String,
+    pub client: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    running: Option<Running>,
+}
+
+pub struct AppOptions {
+    pub database: Database,
+    /// Storage URL; None means a `blobs` folder in the app's temporary data folder.
+    pub storage_url: Option<String>,
+    pub storage_endpoint: Option<String>,
+    pub storage_options: Vec<(String, String)>,
+}
+
+impl AppOptions {
+    pub fn new(database: Database) -> Self {
+        Self { database, storage_url: None, storage_endpoint: None, storage_options: Vec::new() }
+    }
+}
+
+async fn fresh_postgres(server: &str) -> String {
+    use sqlx::Executor as _;
+    let name = format!("mg_test_{}", uuid::Uuid::now_v7().simple());
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(server)
+        .await
+        .expect("connecting to the test Postgres server");
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("creating a test database");
+    let (base, _) = server.rsplit_once('/').expect("the Postgres URL names a database");
+    format!("{base}/{name}")
+}
+
+impl TestApp {
+    pub async fn spawn(options: AppOptions) -> TestApp {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let mut config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+        config.gateway.listen = "127.0.0.1:0".parse().expect("address");
+        config.runner.memory_budget_mib = 1024;
+        config.database.url = match &options.database {
+            Database::Sqlite => None,
+            Database::Postgres(server) => Some(SecretString::from(fresh_postgres(server).await)),
+        };
+        if let Some(url) = options.storage_url {
+            config.storage.url = url;
+        }
+        config.storage.endpoint = options.storage_endpoint;
+        config.storage.options = options.storage_options.into_iter().collect();
+        let running = startup::start(&config, Role::All).await.expect("modelgate starts");
+        let base = format!("http://{}", running.gateway_addr.expect("the gateway runs"));
+        let admin_key =
+            running.new_admin_key.as_ref().expect("a fresh app creates an admin key").expose_secret().to_owned();
+        TestApp { base, admin_key, client: reqwest::Client::new(), dir, running: Some(running) }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("clean shutdown");
+        }
+    }
+
+    pub fn req(&self, method: Method, path: &str, key: Option<&str>) -> RequestBuilder {
+        let request = self.client.request(method, format!("{}{path}", self.base));
+        match key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.req(method, path, Some(key));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        read(request.send().await.expect("request sent")).await
+    }
+
+    /// Creates a tenant with an admin-role key and returns that key.
+    pub async fn tenant(&self, name: &str) -> String {
+        let (status, body) =
+            self.call(Method::POST, "/api/v1/tenants", &self.admin_key, Some(json!({ "name": name }))).await;
+        assert_eq!(status, 201, "creating tenant {name}: {body}");
+        self.key(name, "admin", &self.admin_key).await
+    }
+
+    pub async fn key(&self, tenant: &str, role: &str, admin: &str) -> String {
+        let path = format!("/api/v1/tenants/{tenant}/keys");
+        let (status, body) =
+            self.call(Method::POST, &path, admin, Some(json!({ "name": format!("{role} key"), "role": role }))).await;
+        assert_eq!(status, 201, "creating a {role} key: {body}");
+        body["key"].as_str().expect("the key is shown once").to_owned()
+    }
+
+    /// Creates a model, uploads every file of `dir` as version 1 and commits it.
+    pub async fn upload_model(&self, key: &str, tenant: &str, model: &str, dir: &Path) -> Value {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                &format!("/api/v1/tenants/{tenant}/models"),
+                key,
+                Some(json!({ "name": model, "task": "embedding" })),
+            )
+            .await;
+        assert_eq!(status, 201, "creating the model: {body}");
+        let version = self.new_version(key, tenant, model).await;
+        for (relative, local) in files_of(dir) {
+            let bytes = std::fs::read(&local).expect("reading a model file");
+            let (status, body) = self.put_file(key, tenant, model, version, &relative, bytes, true).await;
+            assert_eq!(status, 201, "uploading {relative}: {body}");
+        }
+        let (status, body) = self.commit(key, tenant, model, version).await;
+        assert_eq!(status, 200, "committing: {body}");
+        body
+    }
+
+    pub async fn new_version(&self, key: &str, tenant: &str, model: &str) -> i64 {
+        let (status, body) =
+            self.call(Method::POST, &format!("/api/v1/tenants/{tenant}/models/{model}/versions"), key, None).await;
+        assert_eq!(status, 201, "creating a version: {body}");
+        body["version"].as_i64().expect("a version number")
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "a test helper that mirrors the request's parts")]
+    pub async fn put_file(
+        &self,
+        key: &str,
+        tenant: &str,
+        model: &str,
+        version: i64,
+        path: &str,
+        bytes: Vec<u8>,
+        checksum: bool,
+    ) -> (u16, Value) {
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let mut request = self.req(
+            Method::PUT,
+            &format!("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/files/{path}"),
+            Some(key),
+        );
+        if checksum {
+            request = request.header("x-checksum-sha256", digest);
+        }
+        read(request.body(bytes).send().await.expect("upload sent")).await
+    }
+
+    pub async fn commit(&self, key: &str, tenant: &str, model: &str, version: i64) -> (u16, Value) {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/commit"),
+            key,
+            None,
+        )
+        .await
+    }
+
+    pub async fn set_alias(&self, key: &str, tenant: &str, model: &str, alias: &str, version: i64) {
+        let path = format!("/api/v1/tenants/{tenant}/models/{model}/aliases/{alias}");
+        let (status, body) = self.call(Method::PUT, &path, key, Some(json!({ "version": version }))).await;
+        assert_eq!(status, 200, "setting alias {alias}: {body}");
+    }
+
+    pub async fn embed(&self, key: &str, model: &str, input: Value) -> (u16, Value) {
+        self.call(Method::POST, "/v1/embeddings", key, Some(json!({ "model": model, "input": input }))).await
+    }
+}
+
+pub async fn read(response: Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("response body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+/// Every file under `dir` with its `/`-separated relative path (hidden ones skipped).
+pub fn files_of(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).expect("listing a model folder") {
+            let entry = entry.expect("a folder entry");
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if entry.path().is_dir() {
+                pending.push(entry.path());
+            } else {
+                let relative = entry.path().strip_prefix(dir).expect("inside").to_string_lossy().replace('\\', "/");
+                out.push((relative, entry.path()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// An embedding from an answer's `data[i].embedding`.
+pub fn embedding(body: &Value, i: usize) -> Vec<f32> {
+    body["data"][i]["embedding"]
+        .as_array()
+        .expect("an embedding array")
+        .iter()
+        .map(|v| v.as_f64().expect("a number") as f32)
+        .collect()
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: real roles on port 0, a real database (SQLite always, Postgres when
+//! `MODELGATE_TEST_POSTGRES_URL` is set), real object stores (local folder always; S3 and
+//! Azure Blob when their variables are set) and real candle models.
+
+mod bad_input;
+mod dev_binary;
+mod helpers;
+mod isolation;
+mod minilm;
+mod storage;
+mod tiny_bert;
