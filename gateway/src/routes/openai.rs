@@ -85,9 +85,6 @@ fn parse_input(input: Value) -> Result<Vec<String>, ApiError> {
     if texts.len() > MAX_INPUTS {
         return Err(invalid_input(format!("at most {MAX_INPUTS} inputs per request; got {}", texts.len())));
     }
-    if let Some(i) = texts.iter().position(|t| t.is_empty()) {
-        return Err(invalid_input(format!("input[{i}] is an empty string")));
-    }
     Ok(texts)
 }
 
@@ -177,7 +174,8 @@ mod tests {
         assert!(message(json!(42)).contains("string or an array"));
         assert!(message(json!([1, 2])).contains("token arrays"));
         assert!(message(json!(["a", {}])).contains("input[1]"));
-        assert!(message(json!(["a", ""])).contains("input[1] is an empty string"));
+        // An empty string is a sentence like any other (sentence-transformers embeds it too).
+        assert_eq!(parse_input(json!(["a", ""])).ok(), Some(vec!["a".to_owned(), String::new()]));
         assert!(message(json!(vec!["x"; MAX_INPUTS + 1])).contains("at most"));
     }
 }
