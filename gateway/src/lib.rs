@@ -64,6 +64,9 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
         App::new()
             .app_data(state.clone())
             .app_data(web::JsonConfig::default().limit(max_json).error_handler(|e, _| json_error(e).into()))
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                ApiError::bad_request("invalid_query", format!("invalid query string: {e}")).into()
+            }))
             .wrap_fn(|req, srv| {
                 let started = Instant::now();
                 let method = req.method().clone();

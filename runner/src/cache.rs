@@ -2,6 +2,7 @@
 //! under the runner's budget. Concurrent first requests share one load.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::Device;
 use moka::future::Cache;
@@ -21,6 +22,7 @@ pub struct ModelCache {
     device: Device,
     limits: BatchLimits,
     budget_bytes: u64,
+    loads: Arc<AtomicU64>,
 }
 
 impl ModelCache {
@@ -34,7 +36,7 @@ impl ModelCache {
                 tracing::info!(model.version_id = %version, model.name = %worker.display_name, ?cause, "model evicted");
             })
             .build();
-        Self { models, artifacts, device, limits, budget_bytes }
+        Self { models, artifacts, device, limits, budget_bytes, loads: Arc::default() }
     }
 
     /// The loaded model for `spec`, loading it first if needed (one load for all waiters;
@@ -47,6 +49,7 @@ impl ModelCache {
     }
 
     async fn load(&self, spec: &ModelSpec) -> Result<Arc<ModelWorker>> {
+        self.loads.fetch_add(1, Ordering::Relaxed);
         let mut paths = std::collections::HashMap::new();
         for file in &spec.files {
             paths.insert(file.path.clone(), self.artifacts.fetch(&spec.display_name, file).await?);
@@ -68,6 +71,11 @@ impl ModelCache {
     pub async fn loaded(&self) -> Vec<(String, Arc<ModelWorker>)> {
         self.models.run_pending_tasks().await;
         self.models.iter().map(|(k, v)| (k.as_ref().clone(), v)).collect()
+    }
+
+    /// Loads started so far; concurrent first requests for one version count once.
+    pub fn loads_total(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
     }
 
     pub fn budget_bytes(&self) -> u64 {

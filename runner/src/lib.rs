@@ -132,6 +132,7 @@ impl RunnerRpc for Runner {
             memory_used_bytes: loaded.iter().map(|m| m.memory_bytes).sum(),
             memory_budget_bytes: self.models.budget_bytes(),
             device: format!("{:?}", self.models.device()),
+            loads_total: self.models.loads_total(),
             loaded,
         }))
     }

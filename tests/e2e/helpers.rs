@@ -100,6 +100,12 @@ impl TestApp {
         }
     }
 
+    /// A gRPC client of the in-process runner.
+    pub async fn runner_client(&self) -> proto::v1::runner_client::RunnerClient<tonic::transport::Channel> {
+        let addr = self.running.as_ref().and_then(|r| r.runner_addr).expect("the runner runs");
+        proto::v1::runner_client::RunnerClient::connect(format!("http://{addr}")).await.expect("runner reachable")
+    }
+
     pub fn req(&self, method: Method, path: &str, key: Option<&str>) -> RequestBuilder {
         let request = self.client.request(method, format!("{}{path}", self.base));
         match key {

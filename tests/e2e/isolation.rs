@@ -100,6 +100,32 @@ async fn isolation_on(database: Database) {
     assert_eq!(status, 401, "a revoked key is refused");
     let (status, _) = app.embed(&token, "tiny", json!("hello")).await;
     assert_eq!(status, 401, "a token of a revoked key is refused");
+
+    // Every management change is in the tenant's audit log, newest first, and only there.
+    let (status, audit) = app.call(Method::GET, "/api/v1/tenants/acme/audit", &acme, None).await;
+    assert_eq!(status, 200, "{audit}");
+    let actions: Vec<&str> =
+        audit["data"].as_array().expect("entries").iter().filter_map(|e| e["action"].as_str()).collect();
+    assert_eq!(actions.first(), Some(&"key.revoke"), "newest first: {actions:?}");
+    for action in [
+        "tenant.create",
+        "key.create",
+        "model.create",
+        "version.create",
+        "version.file.put",
+        "version.commit",
+        "alias.set",
+    ] {
+        assert!(actions.contains(&action), "{action} is audited: {actions:?}");
+    }
+    let revoke = &audit["data"][0];
+    assert_eq!(
+        (revoke["before"]["revoked_at"].is_null(), revoke["after"]["revoked_at"].is_string()),
+        (true, true),
+        "{revoke}"
+    );
+    let (status, _) = app.call(Method::GET, "/api/v1/tenants/acme/audit", &globex, None).await;
+    assert_eq!(status, 404, "globex cannot read acme's audit log");
     app.stop().await;
 }
 

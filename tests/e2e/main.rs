@@ -5,6 +5,7 @@
 mod bad_input;
 mod dev_binary;
 mod helpers;
+mod inference;
 mod isolation;
 mod minilm;
 mod storage;

@@ -12,6 +12,10 @@ async fn round_trip(options: AppOptions) {
     let key = app.tenant("acme").await;
     let model_dir = app.dir.path().join("tiny");
     tiny_bert::write(&model_dir);
+    // Larger than one upload part, so the multipart path runs on every store.
+    let big: Vec<u8> = (0..17 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::create_dir_all(model_dir.join("extra")).expect("folder");
+    std::fs::write(model_dir.join("extra/large.bin"), &big).expect("large file");
     let committed = app.upload_model(&key, "acme", "tiny", &model_dir).await;
     assert_eq!(committed["status"], "ready");
     assert_eq!(committed["architecture"], "bert");
@@ -30,6 +34,9 @@ async fn round_trip(options: AppOptions) {
         use sha2::Digest as _;
         assert_eq!(etag, Some(format!("\"{}\"", hex::encode(sha2::Sha256::digest(&original)))));
     }
+
+    let (status, ready) = app.call(Method::GET, "/readyz", &key, None).await;
+    assert_eq!((status, ready["status"].as_str()), (200, Some("ready")), "{ready}");
 
     let (status, body) = app.embed(&key, "tiny", json!(["the cat sat on the mat", "hello world"])).await;
     assert_eq!(status, 200, "{body}");

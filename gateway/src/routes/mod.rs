@@ -5,12 +5,13 @@
 //! | `GET /healthz`, `GET /readyz` | nothing |
 //! | `POST /api/v1/auth/token` | an API key (not a token) |
 //! | `POST/GET /api/v1/tenants` | platform admin |
-//! | `POST/GET/DELETE .../keys` | tenant admin |
+//! | `POST/GET/DELETE .../keys`, `GET .../audit` | tenant admin |
 //! | `GET` models, versions, files | viewer |
 //! | `POST` models, versions, `PUT` files, commit, `PUT` aliases | developer |
 //! | `/v1/models`, `/v1/embeddings` | invoker (tenant key) |
 
 mod aliases;
+mod audit;
 mod auth_token;
 mod files;
 mod health;
@@ -43,6 +44,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(files::put)
         .service(files::get)
         .service(aliases::put)
+        .service(audit::list)
         .service(openai::models)
         .service(openai::embeddings);
 }
