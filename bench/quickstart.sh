@@ -3,9 +3,10 @@
 #   - upload speed of model.safetensors (87 MiB) through PUT .../files/...
 #   - cold-start latency: the first /v1/embeddings call after `dev` starts (fetch + load + infer)
 #   - warm latency of a one-sentence request (N sequential calls: p50 / p90 / p99)
+#   - peak resident memory of the dev process after the uploads and at the end
 # Usage: bench/quickstart.sh MODEL_DIR [N]   (builds the release binary first)
 set -euo pipefail
-MODEL_DIR=${1:?usage: bench/quickstart.sh MODEL_DIR [N]}
+MODEL_DIR=$(cd "${1:?usage: bench/quickstart.sh MODEL_DIR [N]}" && pwd)
 N=${2:-200}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
@@ -32,16 +33,20 @@ for f in config.json tokenizer.json modules.json 1_Pooling/config.json sentence_
 done
 SIZE=$(stat -c %s "$MODEL_DIR/model.safetensors")
 UP=$(curl -sf -o /dev/null -w '%{time_total}' -X PUT "$BASE/model.safetensors" -H "$A" --data-binary "@$MODEL_DIR/model.safetensors")
+HWM_UPLOAD=$(awk '/VmHWM/ {print $2}' /proc/$DEV/status)
 curl -sf -X POST $MG/api/v1/tenants/acme/models/minilm/versions/1/commit -H "$A" >/dev/null
 BODY='{"model":"minilm@1","input":"A man is eating food."}'
 COLD=$(curl -sf -o /dev/null -w '%{time_total}' $MG/v1/embeddings -H "$A" -H "$J" -d "$BODY")
 for _ in $(seq 1 "$N"); do curl -sf -o /dev/null -w '%{time_total}\n' $MG/v1/embeddings -H "$A" -H "$J" -d "$BODY"; done >warm.txt
-python3 - "$SIZE" "$UP" "$COLD" warm.txt <<'PY'
-import sys, statistics
+HWM_END=$(awk '/VmHWM/ {print $2}' /proc/$DEV/status)
+python3 - "$SIZE" "$UP" "$COLD" warm.txt "$HWM_UPLOAD" "$HWM_END" <<'PY'
+import sys
 size, up, cold, path = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+hwm_upload, hwm_end = int(sys.argv[5]) / 1024, int(sys.argv[6]) / 1024
 warm = sorted(float(x) * 1000 for x in open(path))
 q = lambda p: warm[min(len(warm) - 1, int(p * len(warm)))]
 print(f"upload model.safetensors: {size / 2**20:.1f} MiB in {up:.2f} s = {size / 2**20 / up:.0f} MiB/s")
+print(f"peak RSS of the dev process: {hwm_upload:.0f} MiB after all uploads, {hwm_end:.0f} MiB with the model loaded and served")
 print(f"cold first embedding (fetch + verify + load + infer): {cold * 1000:.0f} ms")
 print(f"warm one-sentence embedding over {len(warm)} sequential calls: p50 {q(0.5):.1f} ms, p90 {q(0.9):.1f} ms, p99 {q(0.99):.1f} ms")
 PY

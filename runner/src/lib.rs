@@ -84,7 +84,8 @@ impl Runner {
     ) -> Result<(), tonic::transport::Error> {
         tonic::transport::Server::builder()
             .add_service(self.into_service())
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+            // Without TCP_NODELAY small replies wait on delayed ACKs (~40 ms each).
+            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
             .await
     }
 }
