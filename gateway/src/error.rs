@@ -2,7 +2,7 @@
 //! `{"error": {"code", "message", "type"}}` — the management API's shape and OpenAI's at once.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::{Value, json};
 
@@ -12,7 +12,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     details: Option<Value>,
-    retry_after_secs: Option<u64>,
+    headers: Vec<(HeaderName, HeaderValue)>,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -30,7 +30,7 @@ impl std::error::Error for ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: None, retry_after_secs: None, source: None }
+        Self { status, code, message: message.into(), details: None, headers: Vec::new(), source: None }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -63,8 +63,16 @@ impl ApiError {
         self
     }
 
-    pub fn retry_after(mut self, secs: u64) -> Self {
-        self.retry_after_secs = Some(secs);
+    pub fn retry_after(self, secs: u64) -> Self {
+        self.with_header(header::RETRY_AFTER, secs.to_string())
+    }
+
+    /// A header sent with the error (`Retry-After`, `Content-Range`, …).
+    pub fn with_header(mut self, name: HeaderName, value: String) -> Self {
+        match HeaderValue::try_from(value) {
+            Ok(value) => self.headers.push((name, value)),
+            Err(e) => tracing::error!(header = %name, error = %e, "dropping an invalid error header (a bug)"),
+        }
         self
     }
 
@@ -105,8 +113,8 @@ impl ResponseError for ApiError {
             body["details"] = details.clone();
         }
         let mut response = HttpResponse::build(self.status);
-        if let Some(secs) = self.retry_after_secs {
-            response.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
+        for (name, value) in &self.headers {
+            response.insert_header((name.clone(), value.clone()));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));

@@ -293,21 +293,27 @@ impl Registry {
         Ok(committed)
     }
 
-    /// Opens a file of a version for download.
-    pub async fn open_file(
-        &self,
-        model: &Model,
-        number: i64,
-        path: &FilePath,
-    ) -> Result<(VersionFile, object_store::GetResult)> {
+    /// One file of a version, as recorded.
+    pub async fn version_file(&self, model: &Model, number: i64, path: &FilePath) -> Result<VersionFile> {
         let version = self.version(model, number).await?;
-        let file = version
+        version
             .files
             .into_iter()
             .find(|f| f.path == *path)
-            .ok_or_else(|| Error::not_found("file", format!("{}@{number}/{path}", model.name)))?;
-        let content = self.storage.get_blob(&model.tenant_id, &file.digest).await?;
-        Ok((file, content))
+            .ok_or_else(|| Error::not_found("file", format!("{}@{number}/{path}", model.name)))
+    }
+
+    /// The content of a file of the model's tenant, whole or one byte range of it.
+    pub async fn read_file(
+        &self,
+        model: &Model,
+        file: &VersionFile,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<object_store::GetResult> {
+        match range {
+            Some(range) => self.storage.get_blob_range(&model.tenant_id, &file.digest, range).await,
+            None => self.storage.get_blob(&model.tenant_id, &file.digest).await,
+        }
     }
 }
 

@@ -85,7 +85,10 @@ impl Runner {
         tonic::transport::Server::builder()
             .add_service(self.into_service())
             // Without TCP_NODELAY small replies wait on delayed ACKs (~40 ms each).
-            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            )
             .await
     }
 }

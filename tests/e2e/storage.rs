@@ -35,6 +35,8 @@ async fn round_trip(options: AppOptions) {
         assert_eq!(etag, Some(format!("\"{}\"", hex::encode(sha2::Sha256::digest(&original)))));
     }
 
+    check_download_headers(&app, &key, &std::fs::read(model_dir.join("model.safetensors")).expect("weights")).await;
+
     let (status, ready) = app.call(Method::GET, "/readyz", &key, None).await;
     assert_eq!((status, ready["status"].as_str()), (200, Some("ready")), "{ready}");
 
@@ -86,4 +88,41 @@ async fn round_trip_on_azure_blob_through_azurite() {
     options.storage_url = Some(format!("az://{container}/{}", uuid::Uuid::now_v7().simple()));
     options.storage_options = vec![("azure_storage_use_emulator".into(), "true".into())];
     round_trip(options).await;
+}
+
+/// HEAD, single ranges (as HF clients send `Range: bytes=0-0`), suffix ranges (which Azure
+/// itself refuses), conditional GETs and unsatisfiable ranges.
+async fn check_download_headers(app: &TestApp, key: &str, original: &[u8]) {
+    let path = "/api/v1/tenants/acme/models/tiny/versions/1/files/model.safetensors";
+    let size = original.len();
+    let head = app.req(Method::HEAD, path, Some(key)).send().await.expect("HEAD sent");
+    assert_eq!(head.status().as_u16(), 200);
+    let header =
+        |r: &reqwest::Response, name: &str| r.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(header(&head, "content-length"), Some(size.to_string()));
+    assert_eq!(header(&head, "accept-ranges").as_deref(), Some("bytes"));
+    let etag = header(&head, "etag").expect("an ETag");
+
+    for (range, want) in [
+        ("bytes=0-0", 0..1),
+        ("bytes=10-19", 10..20),
+        (&format!("bytes={}-", size - 5), size - 5..size),
+        ("bytes=-7", size - 7..size),
+    ] {
+        let response = app.req(Method::GET, path, Some(key)).header("range", range).send().await.expect("range sent");
+        assert_eq!(response.status().as_u16(), 206, "{range}");
+        assert_eq!(
+            header(&response, "content-range"),
+            Some(format!("bytes {}-{}/{size}", want.start, want.end - 1)),
+            "{range}"
+        );
+        let body = response.bytes().await.expect("body");
+        assert!(body.as_ref() == &original[want.clone()], "{range} returns exactly those bytes");
+    }
+    let response =
+        app.req(Method::GET, path, Some(key)).header("range", format!("bytes={size}-")).send().await.expect("sent");
+    assert_eq!(response.status().as_u16(), 416);
+    assert_eq!(header(&response, "content-range"), Some(format!("bytes */{size}")));
+    let response = app.req(Method::GET, path, Some(key)).header("if-none-match", &etag).send().await.expect("sent");
+    assert_eq!(response.status().as_u16(), 304, "the same ETag is not sent again");
 }

@@ -1,5 +1,7 @@
-use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, get, put, web};
+use actix_web::body::SizedStream;
+use actix_web::http::{Method, StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, put, route, web};
+use bytes::Bytes;
 use registry::names::{Digest, FilePath, Role};
 
 use super::{model_in, version_number};
@@ -37,19 +39,114 @@ async fn put(
     Ok(HttpResponse::Created().json(recorded))
 }
 
-/// Downloads one file of a version, byte for byte. Requires: viewer.
-#[get("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/files/{path:.*}")]
+/// Downloads one file of a version, byte for byte: `ETag` is the sha256, `If-None-Match`
+/// answers 304, one `Range` answers 206, `HEAD` answers the headers alone. Requires: viewer.
+#[route("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/files/{path:.*}", method = "GET", method = "HEAD")]
 async fn get(
     state: web::Data<AppState>,
     principal: Principal,
+    req: HttpRequest,
     path: web::Path<(String, String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, model, version, file) = path.into_inner();
     let model = model_in(&state, &principal, &tenant, &model, Role::Viewer).await?;
     let file = FilePath::parse(&file).map_err(|_| ApiError::not_found(format!("file {file:?} not found")))?;
-    let (file, content) = state.registry.open_file(&model, version_number(&version)?, &file).await?;
-    Ok(HttpResponse::Ok()
+    let file = state.registry.version_file(&model, version_number(&version)?, &file).await?;
+    let etag = format!("\"{}\"", file.digest);
+    if header_matches_etag(&req, &etag) {
+        return Ok(HttpResponse::NotModified().insert_header((header::ETAG, etag)).finish());
+    }
+    let range = match req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(value) => match ByteRange::parse(value, file.size) {
+            ByteRange::Satisfiable(range) => Some(range),
+            ByteRange::Ignored => None,
+            ByteRange::Unsatisfiable => {
+                return Err(ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "range_not_satisfiable",
+                    format!("the range {value:?} is outside the file's {} bytes", file.size),
+                )
+                .with_header(header::CONTENT_RANGE, format!("bytes */{}", file.size)));
+            }
+        },
+        None => None,
+    };
+    let mut response = match &range {
+        Some(r) => {
+            let mut partial = HttpResponse::PartialContent();
+            partial.insert_header((header::CONTENT_RANGE, format!("bytes {}-{}/{}", r.start, r.end - 1, file.size)));
+            partial
+        }
+        None => HttpResponse::Ok(),
+    };
+    response
         .insert_header((header::CONTENT_TYPE, "application/octet-stream"))
-        .insert_header((header::ETAG, format!("\"{}\"", file.digest)))
-        .body(actix_web::body::SizedStream::new(file.size, content.into_stream())))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::ETAG, etag));
+    let length = range.as_ref().map_or(file.size, |r| r.end - r.start);
+    if req.method() == Method::HEAD {
+        return Ok(response.body(SizedStream::new(length, futures::stream::empty::<Result<Bytes, ApiError>>())));
+    }
+    let content = state.registry.read_file(&model, &file, range).await?;
+    Ok(response.body(SizedStream::new(length, content.into_stream())))
+}
+
+fn header_matches_etag(req: &HttpRequest, etag: &str) -> bool {
+    req.headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag))
+}
+
+/// One `Range: bytes=…` request, resolved against the file's size. Several ranges or other
+/// units are ignored (the whole file is sent), as RFC 9110 allows.
+#[derive(Debug, PartialEq, Eq)]
+enum ByteRange {
+    Satisfiable(std::ops::Range<u64>),
+    Unsatisfiable,
+    Ignored,
+}
+
+impl ByteRange {
+    fn parse(value: &str, size: u64) -> Self {
+        let Some(spec) = value.trim().strip_prefix("bytes=") else { return ByteRange::Ignored };
+        if spec.contains(',') {
+            return ByteRange::Ignored;
+        }
+        let Some((first, last)) = spec.trim().split_once('-') else { return ByteRange::Ignored };
+        let (first, last) = (first.trim(), last.trim());
+        let range = match (first.parse::<u64>(), last.parse::<u64>()) {
+            // bytes=-N: the last N bytes
+            _ if first.is_empty() => match last.parse::<u64>() {
+                Ok(0) | Err(_) => return if last == "0" { ByteRange::Unsatisfiable } else { ByteRange::Ignored },
+                Ok(n) => size.saturating_sub(n)..size,
+            },
+            (Ok(start), _) if last.is_empty() => start..size,
+            (Ok(start), Ok(end)) if start <= end => start..end.saturating_add(1).min(size),
+            _ => return ByteRange::Ignored,
+        };
+        if range.start >= size || range.is_empty() { ByteRange::Unsatisfiable } else { ByteRange::Satisfiable(range) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ByteRange::{self, Ignored, Satisfiable, Unsatisfiable};
+
+    #[test]
+    fn ranges_resolve_against_the_size() {
+        assert_eq!(ByteRange::parse("bytes=0-0", 10), Satisfiable(0..1));
+        assert_eq!(ByteRange::parse("bytes=2-5", 10), Satisfiable(2..6));
+        assert_eq!(ByteRange::parse("bytes=8-", 10), Satisfiable(8..10));
+        assert_eq!(ByteRange::parse("bytes=5-100", 10), Satisfiable(5..10));
+        assert_eq!(ByteRange::parse("bytes=-3", 10), Satisfiable(7..10));
+        assert_eq!(ByteRange::parse("bytes=-30", 10), Satisfiable(0..10));
+        assert_eq!(ByteRange::parse("bytes=10-", 10), Unsatisfiable);
+        assert_eq!(ByteRange::parse("bytes=0-0", 0), Unsatisfiable);
+        assert_eq!(ByteRange::parse("bytes=-0", 10), Unsatisfiable);
+        assert_eq!(ByteRange::parse("bytes=5-2", 10), Ignored);
+        assert_eq!(ByteRange::parse("bytes=0-1,4-5", 10), Ignored);
+        assert_eq!(ByteRange::parse("items=0-1", 10), Ignored);
+        assert_eq!(ByteRange::parse("bytes=x-1", 10), Ignored);
+    }
 }
