@@ -31,10 +31,12 @@ CREATE TABLE models (
     next_version BIGINT NOT NULL DEFAULT 1,
     created_by   TEXT NOT NULL,
     created_at   BIGINT NOT NULL,
+    -- A deleted model keeps its rows for audit under a name no live model can take.
+    deleted_at   BIGINT,
     UNIQUE (tenant_id, name)
 );
 
--- status: draft -> ready (immutable from then on); failed and archived come with later features.
+-- status: draft -> ready (immutable from then on) -> archived (kept for audit, not callable).
 CREATE TABLE model_versions (
     id           TEXT PRIMARY KEY,
     model_id     TEXT NOT NULL REFERENCES models (id),
@@ -44,6 +46,7 @@ CREATE TABLE model_versions (
     created_by   TEXT NOT NULL,
     created_at   BIGINT NOT NULL,
     committed_at BIGINT,
+    archived_at  BIGINT,
     UNIQUE (model_id, number)
 );
 
@@ -65,14 +68,28 @@ CREATE TABLE version_files (
     PRIMARY KEY (version_id, path)
 );
 
+-- An alias points at one version (weight 100) or splits traffic over several (weights sum to 100).
 CREATE TABLE aliases (
     model_id   TEXT NOT NULL REFERENCES models (id),
     name       TEXT NOT NULL,
     version_id TEXT NOT NULL REFERENCES model_versions (id),
+    weight     BIGINT NOT NULL,
     updated_by TEXT NOT NULL,
     updated_at BIGINT NOT NULL,
-    PRIMARY KEY (model_id, name)
+    PRIMARY KEY (model_id, name, version_id)
 );
+
+-- Every move of an alias: who, when, from which targets to which.
+CREATE TABLE alias_history (
+    id          TEXT PRIMARY KEY,
+    model_id    TEXT NOT NULL REFERENCES models (id),
+    name        TEXT NOT NULL,
+    from_json   TEXT,
+    to_json     TEXT,
+    moved_by    TEXT NOT NULL,
+    moved_at    BIGINT NOT NULL
+);
+CREATE INDEX alias_history_model_name ON alias_history (model_id, name, id);
 
 CREATE TABLE audit_log (
     id          TEXT PRIMARY KEY,

@@ -1,7 +1,7 @@
 //! Aliases (`production`, `staging`, …) point at a ready version, and model references
 //! (`name`, `name:alias`, `name@N`) resolve through them.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
 
 use crate::audit::{self, Entry};
@@ -11,13 +11,71 @@ use crate::names::{AliasName, ModelName};
 use crate::versions::{Version, VersionStatus};
 use crate::{Actor, Error, Registry, Result};
 
+/// One version an alias points at, with its share of the traffic in percent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliasTarget {
+    pub version: i64,
+    pub weight: i64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Alias {
     pub name: AliasName,
-    pub version: i64,
+    /// The version, when the alias points at exactly one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// Every version it points at with its weight; the weights sum to 100.
+    pub targets: Vec<AliasTarget>,
     pub updated_by: String,
     #[serde(serialize_with = "crate::db::rfc3339")]
     pub updated_at: i64,
+}
+
+/// One move of an alias: from which targets to which (none: created or deleted).
+#[derive(Debug, Clone, Serialize)]
+pub struct AliasMove {
+    pub from: Option<Vec<AliasTarget>>,
+    pub to: Option<Vec<AliasTarget>>,
+    pub moved_by: String,
+    #[serde(serialize_with = "crate::db::rfc3339")]
+    pub moved_at: i64,
+}
+
+/// At most this many versions share one alias.
+const MAX_TARGETS: usize = 10;
+
+fn check_targets(targets: &[AliasTarget]) -> Result<()> {
+    if targets.is_empty() || targets.len() > MAX_TARGETS {
+        return Err(Error::Invalid(format!("an alias points at 1 to {MAX_TARGETS} versions; got {}", targets.len())));
+    }
+    if let Some(t) = targets.iter().find(|t| !(1..=100).contains(&t.weight)) {
+        return Err(Error::Invalid(format!("weight {} of version {} is not between 1 and 100", t.weight, t.version)));
+    }
+    let sum: i64 = targets.iter().map(|t| t.weight).sum();
+    if sum != 100 {
+        return Err(Error::Invalid(format!("alias weights must sum to 100; these sum to {sum}")));
+    }
+    let mut versions: Vec<i64> = targets.iter().map(|t| t.version).collect();
+    versions.sort_unstable();
+    versions.dedup();
+    if versions.len() != targets.len() {
+        return Err(Error::Invalid("each version may appear once among an alias's targets".into()));
+    }
+    Ok(())
+}
+
+/// Picks a target by weight; `roll` is uniform in 0..100.
+fn pick(targets: &[AliasTarget], roll: i64) -> Option<i64> {
+    let mut acc = 0;
+    targets
+        .iter()
+        .find(|t| {
+            acc += t.weight;
+            roll < acc
+        })
+        .or(targets.last())
+        .map(|t| t.version)
 }
 
 /// How a caller names a model in an inference request.
@@ -53,78 +111,184 @@ impl ModelRef {
 }
 
 impl Registry {
-    /// Points `alias` at a ready version of the model, atomically, and records the move.
-    pub async fn set_alias(&self, actor: &Actor, model: &Model, alias: &AliasName, number: i64) -> Result<Alias> {
-        let version = self.version(model, number).await?;
-        if version.status != VersionStatus::Ready {
-            return Err(Error::Conflict(format!(
-                "version {}@{number} is not ready; commit it before pointing an alias at it",
-                model.name
-            )));
+    /// Points `alias` at one ready version, or splits it over several by weight; atomic and
+    /// recorded in the alias's history and the audit log.
+    pub async fn set_alias(
+        &self,
+        actor: &Actor,
+        model: &Model,
+        alias: &AliasName,
+        targets: &[AliasTarget],
+    ) -> Result<Alias> {
+        check_targets(targets)?;
+        let mut ids = Vec::with_capacity(targets.len());
+        for t in targets {
+            ids.push(self.version(model, t.version).await?.id);
         }
-        let before = self.aliases(model).await?.into_iter().find(|a| a.name == *alias);
-        let after =
-            Alias { name: alias.clone(), version: number, updated_by: actor.key_id.clone(), updated_at: now_ms() };
+        let before = self.alias(model, alias).await.ok();
+        let now = now_ms();
         let mut tx = self.db.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO aliases (model_id, name, version_id, updated_by, updated_at) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (model_id, name) DO UPDATE SET version_id = excluded.version_id,
-             updated_by = excluded.updated_by, updated_at = excluded.updated_at",
-        )
-        .bind(&model.id)
-        .bind(alias.as_str())
-        .bind(&version.id)
-        .bind(&after.updated_by)
-        .bind(after.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        let entry = Entry {
-            tenant_id: Some(&model.tenant_id),
-            action: "alias.set",
-            target: format!("model/{}/alias/{alias}", model.name),
-            before: before.and_then(|b| serde_json::to_value(b).ok()),
-            after: serde_json::to_value(&after).ok(),
+        for (t, id) in targets.iter().zip(&ids) {
+            // Locks each version row: an archive running at the same time waits, then sees the alias.
+            let ready = sqlx::query("UPDATE model_versions SET status = status WHERE id = $1 AND status = 'ready'")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            if ready.rows_affected() == 0 {
+                return Err(Error::Conflict(format!(
+                    "version {}@{} is not ready (a draft or archived); aliases point at ready versions only",
+                    model.name, t.version
+                )));
+            }
+        }
+        sqlx::query("DELETE FROM aliases WHERE model_id = $1 AND name = $2")
+            .bind(&model.id)
+            .bind(alias.as_str())
+            .execute(&mut *tx)
+            .await?;
+        for (t, id) in targets.iter().zip(&ids) {
+            sqlx::query(
+                "INSERT INTO aliases (model_id, name, version_id, weight, updated_by, updated_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&model.id)
+            .bind(alias.as_str())
+            .bind(id)
+            .bind(t.weight)
+            .bind(&actor.key_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let after = Alias {
+            name: alias.clone(),
+            version: (targets.len() == 1).then(|| targets[0].version),
+            targets: targets.to_vec(),
+            updated_by: actor.key_id.clone(),
+            updated_at: now,
         };
-        audit::record(&mut tx, actor, entry).await?;
+        self.record_move(&mut tx, actor, model, alias, before.as_ref(), Some(&after)).await?;
         tx.commit().await?;
         Ok(after)
     }
 
+    pub async fn delete_alias(&self, actor: &Actor, model: &Model, alias: &AliasName) -> Result<()> {
+        let before = self.alias(model, alias).await?;
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("DELETE FROM aliases WHERE model_id = $1 AND name = $2")
+            .bind(&model.id)
+            .bind(alias.as_str())
+            .execute(&mut *tx)
+            .await?;
+        self.record_move(&mut tx, actor, model, alias, Some(&before), None).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_move(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        actor: &Actor,
+        model: &Model,
+        alias: &AliasName,
+        before: Option<&Alias>,
+        after: Option<&Alias>,
+    ) -> Result<()> {
+        let targets = |a: Option<&Alias>| a.and_then(|a| serde_json::to_string(&a.targets).ok());
+        sqlx::query(
+            "INSERT INTO alias_history (id, model_id, name, from_json, to_json, moved_by, moved_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(crate::db::new_id())
+        .bind(&model.id)
+        .bind(alias.as_str())
+        .bind(targets(before))
+        .bind(targets(after))
+        .bind(&actor.key_id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        let entry = Entry {
+            tenant_id: Some(&model.tenant_id),
+            action: if after.is_some() { "alias.set" } else { "alias.delete" },
+            target: format!("model/{}/alias/{alias}", model.name),
+            before: before.and_then(|b| serde_json::to_value(b).ok()),
+            after: after.and_then(|a| serde_json::to_value(a).ok()),
+        };
+        audit::record(tx, actor, entry).await
+    }
+
+    /// Every alias of the model with its targets.
     pub async fn aliases(&self, model: &Model) -> Result<Vec<Alias>> {
         let rows = sqlx::query(
-            "SELECT a.name, v.number, a.updated_by, a.updated_at FROM aliases a
-             JOIN model_versions v ON v.id = a.version_id WHERE a.model_id = $1 ORDER BY a.name",
+            "SELECT a.name, v.number, a.weight, a.updated_by, a.updated_at FROM aliases a
+             JOIN model_versions v ON v.id = a.version_id WHERE a.model_id = $1 ORDER BY a.name, v.number",
         )
         .bind(&model.id)
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Alias {
-                    name: AliasName::parse(&r.try_get::<String, _>("name")?)?,
-                    version: r.try_get("number")?,
+        let mut aliases: Vec<Alias> = Vec::new();
+        for r in &rows {
+            let name = AliasName::parse(&r.try_get::<String, _>("name")?)?;
+            let target = AliasTarget { version: r.try_get("number")?, weight: r.try_get("weight")? };
+            match aliases.last_mut() {
+                Some(alias) if alias.name == name => alias.targets.push(target),
+                _ => aliases.push(Alias {
+                    name,
+                    version: None,
+                    targets: vec![target],
                     updated_by: r.try_get("updated_by")?,
                     updated_at: r.try_get("updated_at")?,
+                }),
+            }
+        }
+        for alias in &mut aliases {
+            alias.version = (alias.targets.len() == 1).then(|| alias.targets[0].version);
+        }
+        Ok(aliases)
+    }
+
+    pub async fn alias(&self, model: &Model, alias: &AliasName) -> Result<Alias> {
+        self.aliases(model)
+            .await?
+            .into_iter()
+            .find(|a| a.name == *alias)
+            .ok_or_else(|| Error::not_found("alias", format!("{}:{alias}", model.name)))
+    }
+
+    /// Every move of the alias, newest first.
+    pub async fn alias_history(&self, model: &Model, alias: &AliasName) -> Result<Vec<AliasMove>> {
+        let rows = sqlx::query(
+            "SELECT from_json, to_json, moved_by, moved_at FROM alias_history WHERE model_id = $1 AND name = $2 ORDER BY id DESC",
+        )
+        .bind(&model.id)
+        .bind(alias.as_str())
+        .fetch_all(self.db.pool())
+        .await?;
+        if rows.is_empty() {
+            return Err(Error::not_found("alias", format!("{}:{alias}", model.name)));
+        }
+        let targets = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+        rows.iter()
+            .map(|r| {
+                Ok(AliasMove {
+                    from: targets(r.try_get("from_json")?),
+                    to: targets(r.try_get("to_json")?),
+                    moved_by: r.try_get("moved_by")?,
+                    moved_at: r.try_get("moved_at")?,
                 })
             })
             .collect()
     }
 
     /// Resolves a reference to a ready version in the tenant; anything else is "not found".
+    /// An alias split over several versions picks one by weight.
     pub async fn resolve(&self, tenant_id: &str, reference: &ModelRef) -> Result<(Model, Version)> {
         let model = self.model(tenant_id, reference.model_name()).await?;
         let number = match reference {
             ModelRef::Version(_, n) => *n,
-            ModelRef::Alias(name, alias) => {
-                let row = sqlx::query(
-                    "SELECT v.number FROM aliases a JOIN model_versions v ON v.id = a.version_id WHERE a.model_id = $1 AND a.name = $2",
-                )
-                .bind(&model.id)
-                .bind(alias.as_str())
-                .fetch_optional(self.db.pool())
-                .await?
-                .ok_or_else(|| Error::not_found("alias", format!("{name}:{alias}")))?;
-                row.try_get("number")?
+            ModelRef::Alias(_, alias) => {
+                let alias = self.alias(&model, alias).await?;
+                pick(&alias.targets, rand::random_range(0..100))
+                    .ok_or_else(|| Error::not_found("alias", format!("{}:{}", model.name, alias.name)))?
             }
             ModelRef::Latest(name) => {
                 let row =
@@ -161,5 +325,28 @@ mod tests {
         assert!(ModelRef::parse("minilm@x").is_err());
         assert!(ModelRef::parse("minilm:").is_err());
         assert!(ModelRef::parse("").is_err());
+    }
+
+    #[test]
+    fn alias_targets_must_be_distinct_and_sum_to_100() {
+        let t = |version, weight| AliasTarget { version, weight };
+        assert!(check_targets(&[t(1, 100)]).is_ok());
+        assert!(check_targets(&[t(1, 90), t(2, 10)]).is_ok());
+        let err = |targets: &[AliasTarget]| check_targets(targets).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err(&[t(1, 90), t(2, 20)]).contains("sum to 110"));
+        assert!(err(&[t(1, 50), t(1, 50)]).contains("once"));
+        assert!(err(&[t(1, 0), t(2, 100)]).contains("between 1 and 100"));
+        assert!(err(&[]).contains("1 to 10"));
+    }
+
+    #[test]
+    fn weighted_picks_follow_the_weights() {
+        let targets = [AliasTarget { version: 1, weight: 90 }, AliasTarget { version: 2, weight: 10 }];
+        assert_eq!(pick(&targets, 0), Some(1));
+        assert_eq!(pick(&targets, 89), Some(1));
+        assert_eq!(pick(&targets, 90), Some(2));
+        assert_eq!(pick(&targets, 99), Some(2));
+        let twos = (0..100).filter(|roll| pick(&targets, *roll) == Some(2)).count();
+        assert_eq!(twos, 10);
     }
 }

@@ -93,14 +93,14 @@ impl Registry {
     }
 
     pub async fn list_models(&self, tenant_id: &str) -> Result<Vec<Model>> {
-        let sql = format!("SELECT {COLUMNS} FROM models WHERE tenant_id = $1 ORDER BY name");
+        let sql = format!("SELECT {COLUMNS} FROM models WHERE tenant_id = $1 AND deleted_at IS NULL ORDER BY name");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant_id).fetch_all(self.db.pool()).await?;
         rows.iter().map(from_row).collect()
     }
 
     /// A model of the tenant; another tenant's model is "not found", like a missing one.
     pub async fn model(&self, tenant_id: &str, name: &ModelName) -> Result<Model> {
-        let sql = format!("SELECT {COLUMNS} FROM models WHERE tenant_id = $1 AND name = $2");
+        let sql = format!("SELECT {COLUMNS} FROM models WHERE tenant_id = $1 AND name = $2 AND deleted_at IS NULL");
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(tenant_id)
             .bind(name.as_str())
@@ -110,5 +110,50 @@ impl Registry {
             .map(from_row)
             .transpose()?
             .ok_or_else(|| Error::not_found("model", name))
+    }
+
+    /// Deletes a model: refused while any alias points into it; its versions are archived
+    /// (kept for audit) and its name becomes free. Blobs are left for garbage collection.
+    pub async fn delete_model(&self, actor: &Actor, model: &Model) -> Result<()> {
+        let mut tx = self.db.pool().begin().await?;
+        let now = now_ms();
+        // Taking the model row's lock first serialises this with version creation.
+        let renamed = sqlx::query(
+            "UPDATE models SET deleted_at = $1, name = name || '@deleted-' || id WHERE id = $2 AND deleted_at IS NULL",
+        )
+        .bind(now)
+        .bind(&model.id)
+        .execute(&mut *tx)
+        .await?;
+        if renamed.rows_affected() == 0 {
+            return Err(Error::not_found("model", &model.name));
+        }
+        let aliases = sqlx::query("SELECT DISTINCT name FROM aliases WHERE model_id = $1 ORDER BY name")
+            .bind(&model.id)
+            .fetch_all(&mut *tx)
+            .await?;
+        if !aliases.is_empty() {
+            let names = aliases.iter().map(|r| r.try_get::<String, _>("name")).collect::<Result<Vec<_>, _>>()?;
+            return Err(Error::Conflict(format!(
+                "model {:?} still has aliases ({}); delete them first",
+                model.name.as_str(),
+                names.join(", ")
+            )));
+        }
+        sqlx::query("UPDATE model_versions SET status = 'archived', archived_at = $1 WHERE model_id = $2 AND status <> 'archived'")
+            .bind(now)
+            .bind(&model.id)
+            .execute(&mut *tx)
+            .await?;
+        let entry = Entry {
+            tenant_id: Some(&model.tenant_id),
+            action: "model.delete",
+            target: format!("model/{}", model.name),
+            before: serde_json::to_value(model).ok(),
+            after: None,
+        };
+        audit::record(&mut tx, actor, entry).await?;
+        tx.commit().await?;
+        Ok(())
     }
 }

@@ -19,6 +19,8 @@ pub enum VersionStatus {
     Draft,
     /// Validated and immutable; callable.
     Ready,
+    /// Kept for audit; not callable, no alias may point at it.
+    Archived,
 }
 
 impl VersionStatus {
@@ -26,6 +28,7 @@ impl VersionStatus {
         match self {
             VersionStatus::Draft => "draft",
             VersionStatus::Ready => "ready",
+            VersionStatus::Archived => "archived",
         }
     }
 
@@ -33,6 +36,7 @@ impl VersionStatus {
         match s {
             "draft" => Ok(VersionStatus::Draft),
             "ready" => Ok(VersionStatus::Ready),
+            "archived" => Ok(VersionStatus::Archived),
             other => Err(Error::Invalid(format!("unknown version status {other:?} in the database"))),
         }
     }
@@ -59,10 +63,12 @@ pub struct Version {
     pub created_at: i64,
     #[serde(serialize_with = "crate::db::rfc3339_opt")]
     pub committed_at: Option<i64>,
+    #[serde(serialize_with = "crate::db::rfc3339_opt")]
+    pub archived_at: Option<i64>,
     pub files: Vec<VersionFile>,
 }
 
-const COLUMNS: &str = "id, number, status, architecture, created_by, created_at, committed_at";
+const COLUMNS: &str = "id, number, status, architecture, created_by, created_at, committed_at, archived_at";
 
 fn from_row(r: &AnyRow) -> Result<Version> {
     Ok(Version {
@@ -73,6 +79,7 @@ fn from_row(r: &AnyRow) -> Result<Version> {
         created_by: r.try_get("created_by")?,
         created_at: r.try_get("created_at")?,
         committed_at: r.try_get("committed_at")?,
+        archived_at: r.try_get("archived_at")?,
         files: Vec::new(),
     })
 }
@@ -106,6 +113,7 @@ impl Registry {
             created_by: actor.key_id.clone(),
             created_at: now_ms(),
             committed_at: None,
+            archived_at: None,
             files: Vec::new(),
         };
         sqlx::query(
@@ -293,6 +301,45 @@ impl Registry {
         Ok(committed)
     }
 
+    /// Archives a version: kept for audit, no longer callable. Refused while an alias points at it.
+    pub async fn archive_version(&self, actor: &Actor, model: &Model, number: i64) -> Result<Version> {
+        let version = self.version(model, number).await?;
+        let mut tx = self.db.pool().begin().await?;
+        let now = now_ms();
+        let archived = sqlx::query(
+            "UPDATE model_versions SET status = 'archived', archived_at = $1 WHERE id = $2 AND status <> 'archived'",
+        )
+        .bind(now)
+        .bind(&version.id)
+        .execute(&mut *tx)
+        .await?;
+        if archived.rows_affected() == 0 {
+            return Err(Error::Conflict(format!("version {}@{number} is already archived", model.name)));
+        }
+        let pointing = sqlx::query("SELECT name FROM aliases WHERE version_id = $1 ORDER BY name")
+            .bind(&version.id)
+            .fetch_all(&mut *tx)
+            .await?;
+        if let Some(row) = pointing.first() {
+            let alias: String = row.try_get("name")?;
+            return Err(Error::Conflict(format!(
+                "alias {}:{alias} points at version {number}; move or delete it before archiving",
+                model.name
+            )));
+        }
+        let after = Version { status: VersionStatus::Archived, archived_at: Some(now), ..version.clone() };
+        let entry = Entry {
+            tenant_id: Some(&model.tenant_id),
+            action: "version.archive",
+            target: format!("model/{}/version/{number}", model.name),
+            before: serde_json::to_value(&version).ok(),
+            after: serde_json::to_value(&after).ok(),
+        };
+        audit::record(&mut tx, actor, entry).await?;
+        tx.commit().await?;
+        Ok(after)
+    }
+
     /// One file of a version, as recorded.
     pub async fn version_file(&self, model: &Model, number: i64, path: &FilePath) -> Result<VersionFile> {
         let version = self.version(model, number).await?;
@@ -320,6 +367,9 @@ impl Registry {
 fn ensure_draft(version: &Version, model: &Model) -> Result<()> {
     match version.status {
         VersionStatus::Draft => Ok(()),
+        VersionStatus::Archived => {
+            Err(Error::Conflict(format!("version {}@{} is archived", model.name, version.number)))
+        }
         VersionStatus::Ready => Err(Error::Conflict(format!(
             "version {}@{} is committed and immutable; create a new version",
             model.name, version.number

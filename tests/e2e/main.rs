@@ -8,5 +8,6 @@ mod helpers;
 mod inference;
 mod isolation;
 mod minilm;
+mod registry;
 mod storage;
 mod tiny_bert;

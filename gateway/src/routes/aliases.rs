@@ -1,19 +1,27 @@
-use actix_web::{HttpResponse, put, web};
+use actix_web::{HttpResponse, delete, get, put, web};
+use registry::aliases::AliasTarget;
 use registry::names::{AliasName, Role};
 use serde::Deserialize;
 
-use super::model_in;
+use super::{List, model_in};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 
+/// `{"version": 3}`, or `{"targets": [{"version": 3, "weight": 90}, {"version": 4, "weight": 10}]}`
+/// for a canary split (weights sum to 100).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SetAlias {
-    version: i64,
+    version: Option<i64>,
+    targets: Option<Vec<AliasTarget>>,
 }
 
-/// Points an alias at a ready version (atomically, audited). Requires: developer.
+fn alias_name(raw: &str) -> Result<AliasName, ApiError> {
+    AliasName::parse(raw).map_err(|_| ApiError::not_found(format!("alias {raw:?} not found")))
+}
+
+/// Points an alias at a ready version or splits it by weight (atomically, audited). Requires: developer.
 #[put("/api/v1/tenants/{tenant}/models/{model}/aliases/{alias}")]
 async fn put(
     state: web::Data<AppState>,
@@ -24,6 +32,48 @@ async fn put(
     let (tenant, model, alias) = path.into_inner();
     let model = model_in(&state, &principal, &tenant, &model, Role::Developer).await?;
     let alias = super::parse(AliasName::parse(&alias))?;
-    let alias = state.registry.set_alias(&principal.actor(), &model, &alias, body.version).await?;
+    let targets = match body.into_inner() {
+        SetAlias { version: Some(version), targets: None } => vec![AliasTarget { version, weight: 100 }],
+        SetAlias { version: None, targets: Some(targets) } => targets,
+        _ => return Err(ApiError::bad_request("invalid_request", "send either \"version\" or \"targets\"")),
+    };
+    let alias = state.registry.set_alias(&principal.actor(), &model, &alias, &targets).await?;
     Ok(HttpResponse::Ok().json(alias))
+}
+
+/// Requires: viewer.
+#[get("/api/v1/tenants/{tenant}/models/{model}/aliases")]
+async fn list(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model) = path.into_inner();
+    let model = model_in(&state, &principal, &tenant, &model, Role::Viewer).await?;
+    Ok(HttpResponse::Ok().json(List { data: state.registry.aliases(&model).await? }))
+}
+
+/// Every move of the alias, newest first: who, when, from which targets to which. Requires: viewer.
+#[get("/api/v1/tenants/{tenant}/models/{model}/aliases/{alias}/history")]
+async fn history(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model, alias) = path.into_inner();
+    let model = model_in(&state, &principal, &tenant, &model, Role::Viewer).await?;
+    Ok(HttpResponse::Ok().json(List { data: state.registry.alias_history(&model, &alias_name(&alias)?).await? }))
+}
+
+/// Requires: developer.
+#[delete("/api/v1/tenants/{tenant}/models/{model}/aliases/{alias}")]
+async fn remove(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model, alias) = path.into_inner();
+    let model = model_in(&state, &principal, &tenant, &model, Role::Developer).await?;
+    state.registry.delete_alias(&principal.actor(), &model, &alias_name(&alias)?).await?;
+    Ok(HttpResponse::NoContent().finish())
 }

@@ -7,7 +7,7 @@
 //! | `POST/GET /api/v1/tenants` | platform admin |
 //! | `POST/GET/DELETE .../keys`, `GET .../audit` | tenant admin |
 //! | `GET` models, versions, files | viewer |
-//! | `POST` models, versions, `PUT` files, commit, `PUT` aliases | developer |
+//! | `POST` models, versions, `PUT` files, commit, archive, `PUT`/`DELETE` aliases, `DELETE` models | developer |
 //! | `/v1/models`, `/v1/embeddings` | invoker (tenant key) |
 
 mod aliases;
@@ -44,6 +44,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(files::put)
         .service(files::get)
         .service(aliases::put)
+        .service(aliases::list)
+        .service(aliases::history)
+        .service(aliases::remove)
+        .service(versions::archive)
+        .service(models::remove)
         .service(audit::list)
         .service(openai::models)
         .service(openai::embeddings);

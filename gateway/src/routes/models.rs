@@ -1,4 +1,4 @@
-use actix_web::{HttpResponse, get, post, web};
+use actix_web::{HttpResponse, delete, get, post, web};
 use registry::names::{ModelName, Role, Task};
 use serde::Deserialize;
 use serde_json::json;
@@ -56,4 +56,17 @@ async fn get(
     let mut answer = serde_json::to_value(&model).map_err(ApiError::internal)?;
     answer["aliases"] = json!(aliases);
     Ok(HttpResponse::Ok().json(answer))
+}
+
+/// Deletes a model (refused while it has aliases); its versions are archived. Requires: developer.
+#[delete("/api/v1/tenants/{tenant}/models/{model}")]
+async fn remove(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model) = path.into_inner();
+    let model = model_in(&state, &principal, &tenant, &model, Role::Developer).await?;
+    state.registry.delete_model(&principal.actor(), &model).await?;
+    Ok(HttpResponse::NoContent().finish())
 }

@@ -13,6 +13,9 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 
+/// Names the version that answered (`acme/minilm@3`), so canary splits can be observed.
+const SERVED_BY: &str = "x-modelgate-version";
+
 /// Inputs in one embeddings request at most (OpenAI's limit).
 const MAX_INPUTS: usize = 2048;
 
@@ -120,9 +123,10 @@ async fn embeddings(
         ));
     }
     let storage = state.registry.storage();
+    let display_name = format!("{}/{}@{}", tenant.name, model.name, version.number);
     let spec = ModelSpec {
         version_id: version.id.clone(),
-        display_name: format!("{}/{}@{}", tenant.name, model.name, version.number),
+        display_name: display_name.clone(),
         architecture: version.architecture.clone().unwrap_or_default(),
         task: model.task.as_str().to_owned(),
         files: version
@@ -153,7 +157,7 @@ async fn embeddings(
             json!({ "object": "embedding", "index": index, "embedding": embedding })
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
+    Ok(HttpResponse::Ok().insert_header((SERVED_BY, display_name)).json(json!({
         "object": "list",
         "data": data,
         "model": body.model,

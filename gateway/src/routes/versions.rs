@@ -56,3 +56,17 @@ async fn commit(
     let version = state.registry.commit_version(&principal.actor(), &model, version_number(&version)?).await?;
     Ok(HttpResponse::Ok().json(version))
 }
+
+/// Archives a version: kept for audit, no longer callable; refused while an alias points at it.
+/// Requires: developer.
+#[post("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/archive")]
+async fn archive(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model, version) = path.into_inner();
+    let model = model_in(&state, &principal, &tenant, &model, Role::Developer).await?;
+    let version = state.registry.archive_version(&principal.actor(), &model, version_number(&version)?).await?;
+    Ok(HttpResponse::Ok().json(version))
+}

@@ -1,0 +1,117 @@
+//! Versions and aliases in depth: weighted aliases, history, archiving, deleting, dedup.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{AppOptions, Database, TestApp, files_of};
+use crate::tiny_bert;
+
+fn blob_count(app: &TestApp) -> usize {
+    let tenants = app.dir.path().join("blobs/tenants");
+    std::fs::read_dir(&tenants)
+        .map(|dirs| {
+            dirs.filter_map(Result::ok)
+                .map(|t| std::fs::read_dir(t.path().join("blobs/sha256")).map(Iterator::count).unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+async fn registry_on(database: Database) {
+    let app = TestApp::spawn(AppOptions::new(database)).await;
+    let key = app.tenant("acme").await;
+    let dir = app.dir.path().join("tiny");
+    tiny_bert::write(&dir);
+    app.upload_model(&key, "acme", "tiny", &dir).await;
+    let stored = blob_count(&app);
+    assert_eq!(stored, files_of(&dir).len());
+
+    // Version 2: the same bytes again are stored once.
+    let v2 = app.new_version(&key, "acme", "tiny").await;
+    for (path, local) in files_of(&dir) {
+        let (status, _) =
+            app.put_file(&key, "acme", "tiny", v2, &path, std::fs::read(local).expect("read"), true).await;
+        assert_eq!(status, 201);
+    }
+    assert_eq!(blob_count(&app), stored, "a second upload of the same bytes stores nothing new");
+    assert_eq!(app.commit(&key, "acme", "tiny", v2).await.0, 200);
+    let v3 = app.new_version(&key, "acme", "tiny").await;
+
+    let alias = "/api/v1/tenants/acme/models/tiny/aliases/production";
+    app.set_alias(&key, "acme", "tiny", "production", 1).await;
+    for (body, status, fragment) in [
+        (json!({"targets": [{"version": 1, "weight": 90}, {"version": 2, "weight": 20}]}), 400, "sum to 110"),
+        (json!({"targets": [{"version": 1, "weight": 50}, {"version": 1, "weight": 50}]}), 400, "once"),
+        (json!({"version": v3}), 409, "not ready"),
+        (json!({"version": 1, "targets": []}), 400, "either"),
+        (json!({"version": 99}), 404, "not found"),
+    ] {
+        let (got, answer) = app.call(Method::PUT, alias, &key, Some(body.clone())).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(answer["error"]["message"].as_str().unwrap_or_default().contains(fragment), "{body}: {answer}");
+    }
+    let split = json!({"targets": [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}]});
+    let (status, body) = app.call(Method::PUT, alias, &key, Some(split)).await;
+    assert_eq!(status, 200, "{body}");
+    let mut served = std::collections::BTreeMap::new();
+    for _ in 0..60 {
+        let response = app
+            .req(Method::POST, "/v1/embeddings", Some(&key))
+            .json(&json!({"model": "tiny:production", "input": "a dog"}))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status().as_u16(), 200);
+        let version = response.headers().get("x-modelgate-version").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        *served.entry(version.expect("the answering version is named")).or_insert(0) += 1;
+    }
+    assert_eq!(
+        served.keys().cloned().collect::<Vec<_>>(),
+        ["acme/tiny@1", "acme/tiny@2"],
+        "a 50/50 split serves both: {served:?}"
+    );
+
+    // Archiving: refused while an alias points at the version; then not callable.
+    let archive = |n: i64| format!("/api/v1/tenants/acme/models/tiny/versions/{n}/archive");
+    let (status, body) = app.call(Method::POST, &archive(2), &key, None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("production"), "{body}");
+    app.set_alias(&key, "acme", "tiny", "production", 1).await;
+    let (status, body) = app.call(Method::POST, &archive(2), &key, None).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("archived")), "{body}");
+    assert_eq!(app.embed(&key, "tiny@2", json!("a dog")).await.0, 404, "an archived version is not callable");
+    let (status, _) = app.call(Method::PUT, alias, &key, Some(json!({"version": 2}))).await;
+    assert_eq!(status, 409, "no alias may point at an archived version");
+
+    // History: every move, newest first.
+    let (status, history) = app.call(Method::GET, &format!("{alias}/history"), &key, None).await;
+    assert_eq!(status, 200);
+    let moves = history["data"].as_array().expect("moves");
+    assert_eq!(moves.len(), 3, "{history}");
+    assert_eq!(moves[0]["to"], json!([{"version": 1, "weight": 100}]));
+    assert_eq!(moves[0]["from"], json!([{"version": 1, "weight": 50}, {"version": 2, "weight": 50}]));
+    assert_eq!(moves[2]["from"], json!(null), "the first move created the alias");
+    assert!(moves.iter().all(|m| m["moved_by"].is_string() && m["moved_at"].is_string()));
+
+    // Deleting: refused while an alias exists; afterwards the name is free again.
+    let model = "/api/v1/tenants/acme/models/tiny";
+    let (status, body) = app.call(Method::DELETE, model, &key, None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("production"));
+    assert_eq!(app.call(Method::DELETE, alias, &key, None).await.0, 204);
+    assert_eq!(app.call(Method::DELETE, model, &key, None).await.0, 204);
+    assert_eq!(app.call(Method::GET, model, &key, None).await.0, 404);
+    assert_eq!(app.embed(&key, "tiny@1", json!("a dog")).await.0, 404);
+    let (status, _) = app
+        .call(Method::POST, "/api/v1/tenants/acme/models", &key, Some(json!({"name": "tiny", "task": "embedding"})))
+        .await;
+    assert_eq!(status, 201, "a deleted model's name can be used again");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aliases_split_move_with_history_and_guard_archive_and_delete() {
+    for database in Database::all("registry") {
+        registry_on(database).await;
+    }
+}
