@@ -36,6 +36,13 @@ CREATE TABLE models (
     UNIQUE (tenant_id, name)
 );
 
+CREATE TABLE model_tags (
+    model_id TEXT NOT NULL REFERENCES models (id),
+    tag      TEXT NOT NULL,
+    PRIMARY KEY (model_id, tag)
+);
+CREATE INDEX model_tags_tag ON model_tags (tag);
+
 -- status: draft -> ready (immutable from then on) -> archived (kept for audit, not callable).
 CREATE TABLE model_versions (
     id           TEXT PRIMARY KEY,

@@ -4,6 +4,7 @@ use serde_json::Value;
 use sqlx::{AnyConnection, Row as _};
 
 use crate::db::{new_id, now_ms};
+use crate::page::{Page, PageRequest};
 use crate::{Actor, Registry, Result};
 
 /// One management change, written in the same transaction as the change itself.
@@ -36,6 +37,8 @@ pub(crate) async fn record(conn: &mut AnyConnection, actor: &Actor, entry: Entry
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AuditRecord {
+    #[serde(skip)]
+    pub id: String,
     #[serde(serialize_with = "crate::db::rfc3339")]
     pub at: i64,
     pub actor: String,
@@ -47,20 +50,23 @@ pub struct AuditRecord {
 }
 
 impl Registry {
-    /// A tenant's audit entries, newest first.
-    pub async fn audit_entries(&self, tenant_id: &str, limit: i64) -> Result<Vec<AuditRecord>> {
+    /// One page of a tenant's audit entries, newest first.
+    pub async fn audit_entries(&self, tenant_id: &str, page: &PageRequest) -> Result<Page<AuditRecord>> {
+        // Ids are UUIDv7, ordered by time; '~' sorts after every id.
         let rows = sqlx::query(
-            "SELECT at, actor, action, target, source_ip, before_json, after_json FROM audit_log
-             WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2",
+            "SELECT id, at, actor, action, target, source_ip, before_json, after_json FROM audit_log
+             WHERE tenant_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
         )
         .bind(tenant_id)
-        .bind(limit)
+        .bind(page.after.as_deref().unwrap_or("~"))
+        .bind(page.fetch())
         .fetch_all(self.db.pool())
         .await?;
         let json = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
         rows.into_iter()
             .map(|r| {
                 Ok(AuditRecord {
+                    id: r.try_get("id")?,
                     at: r.try_get("at")?,
                     actor: r.try_get("actor")?,
                     action: r.try_get("action")?,
@@ -70,6 +76,7 @@ impl Registry {
                     after: json(r.try_get("after_json")?),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()
+            .map(|entries| Page::new(entries, page, |e| e.id.clone()))
     }
 }

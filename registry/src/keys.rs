@@ -11,6 +11,7 @@ use sqlx::any::AnyRow;
 use crate::audit::{self, Entry};
 use crate::db::now_ms;
 use crate::names::Role;
+use crate::page::{Page, PageRequest};
 use crate::{Actor, Error, Registry, Result};
 
 pub const KEY_PREFIX: &str = "mg_";
@@ -172,10 +173,27 @@ impl Registry {
         Ok((key, secret))
     }
 
-    pub async fn list_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>> {
-        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant_id).fetch_all(self.db.pool()).await?;
-        rows.iter().map(from_row).collect()
+    /// One page of the tenant's keys, oldest first (new keys land on the last page).
+    pub async fn list_keys(&self, tenant_id: &str, page: &PageRequest) -> Result<Page<ApiKey>> {
+        let (at, id) = match page.after.as_deref().and_then(|k| k.split_once('/')) {
+            Some((at, id)) => {
+                (at.parse::<i64>().map_err(|_| Error::Invalid("cursor is not one this server handed out".into()))?, id)
+            }
+            None => (-1, ""),
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 AND (created_at > $2 OR (created_at = $2 AND id > $3))
+             ORDER BY created_at, id LIMIT $4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant_id)
+            .bind(at)
+            .bind(id)
+            .bind(page.fetch())
+            .fetch_all(self.db.pool())
+            .await?;
+        let keys = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
+        Ok(Page::new(keys, page, |k| format!("{}/{}", k.created_at, k.id)))
     }
 
     pub async fn key_by_id(&self, id: &str) -> Result<Option<ApiKey>> {

@@ -7,6 +7,7 @@ mod error;
 pub mod keys;
 pub mod models;
 pub mod names;
+pub mod page;
 pub mod storage;
 pub mod tenants;
 pub mod validate;

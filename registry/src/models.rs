@@ -7,6 +7,7 @@ use sqlx::any::AnyRow;
 use crate::audit::{self, Entry};
 use crate::db::{new_id, now_ms};
 use crate::names::{ModelName, Task};
+use crate::page::{Page, PageRequest};
 use crate::{Actor, Error, Registry, Result};
 
 #[derive(Debug, Clone, Serialize)]
@@ -18,12 +19,30 @@ pub struct Model {
     pub name: ModelName,
     pub task: Task,
     pub description: String,
+    pub tags: Vec<String>,
     pub created_by: String,
     #[serde(serialize_with = "crate::db::rfc3339")]
     pub created_at: i64,
 }
 
+/// Which models a list returns; unset fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct ModelFilter {
+    pub task: Option<Task>,
+    pub tag: Option<String>,
+    pub name_prefix: Option<String>,
+}
+
+/// A change to a model's description and tags; unset fields stay as they are.
+#[derive(Debug, Clone, Default)]
+pub struct ModelPatch {
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+}
+
 const COLUMNS: &str = "id, tenant_id, name, task, description, created_by, created_at";
+const MAX_DESCRIPTION_CHARS: usize = 4096;
+const MAX_TAGS: usize = 32;
 
 fn from_row(r: &AnyRow) -> Result<Model> {
     Ok(Model {
@@ -32,9 +51,46 @@ fn from_row(r: &AnyRow) -> Result<Model> {
         name: ModelName::parse(&r.try_get::<String, _>("name")?)?,
         task: Task::parse(&r.try_get::<String, _>("task")?)?,
         description: r.try_get("description")?,
+        tags: Vec::new(),
         created_by: r.try_get("created_by")?,
         created_at: r.try_get("created_at")?,
     })
+}
+
+fn check_description(description: &str) -> Result<()> {
+    if description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(Error::Invalid(format!("description is longer than {MAX_DESCRIPTION_CHARS} characters")));
+    }
+    Ok(())
+}
+
+/// Tags are 1-64 printable characters without spaces; at most 32, duplicates dropped, sorted.
+pub fn check_tags(tags: &[String]) -> Result<Vec<String>> {
+    if tags.len() > MAX_TAGS {
+        return Err(Error::Invalid(format!("at most {MAX_TAGS} tags per model")));
+    }
+    if let Some(bad) = tags
+        .iter()
+        .find(|t| t.is_empty() || t.chars().count() > 64 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(Error::Invalid(format!("invalid tag {bad:?}: use 1-64 characters without spaces")));
+    }
+    let mut tags = tags.to_vec();
+    tags.sort();
+    tags.dedup();
+    Ok(tags)
+}
+
+async fn write_tags(tx: &mut sqlx::AnyConnection, model_id: &str, tags: &[String]) -> Result<()> {
+    sqlx::query("DELETE FROM model_tags WHERE model_id = $1").bind(model_id).execute(&mut *tx).await?;
+    for tag in tags {
+        sqlx::query("INSERT INTO model_tags (model_id, tag) VALUES ($1, $2)")
+            .bind(model_id)
+            .bind(tag)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
 }
 
 impl Registry {
@@ -45,16 +101,16 @@ impl Registry {
         name: &ModelName,
         task: Task,
         description: &str,
+        tags: &[String],
     ) -> Result<Model> {
-        if description.chars().count() > 4096 {
-            return Err(Error::Invalid("description is longer than 4096 characters".into()));
-        }
+        check_description(description)?;
         let model = Model {
             id: new_id(),
             tenant_id: tenant_id.to_owned(),
             name: name.clone(),
             task,
             description: description.to_owned(),
+            tags: check_tags(tags)?,
             created_by: actor.key_id.clone(),
             created_at: now_ms(),
         };
@@ -75,33 +131,98 @@ impl Registry {
         if inserted.rows_affected() == 0 {
             return Err(Error::Conflict(format!("model {:?} already exists", name.as_str())));
         }
+        write_tags(&mut tx, &model.id, &model.tags).await?;
         let after = serde_json::to_value(&model).ok();
-        audit::record(
-            &mut tx,
-            actor,
-            Entry {
-                tenant_id: Some(tenant_id),
-                action: "model.create",
-                target: format!("model/{name}"),
-                before: None,
-                after,
-            },
-        )
-        .await?;
+        let entry = Entry {
+            tenant_id: Some(tenant_id),
+            action: "model.create",
+            target: format!("model/{name}"),
+            before: None,
+            after,
+        };
+        audit::record(&mut tx, actor, entry).await?;
         tx.commit().await?;
         Ok(model)
     }
 
-    pub async fn list_models(&self, tenant_id: &str) -> Result<Vec<Model>> {
-        let sql = format!("SELECT {COLUMNS} FROM models WHERE tenant_id = $1 AND deleted_at IS NULL ORDER BY name");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant_id).fetch_all(self.db.pool()).await?;
-        rows.iter().map(from_row).collect()
+    /// Changes a model's description and tags.
+    pub async fn update_model(&self, actor: &Actor, model: &Model, patch: ModelPatch) -> Result<Model> {
+        let mut after = model.clone();
+        if let Some(description) = patch.description {
+            check_description(&description)?;
+            after.description = description;
+        }
+        if let Some(tags) = patch.tags {
+            after.tags = check_tags(&tags)?;
+        }
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("UPDATE models SET description = $1 WHERE id = $2 AND deleted_at IS NULL")
+            .bind(&after.description)
+            .bind(&model.id)
+            .execute(&mut *tx)
+            .await?;
+        write_tags(&mut tx, &model.id, &after.tags).await?;
+        let entry = Entry {
+            tenant_id: Some(&model.tenant_id),
+            action: "model.update",
+            target: format!("model/{}", model.name),
+            before: serde_json::to_value(model).ok(),
+            after: serde_json::to_value(&after).ok(),
+        };
+        audit::record(&mut tx, actor, entry).await?;
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    /// One page of the tenant's models, by name.
+    pub async fn list_models(&self, tenant_id: &str, filter: &ModelFilter, page: &PageRequest) -> Result<Page<Model>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM models WHERE tenant_id = $1 AND deleted_at IS NULL AND name > $2
+             AND ($3 = '' OR task = $3)
+             AND ($4 = '' OR EXISTS (SELECT 1 FROM model_tags t WHERE t.model_id = models.id AND t.tag = $4))
+             AND substr(name, 1, length($5)) = $5
+             ORDER BY name LIMIT $6"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant_id)
+            .bind(page.after.as_deref().unwrap_or(""))
+            .bind(filter.task.map_or("", Task::as_str))
+            .bind(filter.tag.as_deref().unwrap_or(""))
+            .bind(filter.name_prefix.as_deref().unwrap_or(""))
+            .bind(page.fetch())
+            .fetch_all(self.db.pool())
+            .await?;
+        let mut models = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
+        self.load_tags(&mut models).await?;
+        Ok(Page::new(models, page, |m| m.name.to_string()))
+    }
+
+    async fn load_tags(&self, models: &mut [Model]) -> Result<()> {
+        if models.is_empty() {
+            return Ok(());
+        }
+        let placeholders: Vec<String> = (1..=models.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT model_id, tag FROM model_tags WHERE model_id IN ({}) ORDER BY tag",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for model in models.iter() {
+            query = query.bind(model.id.clone());
+        }
+        for row in query.fetch_all(self.db.pool()).await? {
+            let model_id: String = row.try_get("model_id")?;
+            if let Some(model) = models.iter_mut().find(|m| m.id == model_id) {
+                model.tags.push(row.try_get("tag")?);
+            }
+        }
+        Ok(())
     }
 
     /// A model of the tenant; another tenant's model is "not found", like a missing one.
     pub async fn model(&self, tenant_id: &str, name: &ModelName) -> Result<Model> {
         let sql = format!("SELECT {COLUMNS} FROM models WHERE tenant_id = $1 AND name = $2 AND deleted_at IS NULL");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        let model = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(tenant_id)
             .bind(name.as_str())
             .fetch_optional(self.db.pool())
@@ -109,7 +230,11 @@ impl Registry {
             .as_ref()
             .map(from_row)
             .transpose()?
-            .ok_or_else(|| Error::not_found("model", name))
+            .ok_or_else(|| Error::not_found("model", name))?;
+        let mut models = [model];
+        self.load_tags(&mut models).await?;
+        let [model] = models;
+        Ok(model)
     }
 
     /// Deletes a model: refused while any alias points into it; its versions are archived

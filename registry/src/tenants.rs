@@ -7,6 +7,7 @@ use sqlx::any::AnyRow;
 use crate::audit::{self, Entry};
 use crate::db::{new_id, now_ms};
 use crate::names::TenantSlug;
+use crate::page::{Page, PageRequest};
 use crate::{Actor, Error, Registry, Result};
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,10 +57,15 @@ impl Registry {
         Ok(tenant)
     }
 
-    pub async fn list_tenants(&self) -> Result<Vec<Tenant>> {
-        let rows =
-            sqlx::query("SELECT id, slug, created_at FROM tenants ORDER BY slug").fetch_all(self.db.pool()).await?;
-        rows.into_iter().map(from_row).collect()
+    /// One page of tenants, by name.
+    pub async fn list_tenants(&self, page: &PageRequest) -> Result<Page<Tenant>> {
+        let rows = sqlx::query("SELECT id, slug, created_at FROM tenants WHERE slug > $1 ORDER BY slug LIMIT $2")
+            .bind(page.after.as_deref().unwrap_or(""))
+            .bind(page.fetch())
+            .fetch_all(self.db.pool())
+            .await?;
+        let tenants = rows.into_iter().map(from_row).collect::<Result<Vec<_>>>()?;
+        Ok(Page::new(tenants, page, |t| t.name.to_string()))
     }
 
     pub async fn tenant_by_slug(&self, name: &TenantSlug) -> Result<Tenant> {

@@ -10,6 +10,7 @@ use crate::audit::{self, Entry};
 use crate::db::{new_id, now_ms};
 use crate::models::Model;
 use crate::names::{Digest, FilePath};
+use crate::page::{Page, PageRequest};
 use crate::{Actor, Error, Registry, Result, validate};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -24,7 +25,7 @@ pub enum VersionStatus {
 }
 
 impl VersionStatus {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             VersionStatus::Draft => "draft",
             VersionStatus::Ready => "ready",
@@ -32,12 +33,12 @@ impl VersionStatus {
         }
     }
 
-    fn parse(s: &str) -> Result<Self> {
+    pub fn parse(s: &str) -> Result<Self> {
         match s {
             "draft" => Ok(VersionStatus::Draft),
             "ready" => Ok(VersionStatus::Ready),
             "archived" => Ok(VersionStatus::Archived),
-            other => Err(Error::Invalid(format!("unknown version status {other:?} in the database"))),
+            other => Err(Error::Invalid(format!("unknown version status {other:?}: use draft, ready or archived"))),
         }
     }
 }
@@ -139,24 +140,50 @@ impl Registry {
         Ok(version)
     }
 
-    pub async fn list_versions(&self, model: &Model) -> Result<Vec<Version>> {
-        let sql = format!("SELECT {COLUMNS} FROM model_versions WHERE model_id = $1 ORDER BY number");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&model.id).fetch_all(self.db.pool()).await?;
+    /// One page of the model's versions by number, optionally of one status only.
+    pub async fn list_versions(
+        &self,
+        model: &Model,
+        status: Option<VersionStatus>,
+        page: &PageRequest,
+    ) -> Result<Page<Version>> {
+        let after = match page.after.as_deref() {
+            Some(key) => {
+                key.parse::<i64>().map_err(|_| Error::Invalid("cursor is not one this server handed out".into()))?
+            }
+            None => 0,
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM model_versions WHERE model_id = $1 AND number > $2 AND ($3 = '' OR status = $3)
+             ORDER BY number LIMIT $4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&model.id)
+            .bind(after)
+            .bind(status.map_or("", VersionStatus::as_str))
+            .bind(page.fetch())
+            .fetch_all(self.db.pool())
+            .await?;
         let mut versions = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
-        let files = sqlx::query(
-            "SELECT f.version_id, f.path, f.sha256, f.size FROM version_files f
-             JOIN model_versions v ON v.id = f.version_id WHERE v.model_id = $1 ORDER BY f.path",
-        )
-        .bind(&model.id)
-        .fetch_all(self.db.pool())
-        .await?;
-        for row in &files {
-            let version_id: String = row.try_get("version_id")?;
-            if let Some(v) = versions.iter_mut().find(|v| v.id == version_id) {
-                v.files.push(file_from_row(row)?);
+        if let (Some(first), Some(last)) = (versions.first(), versions.last()) {
+            let files = sqlx::query(
+                "SELECT f.version_id, f.path, f.sha256, f.size FROM version_files f
+                 JOIN model_versions v ON v.id = f.version_id WHERE v.model_id = $1 AND v.number BETWEEN $2 AND $3
+                 ORDER BY f.path",
+            )
+            .bind(&model.id)
+            .bind(first.number)
+            .bind(last.number)
+            .fetch_all(self.db.pool())
+            .await?;
+            for row in &files {
+                let version_id: String = row.try_get("version_id")?;
+                if let Some(v) = versions.iter_mut().find(|v| v.id == version_id) {
+                    v.files.push(file_from_row(row)?);
+                }
             }
         }
-        Ok(versions)
+        Ok(Page::new(versions, page, |v| v.number.to_string()))
     }
 
     pub async fn version(&self, model: &Model, number: i64) -> Result<Version> {

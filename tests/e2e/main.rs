@@ -8,6 +8,7 @@ mod helpers;
 mod inference;
 mod isolation;
 mod minilm;
+mod pagination;
 mod registry;
 mod storage;
 mod tiny_bert;

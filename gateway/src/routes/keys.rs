@@ -4,7 +4,7 @@ use registry::names::Role;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::List;
+use super::PageQuery;
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -53,9 +53,10 @@ async fn list(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<String>,
+    query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = principal.tenant(&state.registry, &path, Role::Admin).await?;
-    Ok(HttpResponse::Ok().json(List { data: state.registry.list_keys(&tenant.id).await? }))
+    Ok(HttpResponse::Ok().json(state.registry.list_keys(&tenant.id, &query.request()?).await?))
 }
 
 /// Revokes a key at once. Requires: tenant admin.

@@ -49,6 +49,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(aliases::remove)
         .service(versions::archive)
         .service(models::remove)
+        .service(models::update)
         .service(audit::list)
         .service(openai::models)
         .service(openai::embeddings);
@@ -58,6 +59,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[derive(serde::Serialize)]
 pub struct List<T> {
     pub data: Vec<T>,
+}
+
+/// `?limit=&cursor=` of every paginated list.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+impl PageQuery {
+    fn request(&self) -> Result<registry::page::PageRequest, ApiError> {
+        parse(registry::page::PageRequest::parse(self.limit, self.cursor.as_deref()))
+    }
 }
 
 fn parse<T>(parsed: Result<T, registry::Error>) -> Result<T, ApiError> {

@@ -1,9 +1,11 @@
-use actix_web::{HttpResponse, delete, get, post, web};
+use actix_web::{HttpResponse, delete, get, patch, post, web};
+use registry::models::{ModelFilter, ModelPatch};
 use registry::names::{ModelName, Role, Task};
+use registry::page::PageRequest;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{List, model_in};
+use super::model_in;
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -15,6 +17,8 @@ struct CreateModel {
     task: String,
     #[serde(default)]
     description: String,
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 /// Requires: developer.
@@ -28,19 +32,60 @@ async fn create(
     let tenant = principal.tenant(&state.registry, &path, Role::Developer).await?;
     let name = super::parse(ModelName::parse(&body.name))?;
     let task = super::parse(Task::parse(&body.task))?;
-    let model = state.registry.create_model(&principal.actor(), &tenant.id, &name, task, &body.description).await?;
+    let model =
+        state.registry.create_model(&principal.actor(), &tenant.id, &name, task, &body.description, &body.tags).await?;
     Ok(HttpResponse::Created().json(model))
 }
 
-/// Requires: viewer.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+    task: Option<String>,
+    tag: Option<String>,
+    name_prefix: Option<String>,
+}
+
+/// Models by name; `?task=`, `?tag=`, `?name_prefix=` filter. Requires: viewer.
 #[get("/api/v1/tenants/{tenant}/models")]
 async fn list(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<String>,
+    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = principal.tenant(&state.registry, &path, Role::Viewer).await?;
-    Ok(HttpResponse::Ok().json(List { data: state.registry.list_models(&tenant.id).await? }))
+    let query = query.into_inner();
+    let page = super::parse(PageRequest::parse(query.limit, query.cursor.as_deref()))?;
+    let filter = ModelFilter {
+        task: query.task.as_deref().map(Task::parse).transpose().map_err(ApiError::from)?,
+        tag: query.tag,
+        name_prefix: query.name_prefix,
+    };
+    Ok(HttpResponse::Ok().json(state.registry.list_models(&tenant.id, &filter, &page).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchModel {
+    description: Option<String>,
+    tags: Option<Vec<String>>,
+}
+
+/// Changes the description and/or tags. Requires: developer.
+#[patch("/api/v1/tenants/{tenant}/models/{model}")]
+async fn update(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String)>,
+    body: web::Json<PatchModel>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model) = path.into_inner();
+    let model = model_in(&state, &principal, &tenant, &model, Role::Developer).await?;
+    let body = body.into_inner();
+    let patch = ModelPatch { description: body.description, tags: body.tags };
+    Ok(HttpResponse::Ok().json(state.registry.update_model(&principal.actor(), &model, patch).await?))
 }
 
 /// The model with its aliases. Requires: viewer.

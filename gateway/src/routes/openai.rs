@@ -5,7 +5,9 @@ use actix_web::{HttpResponse, get, post, web};
 use base64::Engine as _;
 use proto::v1::{ModelFile, ModelSpec};
 use registry::aliases::ModelRef;
+use registry::models::ModelFilter;
 use registry::names::Role;
+use registry::page::PageRequest;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -25,7 +27,17 @@ const MAX_INPUTS: usize = 2048;
 async fn models(state: web::Data<AppState>, principal: Principal) -> Result<HttpResponse, ApiError> {
     let tenant = principal.own_tenant(Role::Invoker)?;
     let mut data = Vec::new();
-    for model in state.registry.list_models(&tenant.id).await? {
+    let mut models = Vec::new();
+    let mut page = PageRequest::first(registry::page::MAX_LIMIT);
+    loop {
+        let batch = state.registry.list_models(&tenant.id, &ModelFilter::default(), &page).await?;
+        models.extend(batch.data);
+        match batch.next_cursor {
+            Some(_) => page.after = models.last().map(|m| m.name.to_string()),
+            None => break,
+        }
+    }
+    for model in models {
         let latest = state.registry.resolve(&tenant.id, &ModelRef::Latest(model.name.clone())).await;
         if latest.is_err() {
             continue;

@@ -2,7 +2,7 @@ use actix_web::{HttpResponse, get, post, web};
 use registry::names::TenantSlug;
 use serde::Deserialize;
 
-use super::List;
+use super::PageQuery;
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -28,7 +28,11 @@ async fn create(
 
 /// Requires: platform admin.
 #[get("/api/v1/tenants")]
-async fn list(state: web::Data<AppState>, principal: Principal) -> Result<HttpResponse, ApiError> {
+async fn list(
+    state: web::Data<AppState>,
+    principal: Principal,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
     principal.require_platform_admin()?;
-    Ok(HttpResponse::Ok().json(List { data: state.registry.list_tenants().await? }))
+    Ok(HttpResponse::Ok().json(state.registry.list_tenants(&query.request()?).await?))
 }

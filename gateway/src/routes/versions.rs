@@ -1,7 +1,11 @@
 use actix_web::{HttpResponse, get, post, web};
 use registry::names::Role;
 
-use super::{List, model_in, version_number};
+use registry::page::PageRequest;
+use registry::versions::VersionStatus;
+use serde::Deserialize;
+
+use super::{model_in, version_number};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -19,16 +23,27 @@ async fn create(
     Ok(HttpResponse::Created().json(version))
 }
 
-/// Requires: viewer.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+    status: Option<String>,
+}
+
+/// Versions by number, `?status=` to keep one status. Requires: viewer.
 #[get("/api/v1/tenants/{tenant}/models/{model}/versions")]
 async fn list(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<(String, String)>,
+    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, model) = path.into_inner();
     let model = model_in(&state, &principal, &tenant, &model, Role::Viewer).await?;
-    Ok(HttpResponse::Ok().json(List { data: state.registry.list_versions(&model).await? }))
+    let page = super::parse(PageRequest::parse(query.limit, query.cursor.as_deref()))?;
+    let status = query.status.as_deref().map(VersionStatus::parse).transpose().map_err(ApiError::from)?;
+    Ok(HttpResponse::Ok().json(state.registry.list_versions(&model, status, &page).await?))
 }
 
 /// A version with its files. Requires: viewer.
