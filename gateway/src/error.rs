@@ -143,6 +143,7 @@ impl From<registry::Error> for ApiError {
             E::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
             E::Invalid(_) => ApiError::bad_request("invalid_request", message),
             E::DigestMismatch { .. } => ApiError::bad_request("digest_mismatch", message),
+            E::QuotaExceeded(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "storage_quota_exceeded", message),
             E::Validation(ref problems) => {
                 let details = json!({ "problems": problems });
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message).with_details(details)

@@ -4,7 +4,9 @@
 CREATE TABLE tenants (
     id          TEXT PRIMARY KEY,
     slug        TEXT NOT NULL UNIQUE,
-    created_at  BIGINT NOT NULL
+    created_at  BIGINT NOT NULL,
+    -- Bytes of distinct blobs the tenant may store; NULL: no limit.
+    storage_quota_bytes BIGINT
 );
 
 -- tenant_id NULL and role 'platform_admin' mark a platform administrator's key.

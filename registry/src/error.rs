@@ -14,6 +14,9 @@ pub enum Error {
     /// The uploaded bytes do not hash to the digest the client declared.
     #[error("sha256 mismatch: the client declared {declared} but the uploaded bytes hash to {actual}")]
     DigestMismatch { declared: String, actual: String },
+    /// The tenant's storage quota would be exceeded; nothing was stored.
+    #[error("storage quota exceeded: {0}")]
+    QuotaExceeded(String),
     /// A commit found the version unusable; every reason is listed.
     #[error("the version cannot be committed: {}", join_problems(.0))]
     Validation(Vec<Problem>),

@@ -83,8 +83,9 @@ impl Storage {
     }
 
     /// Streams `body` to a staging object while hashing it. Memory stays bounded by
-    /// the part size times the parts in flight, whatever the size of the body.
-    pub async fn stage<S, E>(&self, tenant_id: &str, body: S) -> Result<Staged>
+    /// the part size times the parts in flight, whatever the size of the body. A body
+    /// longer than `max_bytes` is cut off and nothing is kept.
+    pub async fn stage<S, E>(&self, tenant_id: &str, body: S, max_bytes: Option<u64>) -> Result<Staged>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::error::Error + Send + Sync + 'static,
@@ -95,6 +96,12 @@ impl Storage {
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
         let mut first = Vec::new();
+        let over = |size: u64| match max_bytes {
+            Some(max) if size > max => {
+                Err(Error::QuotaExceeded(format!("the upload is larger than the {max} bytes left")))
+            }
+            _ => Ok(()),
+        };
         // Small bodies go up in one request; a body larger than one part switches to multipart.
         while first.len() < PART_SIZE {
             match body.next().await {
@@ -102,6 +109,7 @@ impl Storage {
                     let chunk = chunk.map_err(|e| Error::Upload(Box::new(e)))?;
                     hasher.update(&chunk);
                     size += chunk.len() as u64;
+                    over(size)?;
                     first.extend_from_slice(&chunk);
                 }
                 None => {
@@ -117,6 +125,7 @@ impl Storage {
                 let chunk = chunk.map_err(|e| Error::Upload(Box::new(e)))?;
                 hasher.update(&chunk);
                 size += chunk.len() as u64;
+                over(size)?;
                 writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
                 writer.put(chunk);
             }
@@ -301,7 +310,7 @@ mod tests {
             let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
             let chunks: Vec<Result<Bytes, std::io::Error>> =
                 bytes.chunks(64 * 1024).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
-            let staged = storage.stage("t1", futures::stream::iter(chunks)).await.expect("staged");
+            let staged = storage.stage("t1", futures::stream::iter(chunks), None).await.expect("staged");
             assert_eq!(staged.size, size as u64);
             assert_eq!(staged.digest.as_hex(), hex::encode(Sha256::digest(&bytes)));
             storage.promote("t1", &staged).await.expect("promoted");
@@ -316,9 +325,16 @@ mod tests {
         let storage = open("memory:///", &[]).expect("memory store");
         let big = Bytes::from(vec![7u8; PART_SIZE + 1]);
         let chunks: Vec<Result<Bytes, std::io::Error>> = vec![Ok(big), Err(std::io::Error::other("client went away"))];
-        let result = storage.stage("t1", futures::stream::iter(chunks)).await;
+        let result = storage.stage("t1", futures::stream::iter(chunks), None).await;
         assert!(matches!(result, Err(Error::Upload(_))), "{result:?}");
         let listed: Vec<_> = futures::TryStreamExt::try_collect(storage.store.list(None)).await.expect("list");
         assert!(listed.is_empty(), "an aborted upload leaves no object: {listed:?}");
+        for size in [100, PART_SIZE * 2] {
+            let chunks: Vec<Result<Bytes, std::io::Error>> = vec![Ok(Bytes::from(vec![1u8; size]))];
+            let result = storage.stage("t1", futures::stream::iter(chunks), Some(99)).await;
+            assert!(matches!(result, Err(Error::QuotaExceeded(_))), "{result:?}");
+        }
+        let listed: Vec<_> = futures::TryStreamExt::try_collect(storage.store.list(None)).await.expect("list");
+        assert!(listed.is_empty(), "a body over the limit leaves no object: {listed:?}");
     }
 }

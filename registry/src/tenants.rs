@@ -10,6 +10,14 @@ use crate::names::TenantSlug;
 use crate::page::{Page, PageRequest};
 use crate::{Actor, Error, Registry, Result};
 
+/// A tenant's storage limit and what it uses.
+#[derive(Debug, Clone, Serialize)]
+pub struct StorageUsage {
+    /// Bytes of distinct blobs stored (identical files count once).
+    pub used_bytes: i64,
+    pub quota_bytes: Option<i64>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Tenant {
     pub id: String,
@@ -76,6 +84,48 @@ impl Registry {
             .map(from_row)
             .transpose()?
             .ok_or_else(|| Error::not_found("tenant", name))
+    }
+
+    pub async fn storage_usage(&self, tenant_id: &str) -> Result<StorageUsage> {
+        let row = sqlx::query(
+            "SELECT t.storage_quota_bytes AS quota, (SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) FROM blobs b WHERE b.tenant_id = t.id) AS used
+             FROM tenants t WHERE t.id = $1",
+        )
+        .bind(tenant_id)
+        .fetch_optional(self.db.pool())
+        .await?
+        .ok_or_else(|| Error::not_found("tenant", tenant_id))?;
+        Ok(StorageUsage { used_bytes: row.try_get("used")?, quota_bytes: row.try_get("quota")? })
+    }
+
+    /// Sets (or, with None, lifts) the tenant's storage quota.
+    pub async fn set_storage_quota(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        quota_bytes: Option<i64>,
+    ) -> Result<StorageUsage> {
+        if quota_bytes.is_some_and(|q| q < 0) {
+            return Err(Error::Invalid("storage_bytes must be zero or more".into()));
+        }
+        let before = self.storage_usage(&tenant.id).await?;
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("UPDATE tenants SET storage_quota_bytes = $1 WHERE id = $2")
+            .bind(quota_bytes)
+            .bind(&tenant.id)
+            .execute(&mut *tx)
+            .await?;
+        let after = StorageUsage { quota_bytes, ..before.clone() };
+        let entry = Entry {
+            tenant_id: Some(&tenant.id),
+            action: "tenant.quota.set",
+            target: format!("tenant/{}", tenant.name),
+            before: serde_json::to_value(&before).ok(),
+            after: serde_json::to_value(&after).ok(),
+        };
+        audit::record(&mut tx, actor, entry).await?;
+        tx.commit().await?;
+        Ok(after)
     }
 
     pub async fn tenant_by_id(&self, id: &str) -> Result<Tenant> {

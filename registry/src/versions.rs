@@ -43,6 +43,16 @@ impl VersionStatus {
     }
 }
 
+/// One file on its way into a draft.
+pub struct Upload<'a, S> {
+    pub path: &'a FilePath,
+    /// The client's sha256 of the bytes (`X-Checksum-Sha256`).
+    pub declared: Option<&'a Digest>,
+    /// The body's length, when the client sent it.
+    pub content_length: Option<u64>,
+    pub body: S,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VersionFile {
     pub path: FilePath,
@@ -210,37 +220,51 @@ impl Registry {
     }
 
     /// Streams one file of a draft into the tenant's blob space and records it.
-    /// If `declared` is given and the bytes hash to something else, nothing is recorded.
+    /// If a digest is declared and the bytes hash to something else, nothing is recorded.
+    /// With a storage quota, a file that would exceed it is refused before its bytes are
+    /// stored (at once when the content length says so, else as soon as the stream passes it);
+    /// a declared digest the tenant already stores costs nothing.
     pub async fn upload_file<S, E>(
         &self,
         actor: &Actor,
         model: &Model,
         number: i64,
-        path: &FilePath,
-        declared: Option<&Digest>,
-        body: S,
+        upload: Upload<'_, S>,
     ) -> Result<VersionFile>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::error::Error + Send + Sync + 'static,
     {
+        let Upload { path, declared, content_length, body } = upload;
         let version = self.version(model, number).await?;
         ensure_draft(&version, model)?;
         let tenant_id = model.tenant_id.as_str();
-        let staged = self.storage.stage(tenant_id, body).await?;
+        let already_stored = match declared {
+            Some(digest) => self.blob_known(tenant_id, digest).await?,
+            None => false,
+        };
+        let usage = self.storage_usage(tenant_id).await?;
+        let left = match usage.quota_bytes {
+            Some(quota) if !already_stored => Some(u64::try_from(quota - usage.used_bytes).unwrap_or(0)),
+            _ => None,
+        };
+        if let (Some(left), Some(length)) = (left, content_length)
+            && length > left
+        {
+            return Err(Error::QuotaExceeded(format!(
+                "this {length}-byte file does not fit: the tenant stores {} of its {} bytes",
+                usage.used_bytes,
+                usage.quota_bytes.unwrap_or_default()
+            )));
+        }
+        let staged = self.storage.stage(tenant_id, body, left).await?;
         if let Some(declared) = declared
             && *declared != staged.digest
         {
             self.storage.discard(&staged).await;
             return Err(Error::DigestMismatch { declared: declared.to_string(), actual: staged.digest.to_string() });
         }
-        let known = sqlx::query("SELECT 1 AS one FROM blobs WHERE tenant_id = $1 AND sha256 = $2")
-            .bind(tenant_id)
-            .bind(staged.digest.as_hex())
-            .fetch_optional(self.db.pool())
-            .await?
-            .is_some();
-        if known {
+        if self.blob_known(tenant_id, &staged.digest).await? {
             self.storage.discard(&staged).await;
         } else {
             // Object first, row second: a crash in between leaves an orphan object for GC,
@@ -280,6 +304,15 @@ impl Registry {
         .await?;
         tx.commit().await?;
         Ok(file)
+    }
+
+    async fn blob_known(&self, tenant_id: &str, digest: &Digest) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 AS one FROM blobs WHERE tenant_id = $1 AND sha256 = $2")
+            .bind(tenant_id)
+            .bind(digest.as_hex())
+            .fetch_optional(self.db.pool())
+            .await?;
+        Ok(row.is_some())
     }
 
     /// Validates a draft and makes it ready and immutable; on failure answers every problem

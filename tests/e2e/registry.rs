@@ -115,3 +115,49 @@ async fn aliases_split_move_with_history_and_guard_archive_and_delete() {
         registry_on(database).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_over_the_storage_quota_are_refused_and_store_nothing() {
+    let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    let key = app.tenant("acme").await;
+    let quota = "/api/v1/tenants/acme/quotas";
+    let (status, _) = app.call(Method::PUT, quota, &key, Some(json!({"storage_bytes": 1_000_000}))).await;
+    assert_eq!(status, 403, "only a platform admin sets quotas");
+    let (status, body) = app.call(Method::PUT, quota, &app.admin_key, Some(json!({"storage_bytes": 1_000_000}))).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, model) = app
+        .call(Method::POST, "/api/v1/tenants/acme/models", &key, Some(json!({"name": "m", "task": "embedding"})))
+        .await;
+    assert_eq!(model["name"], "m");
+    let version = app.new_version(&key, "acme", "m").await;
+
+    let small = vec![1u8; 600_000];
+    assert_eq!(app.put_file(&key, "acme", "m", version, "a.bin", small.clone(), true).await.0, 201);
+    let stored = blob_count(&app);
+    // Refused up front by Content-Length, and while streaming when the length is not sent.
+    let (status, body) = app.put_file(&key, "acme", "m", version, "b.bin", vec![2u8; 600_000], false).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("storage_quota_exceeded")), "{body}");
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..6).map(|i| Ok(vec![3u8 + i; 100_000])).collect();
+    let response = app
+        .req(Method::PUT, &format!("/api/v1/tenants/acme/models/m/versions/{version}/files/c.bin"), Some(&key))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 413, "a streamed body past the quota is cut off");
+    assert_eq!(blob_count(&app), stored, "refused uploads store nothing");
+    // Known bytes cost nothing, even at a full quota.
+    assert_eq!(app.put_file(&key, "acme", "m", version, "copy.bin", small, true).await.0, 201);
+    let (_, usage) = app.call(Method::GET, quota, &key, None).await;
+    assert_eq!(
+        (usage["used_bytes"].as_i64(), usage["quota_bytes"].as_i64()),
+        (Some(600_000), Some(1_000_000)),
+        "{usage}"
+    );
+    let (_, version) =
+        app.call(Method::GET, &format!("/api/v1/tenants/acme/models/m/versions/{version}"), &key, None).await;
+    let files: Vec<&str> =
+        version["files"].as_array().expect("files").iter().filter_map(|f| f["path"].as_str()).collect();
+    assert_eq!(files, ["a.bin", "copy.bin"]);
+    app.stop().await;
+}

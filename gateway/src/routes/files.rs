@@ -3,6 +3,7 @@ use actix_web::http::{Method, StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, put, route, web};
 use bytes::Bytes;
 use registry::names::{Digest, FilePath, Role};
+use registry::versions::Upload;
 
 use super::{model_in, version_number};
 use crate::AppState;
@@ -34,8 +35,9 @@ async fn put(
         }
         None => None,
     };
-    let recorded =
-        state.registry.upload_file(&principal.actor(), &model, number, &file, declared.as_ref(), body).await?;
+    let length = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let upload = Upload { path: &file, declared: declared.as_ref(), content_length: length, body };
+    let recorded = state.registry.upload_file(&principal.actor(), &model, number, upload).await?;
     Ok(HttpResponse::Created().json(recorded))
 }
 

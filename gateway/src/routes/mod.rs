@@ -31,6 +31,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(auth_token::issue)
         .service(tenants::create)
         .service(tenants::list)
+        .service(tenants::quotas)
+        .service(tenants::set_quotas)
         .service(keys::create)
         .service(keys::list)
         .service(keys::revoke)

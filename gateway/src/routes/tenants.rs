@@ -1,5 +1,5 @@
-use actix_web::{HttpResponse, get, post, web};
-use registry::names::TenantSlug;
+use actix_web::{HttpResponse, get, post, put, web};
+use registry::names::{Role, TenantSlug};
 use serde::Deserialize;
 
 use super::PageQuery;
@@ -35,4 +35,36 @@ async fn list(
 ) -> Result<HttpResponse, ApiError> {
     principal.require_platform_admin()?;
     Ok(HttpResponse::Ok().json(state.registry.list_tenants(&query.request()?).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetQuotas {
+    /// Bytes of distinct files the tenant may store; null lifts the limit.
+    storage_bytes: Option<i64>,
+}
+
+/// The tenant's limits and what it uses. Requires: tenant admin.
+#[get("/api/v1/tenants/{tenant}/quotas")]
+async fn quotas(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = principal.tenant(&state.registry, &path, Role::Admin).await?;
+    Ok(HttpResponse::Ok().json(state.registry.storage_usage(&tenant.id).await?))
+}
+
+/// Sets the tenant's limits. Requires: platform admin.
+#[put("/api/v1/tenants/{tenant}/quotas")]
+async fn set_quotas(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+    body: web::Json<SetQuotas>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_platform_admin()?;
+    let tenant = principal.tenant(&state.registry, &path, Role::Admin).await?;
+    Ok(HttpResponse::Ok()
+        .json(state.registry.set_storage_quota(&principal.actor(), &tenant, body.storage_bytes).await?))
 }
