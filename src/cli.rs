@@ -7,7 +7,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret as _;
 
+use crate::catalog::{self, AliasCommand, ModelsCommand, VersionsCommand};
 use crate::config::Config;
+use crate::pull::{PullArgs, pull};
 use crate::push::{PushArgs, push};
 use crate::startup::{self, Role};
 use crate::telemetry;
@@ -50,6 +52,17 @@ pub enum Command {
     },
     /// Upload a folder as a new version of a model and commit it.
     Push(PushArgs),
+    /// Download a version's files into a folder, verifying each sha256.
+    Pull(PullArgs),
+    /// Models of a tenant.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Versions of a model.
+    #[command(subcommand)]
+    Versions(VersionsCommand),
+    /// Aliases of a model.
+    #[command(subcommand)]
+    Alias(AliasCommand),
 }
 
 fn apply(config: &mut Config, flags: &ServeFlags) {
@@ -64,6 +77,10 @@ fn apply(config: &mut Config, flags: &ServeFlags) {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Push(args) => push(args).await,
+        Command::Pull(args) => pull(args).await,
+        Command::Models(command) => catalog::models(command).await,
+        Command::Versions(command) => catalog::versions(command).await,
+        Command::Alias(command) => catalog::alias(command).await,
         Command::Migrate { data_dir } => {
             let mut config = Config::load(cli.config.as_deref())?;
             if let Some(dir) = data_dir {

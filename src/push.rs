@@ -3,10 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
-use serde_json::{Value, json};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncReadExt as _;
+
+use crate::client::{Gateway, expect_ok, split_target};
 
 #[derive(Debug, clap::Args)]
 pub struct PushArgs {
@@ -14,12 +16,8 @@ pub struct PushArgs {
     pub dir: PathBuf,
     /// Where to push: `tenant/model`.
     pub target: String,
-    /// The gateway's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080", env = "MODELGATE_URL")]
-    pub url: String,
-    /// An API key with the developer role (or a platform admin key).
-    #[arg(long, env = "MODELGATE_KEY", hide_env_values = true)]
-    pub key: String,
+    #[command(flatten)]
+    pub gateway: Gateway,
     /// Point this alias at the new version once committed.
     #[arg(long)]
     pub alias: Option<String>,
@@ -28,49 +26,9 @@ pub struct PushArgs {
     pub task: String,
 }
 
-struct Api {
-    client: Client,
-    base: url::Url,
-    key: String,
-}
-
-impl Api {
-    fn request(&self, method: Method, segments: &[&str]) -> anyhow::Result<RequestBuilder> {
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .map_err(|()| anyhow::anyhow!("the gateway URL cannot have a path"))?
-            .pop_if_empty()
-            .extend(segments);
-        Ok(self.client.request(method, url).bearer_auth(&self.key))
-    }
-}
-
-/// The error message of a non-success answer.
-async fn failure(response: Response) -> anyhow::Error {
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    let message = body["error"]["message"].as_str().unwrap_or("no message").to_owned();
-    let mut text = format!("{status}: {message}");
-    if let Some(problems) = body["error"]["details"]["problems"].as_array() {
-        for p in problems {
-            let file = p["file"].as_str().map(|f| format!("{f}: ")).unwrap_or_default();
-            text.push_str(&format!("\n  - {file}{}", p["message"].as_str().unwrap_or_default()));
-        }
-    }
-    anyhow::anyhow!(text)
-}
-
-async fn expect_ok(response: Response) -> anyhow::Result<Value> {
-    if response.status().is_success() { Ok(response.json().await?) } else { Err(failure(response).await) }
-}
-
 pub async fn push(args: PushArgs) -> anyhow::Result<()> {
-    let (tenant, model) = args.target.split_once('/').context("the target must be tenant/model, e.g. acme/minilm")?;
-    let api = Api {
-        client: Client::new(),
-        base: url::Url::parse(&args.url).context("invalid --url")?,
-        key: args.key.clone(),
-    };
+    let (tenant, model) = split_target(&args.target)?;
+    let api = args.gateway.api()?;
     let files = collect_files(&args.dir)?;
     if files.is_empty() {
         bail!("{} holds no files", args.dir.display());

@@ -160,6 +160,18 @@ impl TestApp {
         body
     }
 
+    /// Uploads every file of `dir` as a new version of an existing model and commits it.
+    pub async fn upload_version_again(&self, key: &str, model: &str, dir: &Path) -> i64 {
+        let version = self.new_version(key, "acme", model).await;
+        for (relative, local) in files_of(dir) {
+            let (status, body) =
+                self.put_file(key, "acme", model, version, &relative, std::fs::read(local).expect("read"), true).await;
+            assert_eq!(status, 201, "uploading {relative}: {body}");
+        }
+        assert_eq!(self.commit(key, "acme", model, version).await.0, 200);
+        version
+    }
+
     pub async fn new_version(&self, key: &str, tenant: &str, model: &str) -> i64 {
         let (status, body) =
             self.call(Method::POST, &format!("/api/v1/tenants/{tenant}/models/{model}/versions"), key, None).await;

@@ -3,6 +3,7 @@
 //! Azure Blob when their variables are set) and real candle models.
 
 mod bad_input;
+mod cli;
 mod dev_binary;
 mod helpers;
 mod inference;

@@ -1,0 +1,66 @@
+//! The command line against a running gateway: pull (verified), models ls, versions ls, alias set.
+
+use std::process::Command;
+
+use crate::helpers::{AppOptions, Database, TestApp, files_of};
+use crate::tiny_bert;
+
+fn modelgate(app: &TestApp, key: &str, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .args(args)
+        .env("MODELGATE_URL", &app.base)
+        .env("MODELGATE_KEY", key)
+        .output()
+        .expect("modelgate runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "modelgate {args:?} failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_pulls_lists_and_moves_aliases() {
+    let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    let key = app.tenant("acme").await;
+    let dir = app.dir.path().join("tiny");
+    tiny_bert::write(&dir);
+    app.upload_model(&key, "acme", "tiny", &dir).await;
+    app.upload_version_again(&key, "tiny", &dir).await;
+    let base = app.dir.path().to_path_buf();
+    let (app, key) = (std::sync::Arc::new(app), key);
+
+    let run = |args: Vec<String>| {
+        let (app, key) = (app.clone(), key.clone());
+        tokio::task::spawn_blocking(move || modelgate(&app, &key, &args.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    let out = run(vec!["alias".into(), "set".into(), "acme/tiny".into(), "production".into(), "1".into()])
+        .await
+        .expect("ran");
+    assert_eq!(out.trim(), "acme/tiny:production -> 1");
+
+    for (source, folder) in
+        [("acme/tiny:production", "by-alias"), ("acme/tiny@2", "by-number"), ("acme/tiny", "newest")]
+    {
+        let target = base.join(folder);
+        let out = run(vec!["pull".into(), source.into(), target.display().to_string()]).await.expect("ran");
+        assert!(out.contains("pulled acme/tiny@"), "{out}");
+        for (relative, original) in files_of(&dir) {
+            let pulled = std::fs::read(target.join(&relative)).unwrap_or_else(|e| panic!("{source}: {relative}: {e}"));
+            assert!(pulled == std::fs::read(&original).expect("original"), "{source}: {relative} is byte-identical");
+        }
+    }
+
+    let out = run(vec!["models".into(), "ls".into(), "acme".into()]).await.expect("ran");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("NAME") && lines[1].starts_with("tiny ") && lines[1].contains("embedding"), "{out}");
+    let out = run(vec!["versions".into(), "ls".into(), "acme/tiny".into()]).await.expect("ran");
+    let rows: Vec<Vec<&str>> = out.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        rows.iter().map(|r| (r[0], r[1], r[2])).collect::<Vec<_>>(),
+        [("1", "ready", "bert"), ("2", "ready", "bert")],
+        "{out}"
+    );
+    match std::sync::Arc::try_unwrap(app) {
+        Ok(app) => app.stop().await,
+        Err(_) => panic!("the app is still shared"),
+    }
+}
