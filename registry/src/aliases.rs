@@ -279,6 +279,41 @@ impl Registry {
             .collect()
     }
 
+    /// A ready version named the way Git-style clients name revisions: `main` (the newest),
+    /// a version number, a version's commit id, or an alias (its largest share, for a split).
+    pub async fn resolve_revision(&self, model: &Model, revision: &str) -> Result<Version> {
+        let not_found = || Error::not_found("revision", format!("{}@{revision}", model.name));
+        let number = if revision == "main" {
+            let (_, version) = self.resolve(&model.tenant_id, &ModelRef::Latest(model.name.clone())).await?;
+            return Ok(version);
+        } else if let Ok(number) = revision.parse::<i64>() {
+            number
+        } else if revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut page = crate::page::PageRequest::first(crate::page::MAX_LIMIT);
+            loop {
+                let batch = self.list_versions(model, Some(VersionStatus::Ready), &page).await?;
+                if let Some(v) = batch.data.iter().find(|v| v.commit_id() == revision) {
+                    break v.number;
+                }
+                match (batch.next_cursor, batch.data.last()) {
+                    (Some(_), Some(last)) => page.after = Some(last.number.to_string()),
+                    _ => return Err(not_found()),
+                }
+            }
+        } else {
+            let alias = AliasName::parse(revision).map_err(|_| not_found())?;
+            let alias = self.alias(model, &alias).await.map_err(|_| not_found())?;
+            let top =
+                alias.targets.iter().max_by_key(|t| (t.weight, std::cmp::Reverse(t.version))).ok_or_else(not_found)?;
+            top.version
+        };
+        let version = self.version(model, number).await.map_err(|_| not_found())?;
+        if version.status != VersionStatus::Ready {
+            return Err(not_found());
+        }
+        Ok(version)
+    }
+
     /// Resolves a reference to a ready version in the tenant; anything else is "not found".
     /// An alias split over several versions picks one by weight.
     pub async fn resolve(&self, tenant_id: &str, reference: &ModelRef) -> Result<(Model, Version)> {

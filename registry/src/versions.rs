@@ -79,6 +79,15 @@ pub struct Version {
     pub files: Vec<VersionFile>,
 }
 
+impl Version {
+    /// A 40-hex-digit id of this immutable version, as Git-style clients (Hugging Face's)
+    /// expect a revision's commit to look.
+    pub fn commit_id(&self) -> String {
+        use sha2::Digest as _;
+        hex::encode(&sha2::Sha256::digest(format!("modelgate-version:{}", self.id).as_bytes())[..20])
+    }
+}
+
 const COLUMNS: &str = "id, number, status, architecture, created_by, created_at, committed_at, archived_at";
 
 fn from_row(r: &AnyRow) -> Result<Version> {

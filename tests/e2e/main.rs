@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod dev_binary;
 mod helpers;
+mod hf;
 mod inference;
 mod isolation;
 mod minilm;

@@ -2,8 +2,9 @@ use actix_web::body::SizedStream;
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, put, route, web};
 use bytes::Bytes;
+use registry::models::Model;
 use registry::names::{Digest, FilePath, Role};
-use registry::versions::Upload;
+use registry::versions::{Upload, VersionFile};
 
 use super::{model_in, version_number};
 use crate::AppState;
@@ -54,9 +55,21 @@ async fn get(
     let model = model_in(&state, &principal, &tenant, &model, Role::Viewer).await?;
     let file = FilePath::parse(&file).map_err(|_| ApiError::not_found(format!("file {file:?} not found")))?;
     let file = state.registry.version_file(&model, version_number(&version)?, &file).await?;
+    send_file(&state, &req, &model, &file, HttpResponse::Ok()).await
+}
+
+/// Answers a download of `file`: `ETag` is the quoted sha256, `If-None-Match` answers 304,
+/// one `Range` answers 206, `HEAD` the headers alone. `ok` carries any extra headers.
+pub(super) async fn send_file(
+    state: &AppState,
+    req: &HttpRequest,
+    model: &Model,
+    file: &VersionFile,
+    mut ok: actix_web::HttpResponseBuilder,
+) -> Result<HttpResponse, ApiError> {
     let etag = format!("\"{}\"", file.digest);
-    if header_matches_etag(&req, &etag) {
-        return Ok(HttpResponse::NotModified().insert_header((header::ETAG, etag)).finish());
+    if header_matches_etag(req, &etag) {
+        return Ok(ok.status(StatusCode::NOT_MODIFIED).insert_header((header::ETAG, etag)).finish());
     }
     let range = match req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()) {
         Some(value) => match ByteRange::parse(value, file.size) {
@@ -73,14 +86,12 @@ async fn get(
         },
         None => None,
     };
-    let mut response = match &range {
-        Some(r) => {
-            let mut partial = HttpResponse::PartialContent();
-            partial.insert_header((header::CONTENT_RANGE, format!("bytes {}-{}/{}", r.start, r.end - 1, file.size)));
-            partial
-        }
-        None => HttpResponse::Ok(),
-    };
+    let mut response = ok;
+    if let Some(r) = &range {
+        response
+            .status(StatusCode::PARTIAL_CONTENT)
+            .insert_header((header::CONTENT_RANGE, format!("bytes {}-{}/{}", r.start, r.end - 1, file.size)));
+    }
     response
         .insert_header((header::CONTENT_TYPE, "application/octet-stream"))
         .insert_header((header::ACCEPT_RANGES, "bytes"))
@@ -89,7 +100,7 @@ async fn get(
     if req.method() == Method::HEAD {
         return Ok(response.body(SizedStream::new(length, futures::stream::empty::<Result<Bytes, ApiError>>())));
     }
-    let content = state.registry.read_file(&model, &file, range).await?;
+    let content = state.registry.read_file(model, file, range).await?;
     Ok(response.body(SizedStream::new(length, content.into_stream())))
 }
 

@@ -8,13 +8,15 @@
 //! | `POST/GET/DELETE .../keys`, `GET .../audit` | tenant admin |
 //! | `GET` models, versions, files | viewer |
 //! | `POST` models, versions, `PUT` files, commit, archive, `PUT`/`DELETE` aliases, `DELETE` models | developer |
+//! | `/hf/...` (Hugging Face Hub–compatible downloads) | viewer |
 //! | `/v1/models`, `/v1/embeddings` | invoker (tenant key) |
 
 mod aliases;
 mod audit;
 mod auth_token;
-mod files;
+pub(crate) mod files;
 mod health;
+mod hf;
 mod keys;
 mod models;
 mod openai;
@@ -53,6 +55,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(models::remove)
         .service(models::update)
         .service(audit::list)
+        .service(hf::resolve)
+        .service(hf::info)
+        .service(hf::info_main)
+        .service(hf::tree)
         .service(openai::models)
         .service(openai::embeddings);
 }

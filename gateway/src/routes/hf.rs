@@ -1,0 +1,161 @@
+//! A Hugging Face Hub–compatible, read-only view of a tenant's models, so `huggingface_hub`
+//! and other Hub clients download from modelgate with `HF_ENDPOINT=<gateway>/hf` and the
+//! tenant's key as `HF_TOKEN`. Repos are `tenant/model`; a revision is `main` (the newest
+//! ready version), a version number, a version's commit id, or an alias.
+
+use actix_web::http::header::HeaderName;
+use actix_web::{HttpRequest, HttpResponse, get, route, web};
+use registry::models::Model;
+use registry::names::{FilePath, Role};
+use registry::versions::Version;
+use serde_json::json;
+
+use super::files::send_file;
+use super::model_in;
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::ApiError;
+
+/// The Hub's error header; its clients turn these codes into their own exceptions.
+const ERROR_CODE: HeaderName = HeaderName::from_static("x-error-code");
+
+fn hub_error(code: &'static str) -> impl Fn(ApiError) -> ApiError {
+    move |e| if e.status().as_u16() == 404 { e.with_header(ERROR_CODE, code.to_owned()) } else { e }
+}
+
+async fn repo(state: &AppState, principal: &Principal, tenant: &str, model: &str) -> Result<Model, ApiError> {
+    model_in(state, principal, tenant, model, Role::Viewer).await.map_err(hub_error("RepoNotFound"))
+}
+
+async fn revision(state: &AppState, model: &Model, revision: &str) -> Result<Version, ApiError> {
+    state.registry.resolve_revision(model, revision).await.map_err(|e| hub_error("RevisionNotFound")(e.into()))
+}
+
+/// `GET|HEAD /hf/{tenant}/{model}/resolve/{revision}/{path}`. Requires: viewer.
+#[route("/hf/{tenant}/{model}/resolve/{revision}/{path:.*}", method = "GET", method = "HEAD")]
+async fn resolve(
+    state: web::Data<AppState>,
+    principal: Principal,
+    req: HttpRequest,
+    path: web::Path<(String, String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model, rev, file) = path.into_inner();
+    let model = repo(&state, &principal, &tenant, &model).await?;
+    let version = revision(&state, &model, &rev).await?;
+    let entry_not_found = || ApiError::not_found(format!("{file:?} is not in {tenant}/{}@{rev}", model.name));
+    let path = FilePath::parse(&file).map_err(|_| hub_error("EntryNotFound")(entry_not_found()))?;
+    let file =
+        version.files.iter().find(|f| f.path == path).ok_or_else(|| hub_error("EntryNotFound")(entry_not_found()))?;
+    let mut ok = HttpResponse::Ok();
+    ok.insert_header(("x-repo-commit", version.commit_id()))
+        .insert_header(("x-linked-etag", format!("\"{}\"", file.digest)))
+        .insert_header(("x-linked-size", file.size.to_string()));
+    send_file(&state, &req, &model, file, ok).await
+}
+
+/// `GET /hf/api/models/{tenant}/{model}/revision/{revision}`: the revision's commit and files. Requires: viewer.
+#[get("/hf/api/models/{tenant}/{model}/revision/{revision}")]
+async fn info(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model, rev) = path.into_inner();
+    let model = repo(&state, &principal, &tenant, &model).await?;
+    let version = revision(&state, &model, &rev).await?;
+    Ok(HttpResponse::Ok().json(model_info(&tenant, &model, &version)))
+}
+
+/// `GET /hf/api/models/{tenant}/{model}`: as above for `main`. Requires: viewer.
+#[get("/hf/api/models/{tenant}/{model}")]
+async fn info_main(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model) = path.into_inner();
+    let model = repo(&state, &principal, &tenant, &model).await?;
+    let version = revision(&state, &model, "main").await?;
+    Ok(HttpResponse::Ok().json(model_info(&tenant, &model, &version)))
+}
+
+#[derive(serde::Deserialize)]
+struct TreeQuery {
+    #[serde(default)]
+    recursive: bool,
+}
+
+/// `GET /hf/api/models/{tenant}/{model}/tree/{revision}[/{folder}]`: files and folders, as
+/// `snapshot_download` lists them. Requires: viewer.
+#[get("/hf/api/models/{tenant}/{model}/tree/{revision}{folder:(/.*)?}")]
+async fn tree(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String, String, String)>,
+    query: web::Query<TreeQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model, rev, folder) = path.into_inner();
+    let model = repo(&state, &principal, &tenant, &model).await?;
+    let version = revision(&state, &model, &rev).await?;
+    let prefix = folder.trim_matches('/');
+    let prefix = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+    let mut entries = Vec::new();
+    let mut folders = std::collections::BTreeSet::new();
+    for f in version.files.iter().filter(|f| f.path.as_str().starts_with(&prefix)) {
+        let rest = &f.path.as_str()[prefix.len()..];
+        // Every folder between the prefix and the file, or only the first level when not recursive.
+        let parts: Vec<&str> = rest.split('/').collect();
+        for depth in 1..parts.len() {
+            folders.insert(format!("{prefix}{}", parts[..depth].join("/")));
+            if !query.recursive {
+                break;
+            }
+        }
+        if query.recursive || parts.len() == 1 {
+            let pointer =
+                format!("version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize {}\n", f.digest, f.size);
+            entries.push(json!({
+                "type": "file",
+                "oid": &f.digest.as_hex()[..40],
+                "size": f.size,
+                "path": f.path,
+                "lfs": { "oid": f.digest, "size": f.size, "pointerSize": pointer.len() },
+            }));
+        }
+    }
+    if !prefix.is_empty() && entries.is_empty() && folders.is_empty() {
+        return Err(hub_error("EntryNotFound")(ApiError::not_found(format!(
+            "no folder {prefix:?} in {tenant}/{}@{rev}",
+            model.name
+        ))));
+    }
+    let dirs =
+        folders.into_iter().map(|path| json!({ "type": "directory", "oid": "0".repeat(40), "size": 0, "path": path }));
+    Ok(HttpResponse::Ok().json(dirs.chain(entries).collect::<Vec<_>>()))
+}
+
+fn model_info(tenant: &str, model: &Model, version: &Version) -> serde_json::Value {
+    let id = format!("{tenant}/{}", model.name);
+    let siblings: Vec<_> = version
+        .files
+        .iter()
+        .map(|f| {
+            // What a Git LFS pointer to this file would weigh; Hub clients read it.
+            let pointer = format!("version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize {}\n", f.digest, f.size);
+            json!({ "rfilename": f.path, "size": f.size, "lfs": { "sha256": f.digest, "size": f.size, "pointerSize": pointer.len() } })
+        })
+        .collect();
+    json!({
+        "_id": version.commit_id(),
+        "id": id,
+        "modelId": id,
+        "sha": version.commit_id(),
+        "private": true,
+        "disabled": false,
+        "gated": false,
+        "tags": model.tags,
+        "pipeline_tag": match model.task { registry::names::Task::Embedding => "feature-extraction" },
+        "library_name": "sentence-transformers",
+        "siblings": siblings,
+    })
+}
