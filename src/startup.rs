@@ -32,6 +32,8 @@ pub struct Running {
     pub new_admin_key: Option<SecretString>,
     gateway: Option<(actix_web::dev::ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>)>,
     runner: Option<(oneshot::Sender<()>, RunnerTask)>,
+    /// Periodic work (garbage collection); aborted on stop.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -58,6 +60,9 @@ impl Running {
     }
 
     pub async fn stop(self) -> anyhow::Result<()> {
+        for task in &self.background {
+            task.abort();
+        }
         if let Some((handle, task)) = self.gateway {
             handle.stop(true).await;
             task.await.context("the HTTP server task")?.context("the HTTP server")?;
@@ -124,6 +129,7 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
 
     let mut gateway = None;
     let mut gateway_addr = None;
+    let mut background = Vec::new();
     let mut new_admin_key = None;
     if matches!(role, Role::Gateway | Role::All) {
         let db = Db::connect(config.database_url()?.expose_secret()).await.context("connecting to the database")?;
@@ -136,15 +142,18 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
         let listener = std::net::TcpListener::bind(config.gateway.listen)
             .with_context(|| format!("binding the gateway to {}", config.gateway.listen))?;
         let addr = listener.local_addr()?;
-        let state = gateway::AppState { registry, tokens, runners };
+        let gc = tokio::spawn(gateway::collect_garbage_periodically(registry.clone(), config.gateway.clone()));
+        let gc_grace = std::time::Duration::from_secs(config.gateway.gc_grace_secs);
+        let state = gateway::AppState { registry, tokens, runners, gc_grace };
         let server = gateway::serve(listener, state, &config.gateway)?;
         let handle = server.handle();
         let task = tokio::spawn(server);
         tracing::info!(gateway.addr = %addr, runners = ?runner_addrs, "gateway listening");
         gateway = Some((handle, task));
+        background.push(gc);
         gateway_addr = Some(addr);
     }
-    Ok(Running { gateway_addr, runner_addr, new_admin_key, gateway, runner })
+    Ok(Running { gateway_addr, runner_addr, new_admin_key, gateway, runner, background })
 }
 
 /// Creates the first platform-admin key when none is active, writes it to `key_file`

@@ -35,6 +35,10 @@ pub struct GatewayConfig {
     pub signing_key_file: Option<PathBuf>,
     /// Largest JSON body accepted (file uploads stream and are not bound by this).
     pub max_json_bytes: usize,
+    /// How often garbage collection runs (0: never on its own; `POST /api/v1/admin/gc` still works).
+    pub gc_interval_secs: u64,
+    /// Unreferenced blobs and staged uploads younger than this are kept.
+    pub gc_grace_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -45,6 +49,8 @@ impl Default for GatewayConfig {
             token_ttl_secs: 900,
             signing_key_file: None,
             max_json_bytes: 16 * 1024 * 1024,
+            gc_interval_secs: 3600,
+            gc_grace_secs: 24 * 3600,
         }
     }
 }
@@ -54,6 +60,24 @@ pub struct AppState {
     pub registry: Registry,
     pub tokens: TokenIssuer,
     pub runners: RunnerPool,
+    /// The default grace period of garbage collection.
+    pub gc_grace: std::time::Duration,
+}
+
+/// Runs garbage collection every `config.gc_interval_secs` until the task is dropped.
+pub async fn collect_garbage_periodically(registry: Registry, config: GatewayConfig) {
+    if config.gc_interval_secs == 0 {
+        return;
+    }
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(config.gc_interval_secs));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        if let Err(e) = registry.collect_garbage(std::time::Duration::from_secs(config.gc_grace_secs)).await {
+            tracing::warn!(error = %e, "garbage collection failed; it runs again at the next interval");
+        }
+    }
 }
 
 /// Starts the HTTP server on `listener`; the returned server runs until stopped.

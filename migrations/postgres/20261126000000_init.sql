@@ -65,6 +65,10 @@ CREATE TABLE blobs (
     sha256     TEXT NOT NULL,
     size       BIGINT NOT NULL,
     created_at BIGINT NOT NULL,
+    -- Both change with every upload that references the blob: garbage collection spares recent
+    -- blobs, and deletes a blob only if no upload touched it since it was found unreferenced.
+    last_used_at BIGINT NOT NULL,
+    uses         BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant_id, sha256)
 );
 

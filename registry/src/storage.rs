@@ -186,6 +186,35 @@ impl Storage {
         Ok(self.store.get_range(&self.blob_path(tenant_id, digest), range).await?)
     }
 
+    /// Deletes a blob's object; a blob already gone is not an error.
+    pub async fn delete_blob(&self, tenant_id: &str, digest: &Digest) -> Result<()> {
+        match self.store.delete(&self.blob_path(tenant_id, digest)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes the tenant's staged uploads last written before `cutoff_ms` (ones a crash or a
+    /// dropped connection left behind); returns how many.
+    pub async fn delete_stale_staging(&self, tenant_id: &str, cutoff_ms: i64) -> Result<u64> {
+        use futures::TryStreamExt as _;
+        let folder = self.prefix.clone().join("tenants").join(tenant_id).join("staging");
+        let stale: Vec<Path> = self
+            .store
+            .list(Some(&folder))
+            .try_filter(|meta| futures::future::ready(meta.last_modified.timestamp_millis() < cutoff_ms))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await?;
+        for location in &stale {
+            match self.store.delete(location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(stale.len() as u64)
+    }
+
     /// Whether the store answers at all (a missing object is an answer).
     pub async fn check(&self) -> Result<()> {
         let probe = self.prefix.clone().join("readiness-probe");

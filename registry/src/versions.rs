@@ -273,35 +273,61 @@ impl Registry {
             self.storage.discard(&staged).await;
             return Err(Error::DigestMismatch { declared: declared.to_string(), actual: staged.digest.to_string() });
         }
-        if self.blob_known(tenant_id, &staged.digest).await? {
-            self.storage.discard(&staged).await;
-        } else {
-            // Object first, row second: a crash in between leaves an orphan object for GC,
-            // never a row pointing at nothing.
-            self.storage.promote(tenant_id, &staged).await?;
-        }
         let file = VersionFile { path: path.clone(), digest: staged.digest.clone(), size: staged.size };
         let now = now_ms();
         let mut tx = self.db.pool().begin().await?;
-        lock_draft(&mut tx, &version.id, model, number).await?;
-        sqlx::query("INSERT INTO blobs (tenant_id, sha256, size, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, sha256) DO NOTHING")
-            .bind(tenant_id)
+        let recorded: Result<bool> = async {
+            lock_draft(&mut tx, &version.id, model, number).await?;
+            // Touching the blob's row holds it against garbage collection until this commits
+            // (see gc.rs); no row means new content, or content collected meanwhile.
+            let claimed = sqlx::query("UPDATE blobs SET last_used_at = $1, uses = uses + 1 WHERE tenant_id = $2 AND sha256 = $3")
+                .bind(now)
+                .bind(tenant_id)
+                .bind(file.digest.as_hex())
+                .execute(&mut *tx)
+                .await?;
+            let new_blob = claimed.rows_affected() == 0;
+            if new_blob {
+                // Object first, row second: a crash in between leaves an orphan object, never a
+                // row pointing at nothing.
+                self.storage.promote(tenant_id, &staged).await?;
+                sqlx::query(
+                    "INSERT INTO blobs (tenant_id, sha256, size, created_at, last_used_at) VALUES ($1, $2, $3, $4, $4)
+                     ON CONFLICT (tenant_id, sha256) DO UPDATE SET last_used_at = excluded.last_used_at",
+                )
+                .bind(tenant_id)
+                .bind(file.digest.as_hex())
+                .bind(size_i64(file.size)?)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(
+                "INSERT INTO version_files (version_id, path, sha256, size, created_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (version_id, path) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size,
+                 created_at = excluded.created_at",
+            )
+            .bind(&version.id)
+            .bind(path.as_str())
             .bind(file.digest.as_hex())
             .bind(size_i64(file.size)?)
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO version_files (version_id, path, sha256, size, created_at) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (version_id, path) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, created_at = excluded.created_at",
-        )
-        .bind(&version.id)
-        .bind(path.as_str())
-        .bind(file.digest.as_hex())
-        .bind(size_i64(file.size)?)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+            Ok(new_blob)
+        }
+        .await;
+        let new_blob = match recorded {
+            Ok(new_blob) => new_blob,
+            Err(e) => {
+                drop(tx);
+                self.storage.discard(&staged).await;
+                return Err(e);
+            }
+        };
+        if !new_blob {
+            self.storage.discard(&staged).await;
+        }
         let before = version.files.iter().find(|f| f.path == *path).and_then(|f| serde_json::to_value(f).ok());
         let target = format!("model/{}/version/{number}/file/{path}", model.name);
         let after = serde_json::to_value(&file).ok();

@@ -5,6 +5,7 @@
 mod bad_input;
 mod cli;
 mod dev_binary;
+mod gc;
 mod helpers;
 mod hf;
 mod inference;

@@ -4,13 +4,14 @@
 //! | --- | --- |
 //! | `GET /healthz`, `GET /readyz` | nothing |
 //! | `POST /api/v1/auth/token` | an API key (not a token) |
-//! | `POST/GET /api/v1/tenants` | platform admin |
+//! | `POST/GET /api/v1/tenants`, `PUT .../quotas`, `POST /api/v1/admin/gc` | platform admin |
 //! | `POST/GET/DELETE .../keys`, `GET .../audit` | tenant admin |
 //! | `GET` models, versions, files | viewer |
 //! | `POST` models, versions, `PUT` files, commit, archive, `PUT`/`DELETE` aliases, `DELETE` models | developer |
 //! | `/hf/...` (Hugging Face Hub–compatible downloads) | viewer |
 //! | `/v1/models`, `/v1/embeddings` | invoker (tenant key) |
 
+mod admin;
 mod aliases;
 mod audit;
 mod auth_token;
@@ -31,6 +32,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(health::healthz)
         .service(health::readyz)
         .service(auth_token::issue)
+        .service(admin::gc)
         .service(tenants::create)
         .service(tenants::list)
         .service(tenants::quotas)

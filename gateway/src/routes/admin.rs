@@ -1,0 +1,27 @@
+use std::time::Duration;
+
+use actix_web::{HttpResponse, post, web};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::ApiError;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GcRequest {
+    /// Keep what was used more recently than this; default: the configured grace period.
+    grace_secs: Option<u64>,
+}
+
+/// Runs garbage collection now and reports what it deleted. Requires: platform admin.
+#[post("/api/v1/admin/gc")]
+async fn gc(
+    state: web::Data<AppState>,
+    principal: Principal,
+    body: Option<web::Json<GcRequest>>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_platform_admin()?;
+    let grace = body.and_then(|b| b.grace_secs).map_or(state.gc_grace, Duration::from_secs);
+    Ok(HttpResponse::Ok().json(state.registry.collect_garbage(grace).await?))
+}
