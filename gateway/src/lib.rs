@@ -39,6 +39,8 @@ pub struct GatewayConfig {
     pub gc_interval_secs: u64,
     /// Unreferenced blobs and staged uploads younger than this are kept.
     pub gc_grace_secs: u64,
+    /// Longest life of a resumable upload session; garbage collection ends expired ones.
+    pub upload_session_ttl_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -51,6 +53,7 @@ impl Default for GatewayConfig {
             max_json_bytes: 16 * 1024 * 1024,
             gc_interval_secs: 3600,
             gc_grace_secs: 24 * 3600,
+            upload_session_ttl_secs: 24 * 3600,
         }
     }
 }
@@ -62,6 +65,7 @@ pub struct AppState {
     pub runners: RunnerPool,
     /// The default grace period of garbage collection.
     pub gc_grace: std::time::Duration,
+    pub upload_session_ttl: std::time::Duration,
 }
 
 /// Runs garbage collection every `config.gc_interval_secs` until the task is dropped.

@@ -81,6 +81,29 @@ CREATE TABLE version_files (
     PRIMARY KEY (version_id, path)
 );
 
+-- Resumable uploads: one file of a draft, sent in fixed-size chunks in any order, possibly
+-- across connections and gateway restarts. Chunks are objects under the session's key.
+CREATE TABLE upload_sessions (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL REFERENCES tenants (id),
+    version_id  TEXT NOT NULL REFERENCES model_versions (id),
+    path        TEXT NOT NULL,
+    size        BIGINT NOT NULL,
+    sha256      TEXT NOT NULL,
+    chunk_size  BIGINT NOT NULL,
+    created_by  TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL
+);
+CREATE INDEX upload_sessions_expires ON upload_sessions (expires_at);
+
+CREATE TABLE upload_chunks (
+    session_id TEXT NOT NULL REFERENCES upload_sessions (id),
+    idx        BIGINT NOT NULL,
+    size       BIGINT NOT NULL,
+    PRIMARY KEY (session_id, idx)
+);
+
 -- An alias points at one version (weight 100) or splits traffic over several (weights sum to 100).
 CREATE TABLE aliases (
     model_id   TEXT NOT NULL REFERENCES models (id),

@@ -40,6 +40,7 @@ pub struct GcReport {
     pub blobs_deleted: u64,
     pub bytes_freed: u64,
     pub staged_uploads_deleted: u64,
+    pub upload_sessions_expired: u64,
 }
 
 impl Registry {
@@ -47,7 +48,8 @@ impl Registry {
     /// `grace` or an hour, whichever is longer.
     pub async fn collect_garbage(&self, grace: Duration) -> Result<GcReport> {
         let cutoff = now_ms() - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
-        let mut report = GcReport::default();
+        let mut report =
+            GcReport { upload_sessions_expired: self.expire_upload_sessions().await?, ..GcReport::default() };
         let candidates = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT tenant_id, sha256, size, uses FROM blobs WHERE last_used_at < $1 AND {UNREFERENCED}"
         )))

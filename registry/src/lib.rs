@@ -11,6 +11,7 @@ pub mod names;
 pub mod page;
 pub mod storage;
 pub mod tenants;
+pub mod uploads;
 pub mod validate;
 pub mod versions;
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart};
 use serde::Deserialize;
@@ -41,13 +41,20 @@ pub enum ObjectKey<'a> {
     Blob { tenant_id: &'a str, digest: &'a Digest },
     /// `{prefix}/tenants/{tenant_id}/staging/{upload_id}`: bytes whose digest is not known yet.
     Staging { tenant_id: &'a str, upload_id: &'a str },
+    /// `{prefix}/tenants/{tenant_id}/sessions/{session_id}/{index}`: one chunk of a resumable upload.
+    Chunk { tenant_id: &'a str, session_id: &'a str, index: u64 },
 }
 
 impl ObjectKey<'_> {
     fn path(&self, prefix: &Path) -> Path {
+        let index;
         let parts: [&str; 5] = match self {
             ObjectKey::Blob { tenant_id, digest } => ["tenants", tenant_id, "blobs", "sha256", digest.as_hex()],
             ObjectKey::Staging { tenant_id, upload_id } => ["tenants", tenant_id, "staging", upload_id, "data"],
+            ObjectKey::Chunk { tenant_id, session_id, index: i } => {
+                index = format!("{i:010}");
+                ["tenants", tenant_id, "sessions", session_id, &index]
+            }
         };
         parts.iter().fold(prefix.clone(), |path, part| path.join(*part))
     }
@@ -186,6 +193,46 @@ impl Storage {
         Ok(self.store.get_range(&self.blob_path(tenant_id, digest), range).await?)
     }
 
+    /// Stores one chunk of a resumable upload (a chunk is at most a few MiB; it is sent whole).
+    pub async fn put_chunk(&self, tenant_id: &str, session_id: &str, index: u64, bytes: Bytes) -> Result<()> {
+        let path = ObjectKey::Chunk { tenant_id, session_id, index }.path(&self.prefix);
+        self.store.put(&path, PutPayload::from(bytes)).await?;
+        Ok(())
+    }
+
+    /// The chunks `0..count` of a session, as one stream of bytes in order.
+    pub fn chunks(
+        &self,
+        tenant_id: &str,
+        session_id: &str,
+        count: u64,
+    ) -> impl Stream<Item = Result<Bytes>> + Unpin + use<> {
+        let store = self.store.clone();
+        let paths: Vec<Path> =
+            (0..count).map(|index| ObjectKey::Chunk { tenant_id, session_id, index }.path(&self.prefix)).collect();
+        Box::pin(
+            futures::stream::iter(paths)
+                .then(move |path| {
+                    let store = store.clone();
+                    async move { Ok::<_, Error>(store.get(&path).await?.into_stream().map(|r| r.map_err(Error::from))) }
+                })
+                .try_flatten(),
+        )
+    }
+
+    /// Deletes every chunk of a session.
+    pub async fn delete_chunks(&self, tenant_id: &str, session_id: &str) -> Result<()> {
+        let folder = self.prefix.clone().join("tenants").join(tenant_id).join("sessions").join(session_id);
+        let chunks: Vec<Path> = self.store.list(Some(&folder)).map_ok(|meta| meta.location).try_collect().await?;
+        for path in chunks {
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes a blob's object; a blob already gone is not an error.
     pub async fn delete_blob(&self, tenant_id: &str, digest: &Digest) -> Result<()> {
         match self.store.delete(&self.blob_path(tenant_id, digest)).await {
@@ -197,7 +244,6 @@ impl Storage {
     /// Deletes the tenant's staged uploads last written before `cutoff_ms` (ones a crash or a
     /// dropped connection left behind); returns how many.
     pub async fn delete_stale_staging(&self, tenant_id: &str, cutoff_ms: i64) -> Result<u64> {
-        use futures::TryStreamExt as _;
         let folder = self.prefix.clone().join("tenants").join(tenant_id).join("staging");
         let stale: Vec<Path> = self
             .store

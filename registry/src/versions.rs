@@ -11,6 +11,7 @@ use crate::db::{new_id, now_ms};
 use crate::models::Model;
 use crate::names::{Digest, FilePath};
 use crate::page::{Page, PageRequest};
+use crate::storage::Staged;
 use crate::{Actor, Error, Registry, Result, validate};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -248,24 +249,7 @@ impl Registry {
         let version = self.version(model, number).await?;
         ensure_draft(&version, model)?;
         let tenant_id = model.tenant_id.as_str();
-        let already_stored = match declared {
-            Some(digest) => self.blob_known(tenant_id, digest).await?,
-            None => false,
-        };
-        let usage = self.storage_usage(tenant_id).await?;
-        let left = match usage.quota_bytes {
-            Some(quota) if !already_stored => Some(u64::try_from(quota - usage.used_bytes).unwrap_or(0)),
-            _ => None,
-        };
-        if let (Some(left), Some(length)) = (left, content_length)
-            && length > left
-        {
-            return Err(Error::QuotaExceeded(format!(
-                "this {length}-byte file does not fit: the tenant stores {} of its {} bytes",
-                usage.used_bytes,
-                usage.quota_bytes.unwrap_or_default()
-            )));
-        }
+        let left = self.check_quota(tenant_id, content_length.unwrap_or(0), declared).await?;
         let staged = self.storage.stage(tenant_id, body, left).await?;
         if let Some(declared) = declared
             && *declared != staged.digest
@@ -273,6 +257,21 @@ impl Registry {
             self.storage.discard(&staged).await;
             return Err(Error::DigestMismatch { declared: declared.to_string(), actual: staged.digest.to_string() });
         }
+        self.record_staged(actor, model, &version, path, staged).await
+    }
+
+    /// Records staged bytes as `path` of the draft `version`: the blob is claimed (or the staged
+    /// object becomes it), the file row written and audited, in one transaction. The staged
+    /// object is consumed either way.
+    pub(crate) async fn record_staged(
+        &self,
+        actor: &Actor,
+        model: &Model,
+        version: &Version,
+        path: &FilePath,
+        staged: Staged,
+    ) -> Result<VersionFile> {
+        let (tenant_id, number) = (model.tenant_id.as_str(), version.number);
         let file = VersionFile { path: path.clone(), digest: staged.digest.clone(), size: staged.size };
         let now = now_ms();
         let mut tx = self.db.pool().begin().await?;
@@ -280,12 +279,13 @@ impl Registry {
             lock_draft(&mut tx, &version.id, model, number).await?;
             // Touching the blob's row holds it against garbage collection until this commits
             // (see gc.rs); no row means new content, or content collected meanwhile.
-            let claimed = sqlx::query("UPDATE blobs SET last_used_at = $1, uses = uses + 1 WHERE tenant_id = $2 AND sha256 = $3")
-                .bind(now)
-                .bind(tenant_id)
-                .bind(file.digest.as_hex())
-                .execute(&mut *tx)
-                .await?;
+            let claimed =
+                sqlx::query("UPDATE blobs SET last_used_at = $1, uses = uses + 1 WHERE tenant_id = $2 AND sha256 = $3")
+                    .bind(now)
+                    .bind(tenant_id)
+                    .bind(file.digest.as_hex())
+                    .execute(&mut *tx)
+                    .await?;
             let new_blob = claimed.rows_affected() == 0;
             if new_blob {
                 // Object first, row second: a crash in between leaves an orphan object, never a
@@ -433,6 +433,40 @@ impl Registry {
         audit::record(&mut tx, actor, entry).await?;
         tx.commit().await?;
         Ok(after)
+    }
+
+    pub(crate) async fn version_by_id(&self, model: &Model, id: &str) -> Result<Version> {
+        let sql = format!("SELECT {COLUMNS} FROM model_versions WHERE model_id = $1 AND id = $2");
+        let version = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&model.id)
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await?
+            .as_ref()
+            .map(from_row)
+            .transpose()?
+            .ok_or_else(|| Error::not_found("version", id))?;
+        self.version(model, version.number).await
+    }
+
+    /// Fails unless `size` more bytes fit the tenant's storage quota (a digest it already
+    /// stores costs nothing); returns the bytes left, if there is a quota.
+    pub(crate) async fn check_quota(&self, tenant_id: &str, size: u64, digest: Option<&Digest>) -> Result<Option<u64>> {
+        if let Some(digest) = digest
+            && self.blob_known(tenant_id, digest).await?
+        {
+            return Ok(None);
+        }
+        let usage = self.storage_usage(tenant_id).await?;
+        let Some(quota) = usage.quota_bytes else { return Ok(None) };
+        let left = u64::try_from(quota - usage.used_bytes).unwrap_or(0);
+        if size > left {
+            return Err(Error::QuotaExceeded(format!(
+                "this {size}-byte file does not fit: the tenant stores {} of its {quota} bytes",
+                usage.used_bytes
+            )));
+        }
+        Ok(Some(left))
     }
 
     /// One file of a version, as recorded.

@@ -43,6 +43,7 @@ pub struct TestApp {
     pub admin_key: String,
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
+    config: Config,
     running: Option<Running>,
 }
 
@@ -91,7 +92,18 @@ impl TestApp {
         let base = format!("http://{}", running.gateway_addr.expect("the gateway runs"));
         let admin_key =
             running.new_admin_key.as_ref().expect("a fresh app creates an admin key").expose_secret().to_owned();
-        TestApp { base, admin_key, client: reqwest::Client::new(), dir, running: Some(running) }
+        TestApp { base, admin_key, client: reqwest::Client::new(), dir, config, running: Some(running) }
+    }
+
+    /// Stops every role and starts them again on the same database and store (new ports).
+    pub async fn restart(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("clean shutdown");
+        }
+        let running = startup::start(&self.config, Role::All).await.expect("modelgate starts again");
+        assert!(running.new_admin_key.is_none(), "a restart keeps the admin key");
+        self.base = format!("http://{}", running.gateway_addr.expect("the gateway runs"));
+        self.running = Some(running);
     }
 
     pub async fn stop(mut self) {

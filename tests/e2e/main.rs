@@ -15,3 +15,4 @@ mod pagination;
 mod registry;
 mod storage;
 mod tiny_bert;
+mod uploads;

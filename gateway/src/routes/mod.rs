@@ -22,6 +22,7 @@ mod keys;
 mod models;
 mod openai;
 mod tenants;
+mod uploads;
 mod versions;
 
 use actix_web::web;
@@ -49,6 +50,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(versions::commit)
         .service(files::put)
         .service(files::get)
+        .service(uploads::start)
+        .service(uploads::status)
+        .service(uploads::chunk)
+        .service(uploads::complete)
+        .service(uploads::abort)
         .service(aliases::put)
         .service(aliases::list)
         .service(aliases::history)

@@ -1,0 +1,112 @@
+//! Resumable uploads of one file of a draft: start a session, send chunks (any order, in
+//! parallel, across connections and gateway restarts), ask what arrived, complete or abort.
+
+use std::time::Duration;
+
+use actix_web::{HttpResponse, delete, get, post, put, web};
+use registry::models::Model;
+use registry::names::{Digest, FilePath, Role};
+use serde::Deserialize;
+
+use super::{model_in, version_number};
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::ApiError;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartUpload {
+    path: String,
+    size: u64,
+    sha256: String,
+    chunk_size: Option<u64>,
+    /// Seconds until the session expires; at most the gateway's `upload_session_ttl_secs`.
+    expires_in: Option<u64>,
+}
+
+async fn draft_model(state: &AppState, principal: &Principal, tenant: &str, model: &str) -> Result<Model, ApiError> {
+    model_in(state, principal, tenant, model, Role::Developer).await
+}
+
+/// Requires: developer.
+#[post("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads")]
+async fn start(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String, String)>,
+    body: web::Json<StartUpload>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model, version) = path.into_inner();
+    let model = draft_model(&state, &principal, &tenant, &model).await?;
+    let file = super::parse(FilePath::parse(&body.path))?;
+    let sha256 = super::parse(Digest::parse(&body.sha256))?;
+    let ttl = state.upload_session_ttl;
+    let expires_in = body.expires_in.map_or(ttl, |s| Duration::from_secs(s).min(ttl));
+    let session = state
+        .registry
+        .start_upload(
+            &principal.actor(),
+            &model,
+            version_number(&version)?,
+            &file,
+            body.size,
+            &sha256,
+            body.chunk_size,
+            expires_in,
+        )
+        .await?;
+    Ok(HttpResponse::Created().json(session))
+}
+
+/// What the server has. Requires: developer.
+#[get("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads/{id}")]
+async fn status(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model, _, id) = path.into_inner();
+    let model = draft_model(&state, &principal, &tenant, &model).await?;
+    Ok(HttpResponse::Ok().json(state.registry.upload_session(&model, &id).await?))
+}
+
+/// Chunk `index` (bytes `index * chunk_size ..`, exactly `chunk_size` long but for the last).
+/// Requires: developer.
+#[put("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads/{id}/chunks/{index}")]
+async fn chunk(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String, String, String, String)>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model, _, id, index) = path.into_inner();
+    let model = draft_model(&state, &principal, &tenant, &model).await?;
+    let index =
+        index.parse::<u64>().map_err(|_| ApiError::bad_request("invalid_request", "the chunk index is a number"))?;
+    Ok(HttpResponse::Ok().json(state.registry.put_chunk(&model, &id, index, body).await?))
+}
+
+/// Assembles the chunks, checks the declared size and sha256, records the file. Requires: developer.
+#[post("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads/{id}/complete")]
+async fn complete(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model, _, id) = path.into_inner();
+    let model = draft_model(&state, &principal, &tenant, &model).await?;
+    Ok(HttpResponse::Created().json(state.registry.complete_upload(&principal.actor(), &model, &id).await?))
+}
+
+/// Requires: developer.
+#[delete("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads/{id}")]
+async fn abort(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model, _, id) = path.into_inner();
+    let model = draft_model(&state, &principal, &tenant, &model).await?;
+    state.registry.abort_upload(&model, &id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,224 @@
+//! Resumable uploads: a file of a draft declared up front (path, size, sha256), sent in
+//! fixed-size chunks in any order or in parallel, over as many connections as it takes.
+//! The session's state is in the database and its chunks are objects, so a dropped
+//! connection or a gateway restart loses at most the chunk in flight. Completing streams the
+//! chunks, in order, into the blob space while hashing, and records the file as a plain upload
+//! does. Sessions expire; garbage collection deletes what expired ones left.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt as _};
+use serde::Serialize;
+use sqlx::Row as _;
+
+use crate::db::{new_id, now_ms};
+use crate::models::Model;
+use crate::names::{Digest, FilePath};
+use crate::versions::{VersionFile, VersionStatus};
+use crate::{Actor, Error, Registry, Result};
+
+pub const DEFAULT_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
+pub const MIN_CHUNK_SIZE: u64 = 1024 * 1024;
+pub const MAX_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadSession {
+    pub id: String,
+    pub path: FilePath,
+    pub size: u64,
+    pub sha256: Digest,
+    pub chunk_size: u64,
+    /// How many chunks make the file; chunk `i` covers bytes `i * chunk_size ..`.
+    pub chunks: u64,
+    /// Indices of the chunks the server has.
+    pub received: Vec<u64>,
+    #[serde(serialize_with = "crate::db::rfc3339")]
+    pub expires_at: i64,
+    #[serde(skip)]
+    version_id: String,
+}
+
+impl UploadSession {
+    /// Bytes chunk `index` must hold.
+    fn chunk_len(&self, index: u64) -> u64 {
+        self.chunk_size.min(self.size - index * self.chunk_size)
+    }
+}
+
+fn to_i64(n: u64) -> Result<i64> {
+    i64::try_from(n).map_err(|_| Error::Invalid("number too large".into()))
+}
+
+impl Registry {
+    /// Opens a session for one file of a draft version.
+    #[allow(clippy::too_many_arguments, reason = "each is a field of the session the client declares")]
+    pub async fn start_upload(
+        &self,
+        actor: &Actor,
+        model: &Model,
+        number: i64,
+        path: &FilePath,
+        size: u64,
+        sha256: &Digest,
+        chunk_size: Option<u64>,
+        expires_in: Duration,
+    ) -> Result<UploadSession> {
+        let version = self.version(model, number).await?;
+        if version.status != VersionStatus::Draft {
+            return Err(Error::Conflict(format!(
+                "version {}@{number} is not a draft; uploads go into drafts",
+                model.name
+            )));
+        }
+        let chunk_size = chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+            return Err(Error::Invalid(format!(
+                "chunk_size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes"
+            )));
+        }
+        if size == 0 {
+            return Err(Error::Invalid(
+                "a resumable upload needs a size of at least 1 byte; send empty files in one PUT".into(),
+            ));
+        }
+        self.check_quota(&model.tenant_id, size, Some(sha256)).await?;
+        let id = new_id();
+        let (now, expires_at) = (now_ms(), now_ms().saturating_add(to_i64(expires_in.as_millis() as u64)?));
+        sqlx::query(
+            "INSERT INTO upload_sessions (id, tenant_id, version_id, path, size, sha256, chunk_size, created_by, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&id)
+        .bind(&model.tenant_id)
+        .bind(&version.id)
+        .bind(path.as_str())
+        .bind(to_i64(size)?)
+        .bind(sha256.as_hex())
+        .bind(to_i64(chunk_size)?)
+        .bind(&actor.key_id)
+        .bind(now)
+        .bind(expires_at)
+        .execute(self.db.pool())
+        .await?;
+        self.upload_session(model, &id).await
+    }
+
+    /// A live session of the model's tenant; another tenant's or an expired one is "not found".
+    pub async fn upload_session(&self, model: &Model, id: &str) -> Result<UploadSession> {
+        let row = sqlx::query(
+            "SELECT s.id, s.version_id, s.path, s.size, s.sha256, s.chunk_size, s.expires_at FROM upload_sessions s
+             JOIN model_versions v ON v.id = s.version_id
+             WHERE s.id = $1 AND s.tenant_id = $2 AND v.model_id = $3 AND s.expires_at > $4",
+        )
+        .bind(id)
+        .bind(&model.tenant_id)
+        .bind(&model.id)
+        .bind(now_ms())
+        .fetch_optional(self.db.pool())
+        .await?
+        .ok_or_else(|| Error::not_found("upload session", id))?;
+        let size = u64::try_from(row.try_get::<i64, _>("size")?).unwrap_or(0);
+        let chunk_size = u64::try_from(row.try_get::<i64, _>("chunk_size")?).unwrap_or(DEFAULT_CHUNK_SIZE).max(1);
+        let received = sqlx::query("SELECT idx FROM upload_chunks WHERE session_id = $1 ORDER BY idx")
+            .bind(id)
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>("idx").map(|i| u64::try_from(i).unwrap_or(0)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(UploadSession {
+            id: row.try_get("id")?,
+            path: FilePath::parse(&row.try_get::<String, _>("path")?)?,
+            size,
+            sha256: Digest::parse(&row.try_get::<String, _>("sha256")?)?,
+            chunk_size,
+            chunks: size.div_ceil(chunk_size),
+            received,
+            expires_at: row.try_get("expires_at")?,
+            version_id: row.try_get("version_id")?,
+        })
+    }
+
+    /// Stores chunk `index` (sent again, it replaces the earlier copy).
+    pub async fn put_chunk<S, E>(&self, model: &Model, id: &str, index: u64, body: S) -> Result<UploadSession>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let session = self.upload_session(model, id).await?;
+        if index >= session.chunks {
+            return Err(Error::Invalid(format!("chunk {index} is past the last chunk ({})", session.chunks - 1)));
+        }
+        let expected = session.chunk_len(index);
+        let mut body = body;
+        let mut bytes = BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0));
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| Error::Upload(Box::new(e)))?;
+            if (bytes.len() + piece.len()) as u64 > expected {
+                return Err(Error::Invalid(format!("chunk {index} must be {expected} bytes; more were sent")));
+            }
+            bytes.extend_from_slice(&piece);
+        }
+        if bytes.len() as u64 != expected {
+            return Err(Error::Invalid(format!("chunk {index} must be {expected} bytes; {} were sent", bytes.len())));
+        }
+        self.storage.put_chunk(&model.tenant_id, id, index, bytes.freeze()).await?;
+        sqlx::query("INSERT INTO upload_chunks (session_id, idx, size) VALUES ($1, $2, $3) ON CONFLICT (session_id, idx) DO NOTHING")
+            .bind(id)
+            .bind(to_i64(index)?)
+            .bind(to_i64(expected)?)
+            .execute(self.db.pool())
+            .await?;
+        self.upload_session(model, id).await
+    }
+
+    /// Assembles the chunks, checks size and sha256, and records the file in its draft.
+    pub async fn complete_upload(&self, actor: &Actor, model: &Model, id: &str) -> Result<VersionFile> {
+        let session = self.upload_session(model, id).await?;
+        let missing: Vec<u64> = (0..session.chunks).filter(|i| !session.received.contains(i)).collect();
+        if !missing.is_empty() {
+            let shown: Vec<String> = missing.iter().take(20).map(u64::to_string).collect();
+            return Err(Error::Conflict(format!("{} chunks are missing: {}", missing.len(), shown.join(", "))));
+        }
+        let version = self.version_by_id(model, &session.version_id).await?;
+        let chunks = self.storage.chunks(&model.tenant_id, id, session.chunks);
+        let staged = self.storage.stage(&model.tenant_id, chunks, None).await?;
+        if staged.digest != session.sha256 || staged.size != session.size {
+            self.storage.discard(&staged).await;
+            return Err(Error::DigestMismatch {
+                declared: session.sha256.to_string(),
+                actual: staged.digest.to_string(),
+            });
+        }
+        let file = self.record_staged(actor, model, &version, &session.path, staged).await?;
+        self.end_session(&model.tenant_id, id).await?;
+        Ok(file)
+    }
+
+    pub async fn abort_upload(&self, model: &Model, id: &str) -> Result<()> {
+        self.upload_session(model, id).await?;
+        self.end_session(&model.tenant_id, id).await
+    }
+
+    async fn end_session(&self, tenant_id: &str, id: &str) -> Result<()> {
+        self.storage.delete_chunks(tenant_id, id).await?;
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("DELETE FROM upload_chunks WHERE session_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM upload_sessions WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends every session past its expiry, chunks included; returns how many.
+    pub(crate) async fn expire_upload_sessions(&self) -> Result<u64> {
+        let expired = sqlx::query("SELECT id, tenant_id FROM upload_sessions WHERE expires_at <= $1")
+            .bind(now_ms())
+            .fetch_all(self.db.pool())
+            .await?;
+        for row in &expired {
+            self.end_session(&row.try_get::<String, _>("tenant_id")?, &row.try_get::<String, _>("id")?).await?;
+        }
+        Ok(expired.len() as u64)
+    }
+}
