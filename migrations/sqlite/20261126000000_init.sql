@@ -56,6 +56,11 @@ CREATE TABLE model_versions (
     created_at   BIGINT NOT NULL,
     committed_at BIGINT,
     archived_at  BIGINT,
+    description  TEXT NOT NULL DEFAULT '',
+    tags_json    TEXT NOT NULL DEFAULT '[]',
+    -- Lineage: the version this one was made from (a quantized or fine-tuned copy), as
+    -- `model@N` of the same tenant when it was recorded.
+    derived_from TEXT,
     UNIQUE (model_id, number)
 );
 

@@ -77,6 +77,10 @@ pub struct Version {
     pub committed_at: Option<i64>,
     #[serde(serialize_with = "crate::db::rfc3339_opt")]
     pub archived_at: Option<i64>,
+    pub description: String,
+    pub tags: Vec<String>,
+    /// `model@N`: the version this one was derived from.
+    pub derived_from: Option<String>,
     pub files: Vec<VersionFile>,
 }
 
@@ -89,7 +93,16 @@ impl Version {
     }
 }
 
-const COLUMNS: &str = "id, number, status, architecture, created_by, created_at, committed_at, archived_at";
+const COLUMNS: &str = "id, number, status, architecture, created_by, created_at, committed_at, archived_at, description, tags_json, derived_from";
+
+/// What a new version is, beyond its files.
+#[derive(Debug, Clone, Default)]
+pub struct NewVersion {
+    pub description: String,
+    pub tags: Vec<String>,
+    /// Another version of the tenant, as `model@N`.
+    pub derived_from: Option<String>,
+}
 
 fn from_row(r: &AnyRow) -> Result<Version> {
     Ok(Version {
@@ -101,6 +114,9 @@ fn from_row(r: &AnyRow) -> Result<Version> {
         created_at: r.try_get("created_at")?,
         committed_at: r.try_get("committed_at")?,
         archived_at: r.try_get("archived_at")?,
+        description: r.try_get("description")?,
+        tags: serde_json::from_str(&r.try_get::<String, _>("tags_json")?).unwrap_or_default(),
+        derived_from: r.try_get("derived_from")?,
         files: Vec::new(),
     })
 }
@@ -118,7 +134,15 @@ fn size_i64(size: u64) -> Result<i64> {
 }
 
 impl Registry {
-    pub async fn create_version(&self, actor: &Actor, model: &Model) -> Result<Version> {
+    pub async fn create_version(&self, actor: &Actor, model: &Model, new: NewVersion) -> Result<Version> {
+        if new.description.chars().count() > 4096 {
+            return Err(Error::Invalid("description is longer than 4096 characters".into()));
+        }
+        let tags = crate::models::check_tags(&new.tags)?;
+        let derived_from = match &new.derived_from {
+            Some(reference) => Some(self.lineage(&model.tenant_id, reference).await?),
+            None => None,
+        };
         let mut tx = self.db.pool().begin().await?;
         // The increment takes the row's write lock, so concurrent drafts get distinct numbers.
         let row = sqlx::query("UPDATE models SET next_version = next_version + 1 WHERE id = $1 RETURNING next_version")
@@ -135,10 +159,14 @@ impl Registry {
             created_at: now_ms(),
             committed_at: None,
             archived_at: None,
+            description: new.description,
+            tags,
+            derived_from,
             files: Vec::new(),
         };
         sqlx::query(
-            "INSERT INTO model_versions (id, model_id, number, status, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO model_versions (id, model_id, number, status, created_by, created_at, description, tags_json, derived_from)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&version.id)
         .bind(&model.id)
@@ -146,6 +174,9 @@ impl Registry {
         .bind(version.status.as_str())
         .bind(&version.created_by)
         .bind(version.created_at)
+        .bind(&version.description)
+        .bind(serde_json::to_string(&version.tags).unwrap_or_else(|_| "[]".into()))
+        .bind(version.derived_from.as_deref())
         .execute(&mut *tx)
         .await?;
         let after = serde_json::to_value(&version).ok();
@@ -158,6 +189,25 @@ impl Registry {
         .await?;
         tx.commit().await?;
         Ok(version)
+    }
+
+    /// Checks a lineage reference (`model@N`, committed, in the tenant) and returns it normalised.
+    async fn lineage(&self, tenant_id: &str, reference: &str) -> Result<String> {
+        let bad = || {
+            Error::Invalid(format!(
+                "derived_from {reference:?} must name a committed version of this tenant, as model@N"
+            ))
+        };
+        let (name, number) = match crate::aliases::ModelRef::parse(reference) {
+            Ok(crate::aliases::ModelRef::Version(name, number)) => (name, number),
+            _ => return Err(bad()),
+        };
+        let source = self.model(tenant_id, &name).await.map_err(|_| bad())?;
+        let version = self.version(&source, number).await.map_err(|_| bad())?;
+        if version.status == VersionStatus::Draft {
+            return Err(bad());
+        }
+        Ok(format!("{name}@{number}"))
     }
 
     /// One page of the model's versions by number, optionally of one status only.

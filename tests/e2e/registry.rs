@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{AppOptions, Database, TestApp, files_of};
+use crate::helpers::{AppOptions, Database, TestApp, files_of, read};
 use crate::tiny_bert;
 
 fn blob_count(app: &TestApp) -> usize {
@@ -153,5 +153,40 @@ async fn uploads_over_the_storage_quota_are_refused_and_store_nothing() {
     let files: Vec<&str> =
         version["files"].as_array().expect("files").iter().filter_map(|f| f["path"].as_str()).collect();
     assert_eq!(files, ["a.bin", "copy.bin"]);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn versions_record_description_tags_and_lineage() {
+    let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    let key = app.tenant("acme").await;
+    let dir = app.dir.path().join("tiny");
+    tiny_bert::write(&dir);
+    app.upload_model(&key, "acme", "tiny", &dir).await;
+    let (status, _) = app
+        .call(Method::POST, "/api/v1/tenants/acme/models", &key, Some(json!({"name": "tiny-q8", "task": "embedding"})))
+        .await;
+    assert_eq!(status, 201);
+    let versions = "/api/v1/tenants/acme/models/tiny-q8/versions";
+    let body = json!({"description": "int8 copy", "tags": ["q8", "cpu"], "derived_from": "tiny@1"});
+    let (status, version) = app.call(Method::POST, versions, &key, Some(body)).await;
+    assert_eq!(status, 201, "{version}");
+    assert_eq!((version["description"].clone(), version["tags"].clone()), (json!("int8 copy"), json!(["cpu", "q8"])));
+    assert_eq!(version["derived_from"], "tiny@1");
+    let (_, listed) = app.call(Method::GET, versions, &key, None).await;
+    assert_eq!(listed["data"][0]["derived_from"], "tiny@1", "lineage is stored: {listed}");
+    let draft = app.new_version(&key, "acme", "tiny").await;
+    for bad in ["tiny@99", "tiny", "nosuch@1", &format!("tiny@{draft}")] {
+        let (status, body) = app.call(Method::POST, versions, &key, Some(json!({"derived_from": bad}))).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let raw = app
+        .req(Method::POST, versions, Some(&key))
+        .header("content-type", "application/json")
+        .body("{\"tags\": [")
+        .send()
+        .await;
+    let (status, body) = read(raw.expect("sent")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_json")), "{body}");
     app.stop().await;
 }

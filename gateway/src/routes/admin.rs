@@ -16,12 +16,9 @@ struct GcRequest {
 
 /// Runs garbage collection now and reports what it deleted. Requires: platform admin.
 #[post("/api/v1/admin/gc")]
-async fn gc(
-    state: web::Data<AppState>,
-    principal: Principal,
-    body: Option<web::Json<GcRequest>>,
-) -> Result<HttpResponse, ApiError> {
+async fn gc(state: web::Data<AppState>, principal: Principal, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     principal.require_platform_admin()?;
-    let grace = body.and_then(|b| b.grace_secs).map_or(state.gc_grace, Duration::from_secs);
+    let body: GcRequest = super::optional_json(&body)?;
+    let grace = body.grace_secs.map_or(state.gc_grace, Duration::from_secs);
     Ok(HttpResponse::Ok().json(state.registry.collect_garbage(grace).await?))
 }

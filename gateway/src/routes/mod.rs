@@ -91,6 +91,15 @@ impl PageQuery {
     }
 }
 
+/// A JSON body that may be left out (empty means the defaults); malformed JSON is still a 400.
+fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the JSON body is invalid: {e}")))
+}
+
 fn parse<T>(parsed: Result<T, registry::Error>) -> Result<T, ApiError> {
     parsed.map_err(ApiError::from)
 }

@@ -2,7 +2,7 @@ use actix_web::{HttpResponse, get, post, web};
 use registry::names::Role;
 
 use registry::page::PageRequest;
-use registry::versions::VersionStatus;
+use registry::versions::{NewVersion, VersionStatus};
 use serde::Deserialize;
 
 use super::{model_in, version_number};
@@ -10,16 +10,30 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 
-/// Starts a new draft version. Requires: developer.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateVersion {
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    tags: Vec<String>,
+    /// `model@N` of this tenant: the version this one was made from.
+    derived_from: Option<String>,
+}
+
+/// Starts a new draft version (the body is optional). Requires: developer.
 #[post("/api/v1/tenants/{tenant}/models/{model}/versions")]
 async fn create(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<(String, String)>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, model) = path.into_inner();
     let model = model_in(&state, &principal, &tenant, &model, Role::Developer).await?;
-    let version = state.registry.create_version(&principal.actor(), &model).await?;
+    let body: CreateVersion = super::optional_json(&body)?;
+    let new = NewVersion { description: body.description, tags: body.tags, derived_from: body.derived_from };
+    let version = state.registry.create_version(&principal.actor(), &model, new).await?;
     Ok(HttpResponse::Created().json(version))
 }
 
