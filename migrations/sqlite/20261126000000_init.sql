@@ -96,6 +96,8 @@ CREATE TABLE upload_sessions (
     size        BIGINT NOT NULL,
     sha256      TEXT NOT NULL,
     chunk_size  BIGINT NOT NULL,
+    -- 1: the client PUTs the whole file to a presigned URL (the one chunk) straight into the bucket.
+    presigned   BIGINT NOT NULL DEFAULT 0,
     created_by  TEXT NOT NULL,
     created_at  BIGINT NOT NULL,
     expires_at  BIGINT NOT NULL

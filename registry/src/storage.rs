@@ -6,8 +6,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::path::Path;
+use object_store::signer::Signer;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::names::Digest;
@@ -71,13 +72,85 @@ pub struct Staged {
 #[derive(Clone, Debug)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
+    /// Present where the store can presign URLs (S3, Azure, GCS).
+    signer: Option<Arc<dyn Signer>>,
+    /// Headers a client must send with a presigned PUT (Azure wants the blob type).
+    put_headers: Vec<(String, String)>,
     prefix: Path,
+}
+
+/// A URL a client can use without credentials, and the headers it must send with it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SignedRequest {
+    pub method: &'static str,
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
 }
 
 impl Storage {
     pub fn open(config: &StorageConfig) -> Result<Self> {
-        let (store, prefix) = open_store(config)?;
-        Ok(Self { store, prefix })
+        let (store, signer, prefix) = open_store(config)?;
+        let put_headers = if config.url.starts_with("az") {
+            vec![("x-ms-blob-type".to_owned(), "BlockBlob".to_owned())]
+        } else {
+            Vec::new()
+        };
+        Ok(Self { store, signer, put_headers, prefix })
+    }
+
+    pub fn can_sign(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    async fn sign(
+        &self,
+        method: object_store::signer::Method,
+        path: &Path,
+        expires_in: std::time::Duration,
+    ) -> Result<Option<SignedRequest>> {
+        let Some(signer) = &self.signer else { return Ok(None) };
+        let url = signer.signed_url(method.clone(), path, expires_in).await?;
+        let headers = if method == object_store::signer::Method::PUT {
+            self.put_headers.iter().cloned().collect()
+        } else {
+            BTreeMap::new()
+        };
+        Ok(Some(SignedRequest {
+            method: if method == object_store::signer::Method::PUT { "PUT" } else { "GET" },
+            url: url.to_string(),
+            headers,
+        }))
+    }
+
+    /// A presigned PUT of a whole file into chunk 0 of a session.
+    pub async fn sign_chunk_put(
+        &self,
+        tenant_id: &str,
+        session_id: &str,
+        expires_in: std::time::Duration,
+    ) -> Result<Option<SignedRequest>> {
+        let path = ObjectKey::Chunk { tenant_id, session_id, index: 0 }.path(&self.prefix);
+        self.sign(object_store::signer::Method::PUT, &path, expires_in).await
+    }
+
+    /// A presigned GET of a blob.
+    pub async fn sign_blob_get(
+        &self,
+        tenant_id: &str,
+        digest: &Digest,
+        expires_in: std::time::Duration,
+    ) -> Result<Option<SignedRequest>> {
+        self.sign(object_store::signer::Method::GET, &self.blob_path(tenant_id, digest), expires_in).await
+    }
+
+    /// The size of a session's chunk, if it is stored.
+    pub async fn chunk_size(&self, tenant_id: &str, session_id: &str, index: u64) -> Result<Option<u64>> {
+        let path = ObjectKey::Chunk { tenant_id, session_id, index }.path(&self.prefix);
+        match self.store.head(&path).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The underlying store, for roles (the runner) that read objects by [`Storage::blob_path`].
@@ -275,19 +348,21 @@ fn finish(hasher: Sha256) -> Digest {
     Digest::from_bytes(&hasher.finalize().into())
 }
 
-fn open_store(config: &StorageConfig) -> Result<(Arc<dyn ObjectStore>, Path)> {
+type Opened = (Arc<dyn ObjectStore>, Option<Arc<dyn Signer>>, Path);
+
+fn open_store(config: &StorageConfig) -> Result<Opened> {
     let bad = |m: String| Error::StorageConfig(m);
     let url = url::Url::parse(&config.url).map_err(|e| bad(format!("storage URL {:?}: {e}", config.url)))?;
     // In `s3://bucket/prefix` the host is the bucket (or container); the path is our prefix.
     let prefix = Path::from_url_path(url.path()).map_err(|e| bad(format!("storage URL path: {e}")))?;
-    let store: Arc<dyn ObjectStore> = match url.scheme() {
+    let (store, signer): (Arc<dyn ObjectStore>, Option<Arc<dyn Signer>>) = match url.scheme() {
         "file" => {
             let dir = url.to_file_path().map_err(|()| bad(format!("{:?} is not a local path", config.url)))?;
             std::fs::create_dir_all(&dir).map_err(|e| Error::Io("creating the blob folder", e))?;
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)?.with_automatic_cleanup(true);
-            return Ok((Arc::new(fs), Path::default()));
+            return Ok((Arc::new(fs), None, Path::default()));
         }
-        "memory" => Arc::new(object_store::memory::InMemory::new()),
+        "memory" => (Arc::new(object_store::memory::InMemory::new()), None),
         "s3" | "s3a" => {
             use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
             let mut b = AmazonS3Builder::from_env().with_url(config.url.as_str());
@@ -301,7 +376,8 @@ fn open_store(config: &StorageConfig) -> Result<(Arc<dyn ObjectStore>, Path)> {
                 let key: AmazonS3ConfigKey = k.parse().map_err(|_| bad(format!("unknown S3 option {k:?}")))?;
                 b = b.with_config(key, v);
             }
-            Arc::new(b.build()?)
+            let s3 = Arc::new(b.build()?);
+            (s3.clone(), Some(s3))
         }
         "az" | "azure" | "abfs" | "abfss" => {
             use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
@@ -313,7 +389,8 @@ fn open_store(config: &StorageConfig) -> Result<(Arc<dyn ObjectStore>, Path)> {
             if let Some(endpoint) = &config.endpoint {
                 b = b.with_endpoint(endpoint.clone()).with_allow_http(endpoint.starts_with("http://"));
             }
-            Arc::new(b.build()?)
+            let azure = Arc::new(b.build()?);
+            (azure.clone(), Some(azure))
         }
         "gs" => {
             use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
@@ -322,7 +399,8 @@ fn open_store(config: &StorageConfig) -> Result<(Arc<dyn ObjectStore>, Path)> {
                 let key: GoogleConfigKey = k.parse().map_err(|_| bad(format!("unknown GCS option {k:?}")))?;
                 b = b.with_config(key, v);
             }
-            Arc::new(b.build()?)
+            let gcs = Arc::new(b.build()?);
+            (gcs.clone(), Some(gcs))
         }
         other => {
             return Err(bad(format!(
@@ -330,7 +408,7 @@ fn open_store(config: &StorageConfig) -> Result<(Arc<dyn ObjectStore>, Path)> {
             )));
         }
     };
-    Ok((store, prefix))
+    Ok((store, signer, prefix))
 }
 
 #[cfg(test)]

@@ -21,6 +21,19 @@ use crate::{Actor, Error, Registry, Result};
 pub const DEFAULT_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
 pub const MIN_CHUNK_SIZE: u64 = 1024 * 1024;
 pub const MAX_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
+/// A presigned upload is one PUT; S3 takes at most 5 GiB in one.
+pub const MAX_PRESIGNED_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+
+/// What a client declares when it opens a session.
+pub struct NewUpload<'a> {
+    pub path: &'a FilePath,
+    pub size: u64,
+    pub sha256: &'a Digest,
+    pub chunk_size: Option<u64>,
+    pub expires_in: Duration,
+    /// Send the bytes straight to the bucket through a presigned URL (S3, Azure, GCS).
+    pub presigned: bool,
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct UploadSession {
@@ -33,6 +46,10 @@ pub struct UploadSession {
     pub chunks: u64,
     /// Indices of the chunks the server has.
     pub received: Vec<u64>,
+    pub presigned: bool,
+    /// For a presigned session: the request that puts the whole file into the bucket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload: Option<crate::storage::SignedRequest>,
     #[serde(serialize_with = "crate::db::rfc3339")]
     pub expires_at: i64,
     #[serde(skip)]
@@ -52,18 +69,14 @@ fn to_i64(n: u64) -> Result<i64> {
 
 impl Registry {
     /// Opens a session for one file of a draft version.
-    #[allow(clippy::too_many_arguments, reason = "each is a field of the session the client declares")]
     pub async fn start_upload(
         &self,
         actor: &Actor,
         model: &Model,
         number: i64,
-        path: &FilePath,
-        size: u64,
-        sha256: &Digest,
-        chunk_size: Option<u64>,
-        expires_in: Duration,
+        new: NewUpload<'_>,
     ) -> Result<UploadSession> {
+        let NewUpload { path, size, sha256, chunk_size, expires_in, presigned } = new;
         let version = self.version(model, number).await?;
         if version.status != VersionStatus::Draft {
             return Err(Error::Conflict(format!(
@@ -71,12 +84,25 @@ impl Registry {
                 model.name
             )));
         }
-        let chunk_size = chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
-            return Err(Error::Invalid(format!(
-                "chunk_size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes"
-            )));
-        }
+        let chunk_size = if presigned {
+            if !self.storage.can_sign() {
+                return Err(Error::Invalid("this object store cannot presign URLs; use a chunked session".into()));
+            }
+            if size > MAX_PRESIGNED_SIZE {
+                return Err(Error::Invalid(format!(
+                    "a presigned upload takes at most {MAX_PRESIGNED_SIZE} bytes; use a chunked session"
+                )));
+            }
+            size.max(1)
+        } else {
+            let chunk_size = chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
+            if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+                return Err(Error::Invalid(format!(
+                    "chunk_size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes"
+                )));
+            }
+            chunk_size
+        };
         if size == 0 {
             return Err(Error::Invalid(
                 "a resumable upload needs a size of at least 1 byte; send empty files in one PUT".into(),
@@ -86,8 +112,8 @@ impl Registry {
         let id = new_id();
         let (now, expires_at) = (now_ms(), now_ms().saturating_add(to_i64(expires_in.as_millis() as u64)?));
         sqlx::query(
-            "INSERT INTO upload_sessions (id, tenant_id, version_id, path, size, sha256, chunk_size, created_by, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO upload_sessions (id, tenant_id, version_id, path, size, sha256, chunk_size, created_by, created_at, expires_at, presigned)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&id)
         .bind(&model.tenant_id)
@@ -99,15 +125,20 @@ impl Registry {
         .bind(&actor.key_id)
         .bind(now)
         .bind(expires_at)
+        .bind(i64::from(presigned))
         .execute(self.db.pool())
         .await?;
-        self.upload_session(model, &id).await
+        let mut session = self.upload_session(model, &id).await?;
+        if presigned {
+            session.upload = self.storage.sign_chunk_put(&model.tenant_id, &id, expires_in).await?;
+        }
+        Ok(session)
     }
 
     /// A live session of the model's tenant; another tenant's or an expired one is "not found".
     pub async fn upload_session(&self, model: &Model, id: &str) -> Result<UploadSession> {
         let row = sqlx::query(
-            "SELECT s.id, s.version_id, s.path, s.size, s.sha256, s.chunk_size, s.expires_at FROM upload_sessions s
+            "SELECT s.id, s.version_id, s.path, s.size, s.sha256, s.chunk_size, s.expires_at, s.presigned FROM upload_sessions s
              JOIN model_versions v ON v.id = s.version_id
              WHERE s.id = $1 AND s.tenant_id = $2 AND v.model_id = $3 AND s.expires_at > $4",
         )
@@ -120,13 +151,22 @@ impl Registry {
         .ok_or_else(|| Error::not_found("upload session", id))?;
         let size = u64::try_from(row.try_get::<i64, _>("size")?).unwrap_or(0);
         let chunk_size = u64::try_from(row.try_get::<i64, _>("chunk_size")?).unwrap_or(DEFAULT_CHUNK_SIZE).max(1);
-        let received = sqlx::query("SELECT idx FROM upload_chunks WHERE session_id = $1 ORDER BY idx")
-            .bind(id)
-            .fetch_all(self.db.pool())
-            .await?
-            .iter()
-            .map(|r| r.try_get::<i64, _>("idx").map(|i| u64::try_from(i).unwrap_or(0)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let presigned = row.try_get::<i64, _>("presigned")? != 0;
+        let received = if presigned {
+            // The client wrote straight to the bucket: the object tells whether it arrived whole.
+            match self.storage.chunk_size(&model.tenant_id, id, 0).await? {
+                Some(stored) if stored == size => vec![0],
+                _ => Vec::new(),
+            }
+        } else {
+            sqlx::query("SELECT idx FROM upload_chunks WHERE session_id = $1 ORDER BY idx")
+                .bind(id)
+                .fetch_all(self.db.pool())
+                .await?
+                .iter()
+                .map(|r| r.try_get::<i64, _>("idx").map(|i| u64::try_from(i).unwrap_or(0)))
+                .collect::<Result<Vec<_>, _>>()?
+        };
         Ok(UploadSession {
             id: row.try_get("id")?,
             path: FilePath::parse(&row.try_get::<String, _>("path")?)?,
@@ -135,6 +175,8 @@ impl Registry {
             chunk_size,
             chunks: size.div_ceil(chunk_size),
             received,
+            presigned,
+            upload: None,
             expires_at: row.try_get("expires_at")?,
             version_id: row.try_get("version_id")?,
         })
@@ -147,6 +189,9 @@ impl Registry {
         E: std::error::Error + Send + Sync + 'static,
     {
         let session = self.upload_session(model, id).await?;
+        if session.presigned {
+            return Err(Error::Conflict("this session is presigned: PUT the file to its URL, then complete".into()));
+        }
         if index >= session.chunks {
             return Err(Error::Invalid(format!("chunk {index} is past the last chunk ({})", session.chunks - 1)));
         }

@@ -20,6 +20,34 @@ pub fn service_var(name: &str, suite: &str) -> Option<String> {
     }
 }
 
+/// SQLite and a fresh bucket on the moto S3 server, when `MODELGATE_TEST_S3_ENDPOINT` is set.
+pub async fn s3_options(suite: &str) -> Option<AppOptions> {
+    let endpoint = service_var("MODELGATE_TEST_S3_ENDPOINT", suite)?;
+    let bucket = format!("mg-test-{}", uuid::Uuid::now_v7().simple());
+    // moto creates buckets on an unsigned PUT; object_store creates none.
+    let created = reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await.expect("moto answers");
+    assert!(created.status().is_success(), "creating the bucket: {}", created.status());
+    let mut options = AppOptions::new(Database::Sqlite);
+    options.storage_url = Some(format!("s3://{bucket}/modelgate"));
+    options.storage_endpoint = Some(endpoint);
+    options.storage_options = vec![
+        ("aws_access_key_id".into(), "test".into()),
+        ("aws_secret_access_key".into(), "test".into()),
+        ("aws_region".into(), "us-east-1".into()),
+    ];
+    Some(options)
+}
+
+/// SQLite and a fresh prefix in an Azurite container (created beforehand, see .ci/run), when
+/// `MODELGATE_TEST_AZURITE_CONTAINER` is set; Azurite's well-known account is used.
+pub fn azure_options(suite: &str) -> Option<AppOptions> {
+    let container = service_var("MODELGATE_TEST_AZURITE_CONTAINER", suite)?;
+    let mut options = AppOptions::new(Database::Sqlite);
+    options.storage_url = Some(format!("az://{container}/{}", uuid::Uuid::now_v7().simple()));
+    options.storage_options = vec![("azure_storage_use_emulator".into(), "true".into())];
+    Some(options)
+}
+
 #[derive(Debug, Clone)]
 pub enum Database {
     Sqlite,

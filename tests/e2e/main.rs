@@ -12,6 +12,7 @@ mod inference;
 mod isolation;
 mod minilm;
 mod pagination;
+mod presigned;
 mod registry;
 mod storage;
 mod tiny_bert;

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use registry::models::Model;
 use registry::names::{Digest, FilePath, Role};
 use registry::versions::{Upload, VersionFile};
+use serde_json::json;
 
 use super::{model_in, version_number};
 use crate::AppState;
@@ -50,12 +51,35 @@ async fn get(
     principal: Principal,
     req: HttpRequest,
     path: web::Path<(String, String, String, String)>,
+    query: web::Query<DownloadQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, model, version, file) = path.into_inner();
     let model = model_in(&state, &principal, &tenant, &model, Role::Viewer).await?;
     let file = FilePath::parse(&file).map_err(|_| ApiError::not_found(format!("file {file:?} not found")))?;
     let file = state.registry.version_file(&model, version_number(&version)?, &file).await?;
+    if query.presigned {
+        // Hand out a short-lived URL straight to the bucket instead of the bytes.
+        let signed = state.registry.storage().sign_blob_get(&model.tenant_id, &file.digest, PRESIGNED_TTL).await?;
+        return match signed {
+            Some(signed) => Ok(HttpResponse::Ok()
+                .json(json!({ "url": signed.url, "expires_in": PRESIGNED_TTL.as_secs(), "sha256": file.digest }))),
+            None => Err(ApiError::bad_request(
+                "not_supported",
+                "this object store cannot presign URLs; download the file directly",
+            )),
+        };
+    }
     send_file(&state, &req, &model, &file, HttpResponse::Ok()).await
+}
+
+/// How long a presigned download URL works.
+const PRESIGNED_TTL: std::time::Duration = std::time::Duration::from_secs(900);
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DownloadQuery {
+    #[serde(default)]
+    presigned: bool,
 }
 
 /// Answers a download of `file`: `ETag` is the quoted sha256, `If-None-Match` answers 304,

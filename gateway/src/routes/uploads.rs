@@ -6,6 +6,7 @@ use std::time::Duration;
 use actix_web::{HttpResponse, delete, get, post, put, web};
 use registry::models::Model;
 use registry::names::{Digest, FilePath, Role};
+use registry::uploads::NewUpload;
 use serde::Deserialize;
 
 use super::{model_in, version_number};
@@ -22,6 +23,9 @@ struct StartUpload {
     chunk_size: Option<u64>,
     /// Seconds until the session expires; at most the gateway's `upload_session_ttl_secs`.
     expires_in: Option<u64>,
+    /// Answer a presigned URL to PUT the whole file straight into the bucket (S3, Azure, GCS).
+    #[serde(default)]
+    presigned: bool,
 }
 
 async fn draft_model(state: &AppState, principal: &Principal, tenant: &str, model: &str) -> Result<Model, ApiError> {
@@ -42,19 +46,15 @@ async fn start(
     let sha256 = super::parse(Digest::parse(&body.sha256))?;
     let ttl = state.upload_session_ttl;
     let expires_in = body.expires_in.map_or(ttl, |s| Duration::from_secs(s).min(ttl));
-    let session = state
-        .registry
-        .start_upload(
-            &principal.actor(),
-            &model,
-            version_number(&version)?,
-            &file,
-            body.size,
-            &sha256,
-            body.chunk_size,
-            expires_in,
-        )
-        .await?;
+    let new = NewUpload {
+        path: &file,
+        size: body.size,
+        sha256: &sha256,
+        chunk_size: body.chunk_size,
+        expires_in,
+        presigned: body.presigned,
+    };
+    let session = state.registry.start_upload(&principal.actor(), &model, version_number(&version)?, new).await?;
     Ok(HttpResponse::Created().json(session))
 }
 
