@@ -64,3 +64,55 @@ async fn the_cli_pulls_lists_and_moves_aliases() {
         Err(_) => panic!("the app is still shared"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_continues_an_interrupted_draft_and_sends_big_files_in_chunks() {
+    let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    let key = app.tenant("acme").await;
+    let dir = app.dir.path().join("tiny");
+    tiny_bert::write(&dir);
+    std::fs::create_dir_all(dir.join("extra")).expect("folder");
+    let big: Vec<u8> = (0..3 * 1024 * 1024 + 123u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(dir.join("extra/big.bin"), &big).expect("big file");
+    // An earlier run got as far as creating the draft and sending config.json.
+    let body = serde_json::json!({"name": "tiny", "task": "embedding"});
+    assert_eq!(app.call(reqwest::Method::POST, "/api/v1/tenants/acme/models", &key, Some(body)).await.0, 201);
+    let version = app.new_version(&key, "acme", "tiny").await;
+    let config = std::fs::read(dir.join("config.json")).expect("config");
+    assert_eq!(app.put_file(&key, "acme", "tiny", version, "config.json", config, true).await.0, 201);
+
+    let cache = app.dir.path().join("cache");
+    let (base, target) = (app.base.clone(), dir.display().to_string());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_modelgate"))
+            .args([
+                "push",
+                &target,
+                "acme/tiny",
+                "--chunked-above",
+                "1048576",
+                "--chunk-size",
+                "1048576",
+                "--alias",
+                "production",
+            ])
+            .env("MODELGATE_URL", base)
+            .env("MODELGATE_KEY", key.clone())
+            .env("XDG_CACHE_HOME", cache)
+            .output()
+            .expect("modelgate runs")
+    })
+    .await
+    .expect("joined");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "push failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains(&format!("pushed acme/tiny@{version}")), "the draft is continued, not replaced: {stdout}");
+    assert!(stdout.contains("(1 already there)"), "config.json is not sent again: {stdout}");
+    let key = app.key("acme", "viewer", &app.admin_key).await;
+    let path = format!("/api/v1/tenants/acme/models/tiny/versions/{version}/files/extra/big.bin");
+    let response = app.req(reqwest::Method::GET, &path, Some(&key)).send().await.expect("sent");
+    assert!(response.bytes().await.expect("body").as_ref() == big.as_slice(), "the chunked file arrived whole");
+    let (_, body) = app.call(reqwest::Method::GET, "/api/v1/tenants/acme/models/tiny", &key, None).await;
+    assert_eq!(body["aliases"][0]["version"], version);
+    app.stop().await;
+}
