@@ -145,7 +145,8 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
         let gc = tokio::spawn(gateway::collect_garbage_periodically(registry.clone(), config.gateway.clone()));
         let gc_grace = std::time::Duration::from_secs(config.gateway.gc_grace_secs);
         let upload_session_ttl = std::time::Duration::from_secs(config.gateway.upload_session_ttl_secs);
-        let state = gateway::AppState { registry, tokens, runners, gc_grace, upload_session_ttl };
+        let draft_ttl = std::time::Duration::from_secs(config.gateway.draft_ttl_secs);
+        let state = gateway::AppState { registry, tokens, runners, gc_grace, upload_session_ttl, draft_ttl };
         let server = gateway::serve(listener, state, &config.gateway)?;
         let handle = server.handle();
         let task = tokio::spawn(server);

@@ -41,6 +41,8 @@ pub struct GatewayConfig {
     pub gc_grace_secs: u64,
     /// Longest life of a resumable upload session; garbage collection ends expired ones.
     pub upload_session_ttl_secs: u64,
+    /// Drafts not committed within this are marked failed and their files collected.
+    pub draft_ttl_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -54,6 +56,7 @@ impl Default for GatewayConfig {
             gc_interval_secs: 3600,
             gc_grace_secs: 24 * 3600,
             upload_session_ttl_secs: 24 * 3600,
+            draft_ttl_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -66,6 +69,7 @@ pub struct AppState {
     /// The default grace period of garbage collection.
     pub gc_grace: std::time::Duration,
     pub upload_session_ttl: std::time::Duration,
+    pub draft_ttl: std::time::Duration,
 }
 
 /// Runs garbage collection every `config.gc_interval_secs` until the task is dropped.
@@ -78,7 +82,11 @@ pub async fn collect_garbage_periodically(registry: Registry, config: GatewayCon
     every.tick().await;
     loop {
         every.tick().await;
-        if let Err(e) = registry.collect_garbage(std::time::Duration::from_secs(config.gc_grace_secs)).await {
+        let (grace, draft_ttl) = (
+            std::time::Duration::from_secs(config.gc_grace_secs),
+            std::time::Duration::from_secs(config.draft_ttl_secs),
+        );
+        if let Err(e) = registry.collect_garbage(grace, draft_ttl).await {
             tracing::warn!(error = %e, "garbage collection failed; it runs again at the next interval");
         }
     }

@@ -23,13 +23,14 @@ use crate::db::now_ms;
 use crate::names::Digest;
 use crate::{Registry, Result};
 
-/// Blobs referenced by a version of a live (not deleted) model stay; archived versions of a
-/// live model keep theirs, for audit.
+/// Blobs referenced by a version of a live (not deleted) model stay, unless the version
+/// failed (an abandoned draft); archived versions of a live model keep theirs, for audit.
 const UNREFERENCED: &str = "NOT EXISTS (
     SELECT 1 FROM version_files f
     JOIN model_versions v ON v.id = f.version_id
     JOIN models m ON m.id = v.model_id
-    WHERE f.sha256 = blobs.sha256 AND m.tenant_id = blobs.tenant_id AND m.deleted_at IS NULL)";
+    WHERE f.sha256 = blobs.sha256 AND m.tenant_id = blobs.tenant_id AND m.deleted_at IS NULL
+      AND v.status <> 'failed')";
 
 /// A staged upload lives for one request; one older than this was left by a crash or a
 /// dropped connection, whatever grace period blobs get.
@@ -41,15 +42,26 @@ pub struct GcReport {
     pub bytes_freed: u64,
     pub staged_uploads_deleted: u64,
     pub upload_sessions_expired: u64,
+    pub drafts_failed: u64,
 }
 
 impl Registry {
-    /// Deletes blobs unreferenced and unused for `grace`, and staged uploads older than
+    /// Marks drafts older than `draft_ttl` failed (their files become collectable), then
+    /// deletes blobs unreferenced and unused for `grace`, and staged uploads older than
     /// `grace` or an hour, whichever is longer.
-    pub async fn collect_garbage(&self, grace: Duration) -> Result<GcReport> {
-        let cutoff = now_ms() - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
-        let mut report =
-            GcReport { upload_sessions_expired: self.expire_upload_sessions().await?, ..GcReport::default() };
+    pub async fn collect_garbage(&self, grace: Duration, draft_ttl: Duration) -> Result<GcReport> {
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms() - millis(grace);
+        let failed =
+            sqlx::query("UPDATE model_versions SET status = 'failed' WHERE status = 'draft' AND created_at < $1")
+                .bind(now_ms().saturating_sub(millis(draft_ttl)))
+                .execute(self.db.pool())
+                .await?;
+        let mut report = GcReport {
+            upload_sessions_expired: self.expire_upload_sessions().await?,
+            drafts_failed: failed.rows_affected(),
+            ..GcReport::default()
+        };
         let candidates = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT tenant_id, sha256, size, uses FROM blobs WHERE last_used_at < $1 AND {UNREFERENCED}"
         )))

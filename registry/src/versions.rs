@@ -23,6 +23,8 @@ pub enum VersionStatus {
     Ready,
     /// Kept for audit; not callable, no alias may point at it.
     Archived,
+    /// A draft abandoned past the draft lifetime: never callable; its files are collected.
+    Failed,
 }
 
 impl VersionStatus {
@@ -31,6 +33,7 @@ impl VersionStatus {
             VersionStatus::Draft => "draft",
             VersionStatus::Ready => "ready",
             VersionStatus::Archived => "archived",
+            VersionStatus::Failed => "failed",
         }
     }
 
@@ -39,7 +42,10 @@ impl VersionStatus {
             "draft" => Ok(VersionStatus::Draft),
             "ready" => Ok(VersionStatus::Ready),
             "archived" => Ok(VersionStatus::Archived),
-            other => Err(Error::Invalid(format!("unknown version status {other:?}: use draft, ready or archived"))),
+            "failed" => Ok(VersionStatus::Failed),
+            other => {
+                Err(Error::Invalid(format!("unknown version status {other:?}: use draft, ready, archived or failed")))
+            }
         }
     }
 }
@@ -522,6 +528,9 @@ impl Registry {
     /// One file of a version, as recorded.
     pub async fn version_file(&self, model: &Model, number: i64, path: &FilePath) -> Result<VersionFile> {
         let version = self.version(model, number).await?;
+        if version.status == VersionStatus::Failed {
+            return Err(Error::not_found("file", format!("{}@{number}/{path} (the version failed)", model.name)));
+        }
         version
             .files
             .into_iter()
@@ -549,6 +558,10 @@ fn ensure_draft(version: &Version, model: &Model) -> Result<()> {
         VersionStatus::Archived => {
             Err(Error::Conflict(format!("version {}@{} is archived", model.name, version.number)))
         }
+        VersionStatus::Failed => Err(Error::Conflict(format!(
+            "version {}@{} was abandoned as a draft and has failed; start a new version",
+            model.name, version.number
+        ))),
         VersionStatus::Ready => Err(Error::Conflict(format!(
             "version {}@{} is committed and immutable; create a new version",
             model.name, version.number

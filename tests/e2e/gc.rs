@@ -118,3 +118,28 @@ async fn gc_never_deletes_a_blob_an_upload_is_about_to_reference() {
         race_on(database).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abandoned_drafts_fail_and_their_files_are_collected() {
+    let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    let key = app.tenant("acme").await;
+    let version = model_with_file(&app, &key, "m", &[3u8; 5_000]).await;
+    let (status, report) = app
+        .call(Method::POST, "/api/v1/admin/gc", &app.admin_key, Some(json!({ "grace_secs": 0, "draft_ttl_secs": 0 })))
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!((report["drafts_failed"].as_u64(), report["blobs_deleted"].as_u64()), (Some(1), Some(1)), "{report}");
+    let (_, body) =
+        app.call(Method::GET, &format!("/api/v1/tenants/acme/models/m/versions/{version}"), &key, None).await;
+    assert_eq!(body["status"], "failed");
+    let path = format!("/api/v1/tenants/acme/models/m/versions/{version}/files/b.bin");
+    assert_eq!(app.call(Method::GET, &path, &key, None).await.0, 404, "a failed version's files are gone");
+    let (status, body) = app.put_file(&key, "acme", "m", version, "c.bin", vec![1], true).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "a failed draft takes no files: {body}"
+    );
+    assert_eq!(app.commit(&key, "acme", "m", version).await.0, 409);
+    app.stop().await;
+}

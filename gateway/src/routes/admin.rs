@@ -12,6 +12,8 @@ use crate::error::ApiError;
 struct GcRequest {
     /// Keep what was used more recently than this; default: the configured grace period.
     grace_secs: Option<u64>,
+    /// Fail drafts older than this; default: the configured draft lifetime.
+    draft_ttl_secs: Option<u64>,
 }
 
 /// Runs garbage collection now and reports what it deleted. Requires: platform admin.
@@ -20,5 +22,6 @@ async fn gc(state: web::Data<AppState>, principal: Principal, body: web::Bytes) 
     principal.require_platform_admin()?;
     let body: GcRequest = super::optional_json(&body)?;
     let grace = body.grace_secs.map_or(state.gc_grace, Duration::from_secs);
-    Ok(HttpResponse::Ok().json(state.registry.collect_garbage(grace).await?))
+    let draft_ttl = body.draft_ttl_secs.map_or(state.draft_ttl, Duration::from_secs);
+    Ok(HttpResponse::Ok().json(state.registry.collect_garbage(grace, draft_ttl).await?))
 }
