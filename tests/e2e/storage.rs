@@ -59,35 +59,16 @@ async fn round_trip_on_a_local_folder() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_trip_on_s3_through_moto() {
-    let Some(endpoint) = crate::helpers::service_var("MODELGATE_TEST_S3_ENDPOINT", "S3 round trip") else {
-        return;
-    };
-    let bucket = format!("mg-test-{}", uuid::Uuid::now_v7().simple());
-    // moto creates buckets on an unsigned PUT; object_store creates none.
-    let created = reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await.expect("moto answers");
-    assert!(created.status().is_success(), "creating the bucket: {}", created.status());
-    let mut options = AppOptions::new(Database::Sqlite);
-    options.storage_url = Some(format!("s3://{bucket}/modelgate"));
-    options.storage_endpoint = Some(endpoint);
-    options.storage_options = vec![
-        ("aws_access_key_id".into(), "test".into()),
-        ("aws_secret_access_key".into(), "test".into()),
-        ("aws_region".into(), "us-east-1".into()),
-    ];
-    round_trip(options).await;
+    if let Some(options) = crate::helpers::s3_options("S3 round trip").await {
+        round_trip(options).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_trip_on_azure_blob_through_azurite() {
-    // The container is created beforehand (see .ci/run); Azurite's well-known account is used.
-    let Some(container) = crate::helpers::service_var("MODELGATE_TEST_AZURITE_CONTAINER", "Azure Blob round trip")
-    else {
-        return;
-    };
-    let mut options = AppOptions::new(Database::Sqlite);
-    options.storage_url = Some(format!("az://{container}/{}", uuid::Uuid::now_v7().simple()));
-    options.storage_options = vec![("azure_storage_use_emulator".into(), "true".into())];
-    round_trip(options).await;
+    if let Some(options) = crate::helpers::azure_options("Azure Blob round trip") {
+        round_trip(options).await;
+    }
 }
 
 /// HEAD, single ranges (as HF clients send `Range: bytes=0-0`), suffix ranges (which Azure
