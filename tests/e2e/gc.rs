@@ -13,11 +13,7 @@ async fn gc(app: &TestApp, grace_secs: u64) -> serde_json::Value {
 }
 
 async fn model_with_file(app: &TestApp, key: &str, model: &str, bytes: &[u8]) -> i64 {
-    let (status, _) = app
-        .call(Method::POST, "/api/v1/tenants/acme/models", key, Some(json!({ "name": model, "task": "embedding" })))
-        .await;
-    assert_eq!(status, 201);
-    let version = app.new_version(key, "acme", model).await;
+    let version = app.draft(key, model).await;
     let (status, body) = app.put_file(key, "acme", model, version, "b.bin", bytes.to_vec(), true).await;
     assert_eq!(status, 201, "{body}");
     version

@@ -212,6 +212,14 @@ impl TestApp {
         version
     }
 
+    /// Creates model `model` (an embedding model) in tenant acme and its first draft version.
+    pub async fn draft(&self, key: &str, model: &str) -> i64 {
+        let body = json!({ "name": model, "task": "embedding" });
+        let (status, answer) = self.call(Method::POST, "/api/v1/tenants/acme/models", key, Some(body)).await;
+        assert_eq!(status, 201, "creating model {model}: {answer}");
+        self.new_version(key, "acme", model).await
+    }
+
     pub async fn new_version(&self, key: &str, tenant: &str, model: &str) -> i64 {
         let (status, body) =
             self.call(Method::POST, &format!("/api/v1/tenants/{tenant}/models/{model}/versions"), key, None).await;

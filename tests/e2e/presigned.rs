@@ -19,11 +19,7 @@ async fn put_signed(upload: &Value, bytes: Vec<u8>) -> u16 {
 async fn presigned_on(options: AppOptions) {
     let app = TestApp::spawn(options).await;
     let key = app.tenant("acme").await;
-    let (status, _) = app
-        .call(Method::POST, "/api/v1/tenants/acme/models", &key, Some(json!({"name": "m", "task": "embedding"})))
-        .await;
-    assert_eq!(status, 201);
-    let version = app.new_version(&key, "acme", "m").await;
+    let version = app.draft(&key, "m").await;
     let uploads = format!("/api/v1/tenants/acme/models/m/versions/{version}/uploads");
     let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
     let sha256 = hex::encode(sha2::Sha256::digest(&data));
@@ -86,11 +82,7 @@ async fn presigned_upload_and_download_on_azure() {
 async fn a_store_that_cannot_sign_says_so() {
     let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
     let key = app.tenant("acme").await;
-    let (status, _) = app
-        .call(Method::POST, "/api/v1/tenants/acme/models", &key, Some(json!({"name": "m", "task": "embedding"})))
-        .await;
-    assert_eq!(status, 201);
-    let version = app.new_version(&key, "acme", "m").await;
+    let version = app.draft(&key, "m").await;
     let body = json!({"path": "a", "size": 10, "sha256": "0".repeat(64), "presigned": true});
     let (status, answer) = app
         .call(Method::POST, &format!("/api/v1/tenants/acme/models/m/versions/{version}/uploads"), &key, Some(body))

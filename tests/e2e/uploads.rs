@@ -28,11 +28,7 @@ async fn send_chunk(app: &TestApp, key: &str, base: &str, index: usize, bytes: V
 async fn a_300_mib_upload_survives_a_cut_connection_and_a_gateway_restart() {
     let mut app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
     let key = app.tenant("acme").await;
-    let (status, _) = app
-        .call(Method::POST, "/api/v1/tenants/acme/models", &key, Some(json!({"name": "big", "task": "embedding"})))
-        .await;
-    assert_eq!(status, 201);
-    let version = app.new_version(&key, "acme", "big").await;
+    let version = app.draft(&key, "big").await;
     let data: Vec<u8> = (0..300 * MIB as u64).map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8).collect();
     let sha256 = hex::encode(sha2::Sha256::digest(&data));
     let chunk = 8 * MIB;
@@ -113,11 +109,7 @@ async fn a_300_mib_upload_survives_a_cut_connection_and_a_gateway_restart() {
 async fn bad_chunks_are_refused_and_expired_sessions_leave_nothing() {
     let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
     let key = app.tenant("acme").await;
-    let (status, _) = app
-        .call(Method::POST, "/api/v1/tenants/acme/models", &key, Some(json!({"name": "m", "task": "embedding"})))
-        .await;
-    assert_eq!(status, 201);
-    let version = app.new_version(&key, "acme", "m").await;
+    let version = app.draft(&key, "m").await;
     let uploads = format!("/api/v1/tenants/acme/models/m/versions/{version}/uploads");
     let data = vec![5u8; 3 * MIB + 10];
     let sha256 = hex::encode(sha2::Sha256::digest(&data));
