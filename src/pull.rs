@@ -75,12 +75,10 @@ pub async fn pull(args: PullArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `dir/path`, refusing any path that would leave `dir`.
+/// `dir/path`, refusing any path that would leave `dir` (the registry's own path rule).
 fn safe_join(dir: &Path, path: &str) -> anyhow::Result<PathBuf> {
-    if path.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") || path.contains('\\') {
-        bail!("the server sent an unsafe file path {path:?}");
-    }
-    Ok(path.split('/').fold(dir.to_path_buf(), |p, seg| p.join(seg)))
+    let path = registry::names::FilePath::parse(path).context("the server sent an unsafe file path")?;
+    Ok(path.as_str().split('/').fold(dir.to_path_buf(), |p, seg| p.join(seg)))
 }
 
 /// Streams one file to `target` through a partial file, checking its sha256 before renaming.

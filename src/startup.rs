@@ -102,8 +102,9 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
 pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data folder {}", config.data_dir.display()))?;
-    let storage = Storage::open(&config.storage()?).context("opening object storage")?;
-    tracing::info!(storage.url = %config.storage()?.url, "object storage opened");
+    let storage_config = config.storage()?;
+    let storage = Storage::open(&storage_config).context("opening object storage")?;
+    tracing::info!(storage.url = %storage_config.url, "object storage opened");
 
     let mut runner_addrs = config.gateway.runners.clone();
     let mut runner = None;

@@ -176,9 +176,7 @@ impl Registry {
     /// One page of the tenant's keys, oldest first (new keys land on the last page).
     pub async fn list_keys(&self, tenant_id: &str, page: &PageRequest) -> Result<Page<ApiKey>> {
         let (at, id) = match page.after.as_deref().and_then(|k| k.split_once('/')) {
-            Some((at, id)) => {
-                (at.parse::<i64>().map_err(|_| Error::Invalid("cursor is not one this server handed out".into()))?, id)
-            }
+            Some((at, id)) => (at.parse::<i64>().map_err(|_| crate::page::bad_cursor())?, id),
             None => (-1, ""),
         };
         let sql = format!(

@@ -25,13 +25,9 @@ impl PageRequest {
             return Err(Error::Invalid(format!("limit must be between 1 and {MAX_LIMIT}")));
         }
         let after = match cursor {
-            Some(c) => Some(
-                URL_SAFE_NO_PAD
-                    .decode(c)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| Error::Invalid("cursor is not one this server handed out".into()))?,
-            ),
+            Some(c) => {
+                Some(URL_SAFE_NO_PAD.decode(c).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad_cursor)?)
+            }
             None => None,
         };
         Ok(Self { limit, after })
@@ -45,6 +41,11 @@ impl PageRequest {
     pub(crate) fn fetch(&self) -> i64 {
         self.limit + 1
     }
+}
+
+/// The answer to a cursor this server did not hand out (or one for another list).
+pub(crate) fn bad_cursor() -> Error {
+    Error::Invalid("cursor is not one this server handed out".into())
 }
 
 #[derive(Debug, Clone, Serialize)]

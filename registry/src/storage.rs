@@ -297,18 +297,19 @@ impl Storage {
     pub async fn delete_chunks(&self, tenant_id: &str, session_id: &str) -> Result<()> {
         let folder = self.prefix.clone().join("tenants").join(tenant_id).join("sessions").join(session_id);
         let chunks: Vec<Path> = self.store.list(Some(&folder)).map_ok(|meta| meta.location).try_collect().await?;
-        for path in chunks {
-            match self.store.delete(&path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+        for path in &chunks {
+            self.delete_if_present(path).await?;
         }
         Ok(())
     }
 
     /// Deletes a blob's object; a blob already gone is not an error.
     pub async fn delete_blob(&self, tenant_id: &str, digest: &Digest) -> Result<()> {
-        match self.store.delete(&self.blob_path(tenant_id, digest)).await {
+        self.delete_if_present(&self.blob_path(tenant_id, digest)).await
+    }
+
+    async fn delete_if_present(&self, path: &Path) -> Result<()> {
+        match self.store.delete(path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -326,10 +327,7 @@ impl Storage {
             .try_collect()
             .await?;
         for location in &stale {
-            match self.store.delete(location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.delete_if_present(location).await?;
         }
         Ok(stale.len() as u64)
     }

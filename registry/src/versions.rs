@@ -224,9 +224,7 @@ impl Registry {
         page: &PageRequest,
     ) -> Result<Page<Version>> {
         let after = match page.after.as_deref() {
-            Some(key) => {
-                key.parse::<i64>().map_err(|_| Error::Invalid("cursor is not one this server handed out".into()))?
-            }
+            Some(key) => key.parse::<i64>().map_err(|_| crate::page::bad_cursor())?,
             None => 0,
         };
         let sql = format!(
@@ -493,7 +491,7 @@ impl Registry {
 
     pub(crate) async fn version_by_id(&self, model: &Model, id: &str) -> Result<Version> {
         let sql = format!("SELECT {COLUMNS} FROM model_versions WHERE model_id = $1 AND id = $2");
-        let version = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let mut version = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&model.id)
             .bind(id)
             .fetch_optional(self.db.pool())
@@ -502,7 +500,8 @@ impl Registry {
             .map(from_row)
             .transpose()?
             .ok_or_else(|| Error::not_found("version", id))?;
-        self.version(model, version.number).await
+        version.files = self.version_files(&version.id).await?;
+        Ok(version)
     }
 
     /// Fails unless `size` more bytes fit the tenant's storage quota (a digest it already

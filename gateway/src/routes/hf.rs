@@ -7,7 +7,7 @@ use actix_web::http::header::HeaderName;
 use actix_web::{HttpRequest, HttpResponse, get, route, web};
 use registry::models::Model;
 use registry::names::{FilePath, Role};
-use registry::versions::Version;
+use registry::versions::{Version, VersionFile};
 use serde_json::json;
 
 use super::files::send_file;
@@ -112,14 +112,12 @@ async fn tree(
             }
         }
         if query.recursive || parts.len() == 1 {
-            let pointer =
-                format!("version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize {}\n", f.digest, f.size);
             entries.push(json!({
                 "type": "file",
                 "oid": &f.digest.as_hex()[..40],
                 "size": f.size,
                 "path": f.path,
-                "lfs": { "oid": f.digest, "size": f.size, "pointerSize": pointer.len() },
+                "lfs": { "oid": f.digest, "size": f.size, "pointerSize": lfs_pointer_size(f) },
             }));
         }
     }
@@ -140,9 +138,7 @@ fn model_info(tenant: &str, model: &Model, version: &Version) -> serde_json::Val
         .files
         .iter()
         .map(|f| {
-            // What a Git LFS pointer to this file would weigh; Hub clients read it.
-            let pointer = format!("version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize {}\n", f.digest, f.size);
-            json!({ "rfilename": f.path, "size": f.size, "lfs": { "sha256": f.digest, "size": f.size, "pointerSize": pointer.len() } })
+            json!({ "rfilename": f.path, "size": f.size, "lfs": { "sha256": f.digest, "size": f.size, "pointerSize": lfs_pointer_size(f) } })
         })
         .collect();
     json!({
@@ -158,4 +154,9 @@ fn model_info(tenant: &str, model: &Model, version: &Version) -> serde_json::Val
         "library_name": "sentence-transformers",
         "siblings": siblings,
     })
+}
+
+/// What a Git LFS pointer to this file would weigh; Hub clients read it.
+fn lfs_pointer_size(f: &VersionFile) -> usize {
+    format!("version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize {}\n", f.digest, f.size).len()
 }
