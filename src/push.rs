@@ -1,7 +1,8 @@
 //! `modelgate push DIR TENANT/MODEL`: uploads every file of a folder into a draft version and
 //! commits it. Re-running after an interruption continues the newest draft: files already
-//! there with the same sha256 are skipped, and a big file's resumable session picks up at the
-//! chunks the server lacks. Small files go up in one PUT each, big ones in parallel chunks.
+//! there with the same sha256 are skipped, and a big file's resumable session (the gateway
+//! lists a draft's live sessions) picks up at the chunks the server lacks. Small files go up
+//! in one PUT each, big ones in parallel chunks.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -42,7 +43,7 @@ pub struct PushArgs {
     /// Files larger than this go up in resumable chunks.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub chunked_above: u64,
-    /// Size of those chunks.
+    /// Size of those chunks (5 MiB to 64 MiB).
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub chunk_size: u64,
 }
@@ -184,7 +185,8 @@ impl Push<'_> {
         expect_ok(response).await.map(drop)
     }
 
-    /// A resumable session: its id is kept in a state file so a re-run sends only missing chunks.
+    /// A resumable session. A live session the draft already has for this file (an interrupted
+    /// run's, from any machine) is resumed: only the chunks the gateway lacks are sent.
     async fn chunked(
         &self,
         relative: &str,
@@ -193,27 +195,22 @@ impl Push<'_> {
         digest: &str,
         bar: &ProgressBar,
     ) -> anyhow::Result<()> {
-        let state = state_file(&self.args.gateway.url, self.tenant, self.model, &self.number, relative, digest);
-        let known = tokio::fs::read_to_string(&state).await.ok();
-        let mut session = None;
-        if let Some(id) = known.as_deref().map(str::trim) {
-            let response = self.api.request(Method::GET, &self.segments(&["uploads", id]))?.send().await?;
-            if response.status().is_success() {
-                session = Some(response.json::<Value>().await?);
-            }
-        }
-        let session = match session {
+        let open = self.api.list_all(&self.segments(&["uploads"]), &[]).await?;
+        let earlier = open
+            .into_iter()
+            .find(|s| s["path"] == relative && s["sha256"] == digest && s["size"] == size && s["presigned"] == false);
+        let session = match earlier {
             Some(session) => session,
             None => {
                 let body =
                     json!({ "path": relative, "size": size, "sha256": digest, "chunk_size": self.args.chunk_size });
-                let session =
-                    expect_ok(self.api.request(Method::POST, &self.segments(&["uploads"]))?.json(&body).send().await?)
-                        .await?;
-                if let Some(parent) = state.parent() {
-                    tokio::fs::create_dir_all(parent).await?;
+                let request = self.api.request(Method::POST, &self.segments(&["uploads"]))?.json(&body);
+                let session = expect_ok(request.send().await?).await?;
+                if session["status"] == "complete" {
+                    // The tenant stores these bytes already: the gateway recorded the file.
+                    bar.inc(size);
+                    return Ok(());
                 }
-                tokio::fs::write(&state, session["id"].as_str().unwrap_or_default()).await?;
                 session
             }
         };
@@ -223,6 +220,10 @@ impl Push<'_> {
         let received: Vec<u64> =
             session["received"].as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
         bar.inc(received.iter().map(|i| chunk_size.min(size - i * chunk_size)).sum());
+        if !received.is_empty() {
+            let line = format!("resuming {relative}: {} of {chunks} chunks already there", received.len());
+            self.progress.suspend(|| eprintln!("{line}"));
+        }
         let missing: Vec<u64> = (0..chunks).filter(|i| !received.contains(i)).collect();
         futures::stream::iter(missing)
             .map(|index| {
@@ -245,19 +246,8 @@ impl Push<'_> {
             .await?;
         let complete = self.api.request(Method::POST, &self.segments(&["uploads", &id, "complete"]))?;
         expect_ok(complete.send().await?).await?;
-        let _ = tokio::fs::remove_file(&state).await;
         Ok(())
     }
-}
-
-/// Where a file's resumable session id is kept between runs.
-fn state_file(url: &str, tenant: &str, model: &str, number: &str, path: &str, digest: &str) -> PathBuf {
-    let key = hex::encode(Sha256::digest(format!("{url}\n{tenant}\n{model}\n{number}\n{path}\n{digest}").as_bytes()));
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("modelgate").join("push").join(&key[..32])
 }
 
 /// Every regular file under `dir`, with its `/`-separated path relative to `dir`, sorted.

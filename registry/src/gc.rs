@@ -1,10 +1,14 @@
 //! Garbage collection of blobs no live version references.
 //!
 //! The race to win is with an upload of the same bytes: it finds the blob's row, skips
-//! storing its own copy, and references the blob, while GC decides the blob is unused.
-//! Both sides therefore meet on the blob's row:
+//! storing its own copy (or writes its copy straight to the blob's content address), and
+//! references the blob, while GC decides the blob is unused. Both sides therefore meet on the
+//! blob's row:
 //! - an upload touches the row (`UPDATE … SET uses = uses + 1`) in the transaction that records
-//!   its file, which takes the row's lock;
+//!   its file, which takes the row's lock; an upload that writes to the content address, or
+//!   skips the bytes because the tenant has them, also touches it when it starts, in the
+//!   transaction that writes its intent (a `blob_uploads` row, or its session's row), and GC
+//!   spares a blob while such an intent exists;
 //! - GC deletes the row only if `uses` is still what it was when GC found the blob
 //!   unreferenced (a `DELETE` that re-checks the row under that lock), and deletes the object
 //!   *before* it commits.
@@ -30,11 +34,16 @@ const UNREFERENCED: &str = "NOT EXISTS (
     JOIN model_versions v ON v.id = f.version_id
     JOIN models m ON m.id = v.model_id
     WHERE f.sha256 = blobs.sha256 AND m.tenant_id = blobs.tenant_id AND m.deleted_at IS NULL
-      AND v.status <> 'failed')";
+      AND v.status <> 'failed')
+  AND NOT EXISTS (SELECT 1 FROM upload_sessions s WHERE s.tenant_id = blobs.tenant_id AND s.sha256 = blobs.sha256)
+  AND NOT EXISTS (SELECT 1 FROM blob_uploads u WHERE u.tenant_id = blobs.tenant_id AND u.sha256 = blobs.sha256)";
 
 /// A staged upload lives for one request; one older than this was left by a crash or a
 /// dropped connection, whatever grace period blobs get.
 const STAGING_MIN_AGE: Duration = Duration::from_secs(3600);
+
+/// An upload intent lives for one request; one this old was left by a crash.
+const INTENT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct GcReport {
@@ -57,6 +66,10 @@ impl Registry {
                 .bind(now_ms().saturating_sub(millis(draft_ttl)))
                 .execute(self.db.pool())
                 .await?;
+        sqlx::query("DELETE FROM blob_uploads WHERE started_at < $1")
+            .bind(now_ms() - millis(INTENT_MAX_AGE))
+            .execute(self.db.pool())
+            .await?;
         let mut report = GcReport {
             upload_sessions_expired: self.expire_upload_sessions().await?,
             drafts_failed: failed.rows_affected(),

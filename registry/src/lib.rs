@@ -4,6 +4,7 @@ pub mod aliases;
 pub mod audit;
 pub mod db;
 mod error;
+pub mod files;
 pub mod gc;
 pub mod keys;
 pub mod models;

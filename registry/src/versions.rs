@@ -1,7 +1,5 @@
 //! Versions: numbered per model, drafts while files are uploaded, immutable once committed.
 
-use bytes::Bytes;
-use futures::Stream;
 use serde::Serialize;
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
@@ -11,7 +9,6 @@ use crate::db::{new_id, now_ms};
 use crate::models::Model;
 use crate::names::{Digest, FilePath};
 use crate::page::{Page, PageRequest};
-use crate::storage::Staged;
 use crate::{Actor, Error, Registry, Result, validate};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -48,16 +45,6 @@ impl VersionStatus {
             }
         }
     }
-}
-
-/// One file on its way into a draft.
-pub struct Upload<'a, S> {
-    pub path: &'a FilePath,
-    /// The client's sha256 of the bytes (`X-Checksum-Sha256`).
-    pub declared: Option<&'a Digest>,
-    /// The body's length, when the client sent it.
-    pub content_length: Option<u64>,
-    pub body: S,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -135,7 +122,7 @@ fn file_from_row(r: &AnyRow) -> Result<VersionFile> {
     })
 }
 
-fn size_i64(size: u64) -> Result<i64> {
+pub(crate) fn size_i64(size: u64) -> Result<i64> {
     i64::try_from(size).map_err(|_| Error::Invalid("file too large".into()))
 }
 
@@ -283,127 +270,6 @@ impl Registry {
         rows.iter().map(file_from_row).collect()
     }
 
-    /// Streams one file of a draft into the tenant's blob space and records it.
-    /// If a digest is declared and the bytes hash to something else, nothing is recorded.
-    /// With a storage quota, a file that would exceed it is refused before its bytes are
-    /// stored (at once when the content length says so, else as soon as the stream passes it);
-    /// a declared digest the tenant already stores costs nothing.
-    pub async fn upload_file<S, E>(
-        &self,
-        actor: &Actor,
-        model: &Model,
-        number: i64,
-        upload: Upload<'_, S>,
-    ) -> Result<VersionFile>
-    where
-        S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        let Upload { path, declared, content_length, body } = upload;
-        let version = self.version(model, number).await?;
-        ensure_draft(&version, model)?;
-        let tenant_id = model.tenant_id.as_str();
-        let left = self.check_quota(tenant_id, content_length.unwrap_or(0), declared).await?;
-        let staged = self.storage.stage(tenant_id, body, left).await?;
-        if let Some(declared) = declared
-            && *declared != staged.digest
-        {
-            self.storage.discard(&staged).await;
-            return Err(Error::DigestMismatch { declared: declared.to_string(), actual: staged.digest.to_string() });
-        }
-        self.record_staged(actor, model, &version, path, staged).await
-    }
-
-    /// Records staged bytes as `path` of the draft `version`: the blob is claimed (or the staged
-    /// object becomes it), the file row written and audited, in one transaction. The staged
-    /// object is consumed either way.
-    pub(crate) async fn record_staged(
-        &self,
-        actor: &Actor,
-        model: &Model,
-        version: &Version,
-        path: &FilePath,
-        staged: Staged,
-    ) -> Result<VersionFile> {
-        let (tenant_id, number) = (model.tenant_id.as_str(), version.number);
-        let file = VersionFile { path: path.clone(), digest: staged.digest.clone(), size: staged.size };
-        let now = now_ms();
-        let mut tx = self.db.pool().begin().await?;
-        let recorded: Result<bool> = async {
-            lock_draft(&mut tx, &version.id, model, number).await?;
-            // Touching the blob's row holds it against garbage collection until this commits
-            // (see gc.rs); no row means new content, or content collected meanwhile.
-            let claimed =
-                sqlx::query("UPDATE blobs SET last_used_at = $1, uses = uses + 1 WHERE tenant_id = $2 AND sha256 = $3")
-                    .bind(now)
-                    .bind(tenant_id)
-                    .bind(file.digest.as_hex())
-                    .execute(&mut *tx)
-                    .await?;
-            let new_blob = claimed.rows_affected() == 0;
-            if new_blob {
-                // Object first, row second: a crash in between leaves an orphan object, never a
-                // row pointing at nothing.
-                self.storage.promote(tenant_id, &staged).await?;
-                sqlx::query(
-                    "INSERT INTO blobs (tenant_id, sha256, size, created_at, last_used_at) VALUES ($1, $2, $3, $4, $4)
-                     ON CONFLICT (tenant_id, sha256) DO UPDATE SET last_used_at = excluded.last_used_at",
-                )
-                .bind(tenant_id)
-                .bind(file.digest.as_hex())
-                .bind(size_i64(file.size)?)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            sqlx::query(
-                "INSERT INTO version_files (version_id, path, sha256, size, created_at) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (version_id, path) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size,
-                 created_at = excluded.created_at",
-            )
-            .bind(&version.id)
-            .bind(path.as_str())
-            .bind(file.digest.as_hex())
-            .bind(size_i64(file.size)?)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            Ok(new_blob)
-        }
-        .await;
-        let new_blob = match recorded {
-            Ok(new_blob) => new_blob,
-            Err(e) => {
-                drop(tx);
-                self.storage.discard(&staged).await;
-                return Err(e);
-            }
-        };
-        if !new_blob {
-            self.storage.discard(&staged).await;
-        }
-        let before = version.files.iter().find(|f| f.path == *path).and_then(|f| serde_json::to_value(f).ok());
-        let target = format!("model/{}/version/{number}/file/{path}", model.name);
-        let after = serde_json::to_value(&file).ok();
-        audit::record(
-            &mut tx,
-            actor,
-            Entry { tenant_id: Some(tenant_id), action: "version.file.put", target, before, after },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(file)
-    }
-
-    async fn blob_known(&self, tenant_id: &str, digest: &Digest) -> Result<bool> {
-        let row = sqlx::query("SELECT 1 AS one FROM blobs WHERE tenant_id = $1 AND sha256 = $2")
-            .bind(tenant_id)
-            .bind(digest.as_hex())
-            .fetch_optional(self.db.pool())
-            .await?;
-        Ok(row.is_some())
-    }
-
     /// Validates a draft and makes it ready and immutable; on failure answers every problem
     /// and leaves the draft as it was, so the uploader can fix the files and commit again.
     pub async fn commit_version(&self, actor: &Actor, model: &Model, number: i64) -> Result<Version> {
@@ -504,26 +370,6 @@ impl Registry {
         Ok(version)
     }
 
-    /// Fails unless `size` more bytes fit the tenant's storage quota (a digest it already
-    /// stores costs nothing); returns the bytes left, if there is a quota.
-    pub(crate) async fn check_quota(&self, tenant_id: &str, size: u64, digest: Option<&Digest>) -> Result<Option<u64>> {
-        if let Some(digest) = digest
-            && self.blob_known(tenant_id, digest).await?
-        {
-            return Ok(None);
-        }
-        let usage = self.storage_usage(tenant_id).await?;
-        let Some(quota) = usage.quota_bytes else { return Ok(None) };
-        let left = u64::try_from(quota - usage.used_bytes).unwrap_or(0);
-        if size > left {
-            return Err(Error::QuotaExceeded(format!(
-                "this {size}-byte file does not fit: the tenant stores {} of its {quota} bytes",
-                usage.used_bytes
-            )));
-        }
-        Ok(Some(left))
-    }
-
     /// One file of a version, as recorded.
     pub async fn version_file(&self, model: &Model, number: i64, path: &FilePath) -> Result<VersionFile> {
         let version = self.version(model, number).await?;
@@ -551,7 +397,7 @@ impl Registry {
     }
 }
 
-fn ensure_draft(version: &Version, model: &Model) -> Result<()> {
+pub(crate) fn ensure_draft(version: &Version, model: &Model) -> Result<()> {
     match version.status {
         VersionStatus::Draft => Ok(()),
         VersionStatus::Archived => {
@@ -569,7 +415,12 @@ fn ensure_draft(version: &Version, model: &Model) -> Result<()> {
 }
 
 /// Takes the version row's write lock inside `tx`, and fails unless it is still a draft.
-async fn lock_draft(tx: &mut sqlx::AnyConnection, version_id: &str, model: &Model, number: i64) -> Result<()> {
+pub(crate) async fn lock_draft(
+    tx: &mut sqlx::AnyConnection,
+    version_id: &str,
+    model: &Model,
+    number: i64,
+) -> Result<()> {
     let locked = sqlx::query("UPDATE model_versions SET status = status WHERE id = $1 AND status = 'draft'")
         .bind(version_id)
         .execute(&mut *tx)

@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use sha2::Digest as _;
+
 use crate::helpers::{AppOptions, Database, TestApp, files_of};
 use crate::tiny_bert;
 
@@ -72,7 +74,8 @@ async fn push_continues_an_interrupted_draft_and_sends_big_files_in_chunks() {
     let dir = app.dir.path().join("tiny");
     tiny_bert::write(&dir);
     std::fs::create_dir_all(dir.join("extra")).expect("folder");
-    let big: Vec<u8> = (0..3 * 1024 * 1024 + 123u32).map(|i| (i % 241) as u8).collect();
+    const CHUNK: usize = 5 * 1024 * 1024;
+    let big: Vec<u8> = (0..(3 * CHUNK + 123) as u32).map(|i| (i % 241) as u8).collect();
     std::fs::write(dir.join("extra/big.bin"), &big).expect("big file");
     // An earlier run got as far as creating the draft and sending config.json.
     let body = serde_json::json!({"name": "tiny", "task": "embedding"});
@@ -80,8 +83,16 @@ async fn push_continues_an_interrupted_draft_and_sends_big_files_in_chunks() {
     let version = app.new_version(&key, "acme", "tiny").await;
     let config = std::fs::read(dir.join("config.json")).expect("config");
     assert_eq!(app.put_file(&key, "acme", "tiny", version, "config.json", config, true).await.0, 201);
+    // ... and had sent the second chunk of big.bin when it was cut off.
+    let uploads = format!("/api/v1/tenants/acme/models/tiny/versions/{version}/uploads");
+    let sha256 = hex::encode(sha2::Sha256::digest(&big));
+    let start = serde_json::json!({"path": "extra/big.bin", "size": big.len(), "sha256": sha256, "chunk_size": CHUNK});
+    let (status, session) = app.call(reqwest::Method::POST, &uploads, &key, Some(start)).await;
+    assert_eq!(status, 201, "{session}");
+    let chunk = format!("{uploads}/{}/chunks/1", session["id"].as_str().expect("id"));
+    let sent = app.req(reqwest::Method::PUT, &chunk, Some(&key)).body(big[CHUNK..2 * CHUNK].to_vec()).send().await;
+    assert_eq!(sent.expect("sent").status(), 200);
 
-    let cache = app.dir.path().join("cache");
     let (base, target) = (app.base.clone(), dir.display().to_string());
     let output = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_modelgate"))
@@ -90,15 +101,14 @@ async fn push_continues_an_interrupted_draft_and_sends_big_files_in_chunks() {
                 &target,
                 "acme/tiny",
                 "--chunked-above",
-                "1048576",
+                "5242880",
                 "--chunk-size",
-                "1048576",
+                "8388608",
                 "--alias",
                 "production",
             ])
             .env("MODELGATE_URL", base)
             .env("MODELGATE_KEY", key.clone())
-            .env("XDG_CACHE_HOME", cache)
             .output()
             .expect("modelgate runs")
     })
@@ -108,6 +118,8 @@ async fn push_continues_an_interrupted_draft_and_sends_big_files_in_chunks() {
     assert!(output.status.success(), "push failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains(&format!("pushed acme/tiny@{version}")), "the draft is continued, not replaced: {stdout}");
     assert!(stdout.contains("(1 already there)"), "config.json is not sent again: {stdout}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("resuming extra/big.bin: 1 of 4 chunks already there"), "the session is resumed: {stderr}");
     let key = app.key("acme", "viewer", &app.admin_key).await;
     let path = format!("/api/v1/tenants/acme/models/tiny/versions/{version}/files/extra/big.bin");
     let response = app.req(reqwest::Method::GET, &path, Some(&key)).send().await.expect("sent");

@@ -123,6 +123,30 @@ impl TestApp {
         TestApp { base, admin_key, client: reqwest::Client::new(), dir, config, running: Some(running) }
     }
 
+    /// The app's object store, opened as the gateway opens it.
+    pub fn storage(&self) -> registry::storage::Storage {
+        let config = self.config.storage().expect("storage settings");
+        registry::storage::Storage::open(&config).expect("the app's store opens")
+    }
+
+    /// What resumable sessions left in the store: chunk and assembled objects, and on S3 the
+    /// multipart uploads still open (moto lists them on an unsigned `GET /{bucket}?uploads`).
+    pub async fn session_leftovers(&self) -> Vec<String> {
+        use futures::TryStreamExt as _;
+        let listed: Vec<object_store::ObjectMeta> =
+            self.storage().object_store().list(None).try_collect().await.expect("the store lists");
+        let mut left: Vec<String> =
+            listed.into_iter().map(|m| m.location.to_string()).filter(|p| p.contains("/sessions/")).collect();
+        let storage = &self.config.storage;
+        if let (Some(endpoint), Some(bucket)) = (&storage.endpoint, storage.url.strip_prefix("s3://")) {
+            let bucket = bucket.split('/').next().expect("a bucket");
+            let listing = reqwest::get(format!("{endpoint}/{bucket}?uploads")).await.expect("moto answers");
+            let listing = listing.text().await.expect("a listing");
+            left.extend(listing.matches("<UploadId>").map(|_| "an open multipart upload".to_owned()));
+        }
+        left
+    }
+
     /// Stops every role and starts them again on the same database and store (new ports).
     pub async fn restart(&mut self) {
         if let Some(running) = self.running.take() {

@@ -23,9 +23,10 @@ async fn presigned_on(options: AppOptions) {
     let uploads = format!("/api/v1/tenants/acme/models/m/versions/{version}/uploads");
     let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
     let sha256 = hex::encode(sha2::Sha256::digest(&data));
-    let start = |path: &str| json!({"path": path, "size": data.len(), "sha256": sha256, "presigned": true});
+    let start =
+        |path: &str, sha256: &str| json!({"path": path, "size": data.len(), "sha256": sha256, "presigned": true});
 
-    let (status, session) = app.call(Method::POST, &uploads, &key, Some(start("model.bin"))).await;
+    let (status, session) = app.call(Method::POST, &uploads, &key, Some(start("model.bin", &sha256))).await;
     assert_eq!(status, 201, "{session}");
     let base = format!("{uploads}/{}", session["id"].as_str().expect("id"));
     let (status, body) = app.call(Method::POST, &format!("{base}/complete"), &key, None).await;
@@ -38,8 +39,10 @@ async fn presigned_on(options: AppOptions) {
     assert_eq!((status, file["sha256"].as_str()), (201, Some(sha256.as_str())), "{file}");
 
     // Bytes that do not match the declared digest are refused at completion.
-    let (_, session) = app.call(Method::POST, &uploads, &key, Some(start("other.bin"))).await;
-    let mut tampered = data.clone();
+    let other: Vec<u8> = data.iter().map(|b| b ^ 0x5a).collect();
+    let other_sha256 = hex::encode(sha2::Sha256::digest(&other));
+    let (_, session) = app.call(Method::POST, &uploads, &key, Some(start("other.bin", &other_sha256))).await;
+    let mut tampered = other;
     tampered[1000] ^= 1;
     assert!((200..300).contains(&put_signed(&session["upload"], tampered).await));
     let base = format!("{uploads}/{}", session["id"].as_str().expect("id"));

@@ -2,9 +2,10 @@ use actix_web::body::SizedStream;
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, put, route, web};
 use bytes::Bytes;
+use registry::files::Upload;
 use registry::models::Model;
 use registry::names::{Digest, FilePath, Role};
-use registry::versions::{Upload, VersionFile};
+use registry::versions::VersionFile;
 use serde_json::json;
 
 use super::{model_in, version_number};

@@ -51,6 +51,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(files::put)
         .service(files::get)
         .service(uploads::start)
+        .service(uploads::list)
         .service(uploads::status)
         .service(uploads::chunk)
         .service(uploads::complete)

@@ -6,7 +6,8 @@ use std::time::Duration;
 use actix_web::{HttpResponse, delete, get, post, put, web};
 use registry::models::Model;
 use registry::names::{Digest, FilePath, Role};
-use registry::uploads::NewUpload;
+use registry::page::PageRequest;
+use registry::uploads::{NewUpload, Started};
 use serde::Deserialize;
 
 use super::{model_in, version_number};
@@ -32,7 +33,8 @@ async fn draft_model(state: &AppState, principal: &Principal, tenant: &str, mode
     model_in(state, principal, tenant, model, Role::Developer).await
 }
 
-/// Requires: developer.
+/// 201 with `"status": "open"` and the session, or 200 with `"status": "complete"` and the
+/// recorded file when the tenant already stores this content. Requires: developer.
 #[post("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads")]
 async fn start(
     state: web::Data<AppState>,
@@ -54,8 +56,33 @@ async fn start(
         expires_in,
         presigned: body.presigned,
     };
-    let session = state.registry.start_upload(&principal.actor(), &model, version_number(&version)?, new).await?;
-    Ok(HttpResponse::Created().json(session))
+    let started = state.registry.start_upload(&principal.actor(), &model, version_number(&version)?, new).await?;
+    Ok(match started {
+        Started::Open(_) => HttpResponse::Created().json(started),
+        // The tenant has this content: the file is recorded and nothing needs sending.
+        Started::Complete { .. } => HttpResponse::Ok().json(started),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListUploads {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// The draft's live sessions, oldest first, paginated. Requires: developer.
+#[get("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads")]
+async fn list(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String, String)>,
+    query: web::Query<ListUploads>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, model, version) = path.into_inner();
+    let model = draft_model(&state, &principal, &tenant, &model).await?;
+    let page = PageRequest::parse(query.limit, query.cursor.as_deref())?;
+    Ok(HttpResponse::Ok().json(state.registry.list_uploads(&model, version_number(&version)?, &page).await?))
 }
 
 /// What the server has. Requires: developer.
