@@ -2,8 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use gateway::auth::Authenticator;
+use gateway::oidc::Oidc;
 use gateway::runners::RunnerPool;
 use gateway::tokens::TokenIssuer;
 use registry::db::Db;
@@ -138,7 +141,7 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
         tracing::info!(database.backend = ?db.backend(), "database ready");
         let registry = Registry::new(db, storage);
         new_admin_key = bootstrap_admin_key(&registry, &config.admin_key_file()).await?;
-        let tokens = TokenIssuer::from_pem(&signing_key(&config.signing_key_file())?, config.gateway.token_ttl_secs)?;
+        let auth = authenticator(config)?;
         let runners = RunnerPool::new(&runner_addrs)?;
         let listener = std::net::TcpListener::bind(config.gateway.listen)
             .with_context(|| format!("binding the gateway to {}", config.gateway.listen))?;
@@ -147,7 +150,7 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
         let gc_grace = std::time::Duration::from_secs(config.gateway.gc_grace_secs);
         let upload_session_ttl = std::time::Duration::from_secs(config.gateway.upload_session_ttl_secs);
         let draft_ttl = std::time::Duration::from_secs(config.gateway.draft_ttl_secs);
-        let state = gateway::AppState { registry, tokens, runners, gc_grace, upload_session_ttl, draft_ttl };
+        let state = gateway::AppState { registry, auth, runners, gc_grace, upload_session_ttl, draft_ttl };
         let server = gateway::serve(listener, state, &config.gateway)?;
         let handle = server.handle();
         let task = tokio::spawn(server);
@@ -170,6 +173,23 @@ async fn bootstrap_admin_key(registry: &Registry, key_file: &Path) -> anyhow::Re
     write_private(key_file, &format!("{secret}\n"))?;
     tracing::info!(file = %key_file.display(), "created the bootstrap platform-admin key");
     Ok(Some(SecretString::from(secret)))
+}
+
+/// Token keys (the signing key, earlier ones that still verify) and the OIDC issuers.
+fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
+    let previous = config
+        .gateway
+        .previous_signing_key_files
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f).with_context(|| format!("reading the previous signing key {}", f.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tokens = TokenIssuer::new(&signing_key(&config.signing_key_file())?, &previous, config.gateway.token_ttl_secs)
+        .context("loading the token signing keys")?;
+    tracing::info!(jwt.kid = tokens.kid(), jwt.previous_keys = previous.len(), "token keys loaded");
+    let oidc = Oidc::new(config.gateway.oidc.clone(), Duration::from_secs(config.gateway.jwks_refresh_secs));
+    Ok(Authenticator::new(tokens, oidc, Duration::from_millis(config.gateway.auth_cache_ttl_ms)))
 }
 
 /// The token signing key from `file`, generated there on first start.

@@ -3,16 +3,23 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, web};
-use registry::keys::{ApiKey, KEY_PREFIX, KeyRole};
+use moka::future::Cache;
+use registry::db::now_ms;
+use registry::keys::{ApiKey, KEY_PREFIX, KeyRole, LAST_USED_GRANULARITY_MS, key_id, secret_matches};
 use registry::names::{Role, TenantSlug};
 use registry::tenants::Tenant;
 use registry::{Actor, Registry};
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::oidc::Oidc;
+use crate::tokens::{self, TokenIssuer};
 
 /// How the caller proved who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,49 +102,158 @@ fn require_role(have: Role, need: Role) -> Result<(), ApiError> {
     }
 }
 
-/// Resolves the `Authorization: Bearer` credential (an API key or a token) to a principal.
-/// Keys and tokens are checked against the database on every request, so a revoked key
-/// and every token issued for it stop working at once.
-pub async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<Principal, ApiError> {
+/// Resolves credentials to principals. Keys (with their tenant) are cached for `ttl`: a
+/// cached request touches no database, and a revocation or suspension made on another gateway
+/// takes effect within `ttl` (on this one, at once: it invalidates its cache).
+pub struct Authenticator {
+    pub tokens: TokenIssuer,
+    oidc: Oidc,
+    /// Key id -> the key, its secret's hash and its tenant; None for an unknown id.
+    keys: Cache<String, Option<Arc<CachedKey>>>,
+    /// Tenant slug -> tenant, for external tokens that name their tenant.
+    tenants: Cache<String, Option<Arc<Tenant>>>,
+}
+
+struct CachedKey {
+    key: ApiKey,
+    secret_sha256: String,
+    tenant: Option<Tenant>,
+    /// When `last_used_at` was last written (ms), so the write happens once a minute at most.
+    last_used_noted: AtomicI64,
+}
+
+impl Authenticator {
+    pub fn new(tokens: TokenIssuer, oidc: Oidc, ttl: Duration) -> Self {
+        let keys = Cache::builder().max_capacity(100_000).time_to_live(ttl).build();
+        let tenants = Cache::builder().max_capacity(10_000).time_to_live(ttl).build();
+        Self { tokens, oidc, keys, tenants }
+    }
+
+    /// Forgets every cached key and tenant (after a revocation or a suspension here).
+    pub fn invalidate(&self) {
+        self.keys.invalidate_all();
+        self.tenants.invalidate_all();
+    }
+
+    async fn key(&self, registry: &Registry, id: &str) -> Result<Option<Arc<CachedKey>>, ApiError> {
+        let load = async {
+            let Some((key, secret_sha256)) = registry.key_with_secret_hash(id).await? else {
+                return Ok(None);
+            };
+            let tenant = match &key.tenant_id {
+                Some(tenant_id) => Some(registry.tenant_by_id(tenant_id).await?),
+                None => None,
+            };
+            let noted = key.last_used_at.unwrap_or(0);
+            Ok::<_, registry::Error>(Some(Arc::new(CachedKey {
+                key,
+                secret_sha256,
+                tenant,
+                last_used_noted: AtomicI64::new(noted),
+            })))
+        };
+        self.keys.try_get_with(id.to_owned(), load).await.map_err(ApiError::from)
+    }
+
+    async fn tenant(&self, registry: &Registry, slug: &str) -> Result<Option<Arc<Tenant>>, ApiError> {
+        let Ok(slug) = TenantSlug::parse(slug) else { return Ok(None) };
+        let load = async {
+            match registry.tenant_by_slug(&slug).await {
+                Ok(tenant) => Ok(Some(Arc::new(tenant))),
+                Err(registry::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        self.tenants.try_get_with(slug.to_string(), load).await.map_err(ApiError::from)
+    }
+}
+
+fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
     let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
         ApiError::unauthorized("missing Authorization header; send 'Authorization: Bearer <API key or token>'")
     })?;
-    let bearer = value
+    value
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
-        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be 'Bearer <API key or token>'"))?;
-    let (key, credential) = if bearer.starts_with(KEY_PREFIX) {
-        let key = state
-            .registry
-            .authenticate_key(bearer)
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("invalid, expired or revoked API key"))?;
-        (key, Credential::ApiKey)
-    } else {
-        let claims = state.tokens.verify(bearer)?;
-        let key = state
-            .registry
-            .key_by_id(&claims.sub)
-            .await?
-            .filter(|k| k.is_active(registry::db::now_ms()))
-            .ok_or_else(|| ApiError::unauthorized("the key this token was issued for is revoked or expired"))?;
-        (key, Credential::Token)
-    };
-    let scope = scope_of(&state.registry, &key).await?;
-    let source_ip = req.connection_info().peer_addr().map(str::to_owned);
-    Ok(Principal { key_id: key.id, scope, credential, source_ip })
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be 'Bearer <API key or token>'"))
 }
 
-async fn scope_of(registry: &Registry, key: &ApiKey) -> Result<Scope, ApiError> {
-    match (key.role, &key.tenant_id) {
-        (KeyRole::PlatformAdmin, _) => Ok(Scope::PlatformAdmin),
-        (KeyRole::Tenant(role), Some(tenant_id)) => {
-            Ok(Scope::Tenant { tenant: registry.tenant_by_id(tenant_id).await?, role })
+fn suspended(tenant: &Tenant) -> ApiError {
+    ApiError::unauthorized(format!("tenant {:?} is suspended; its keys and tokens are refused", tenant.name.as_str()))
+}
+
+/// Resolves the `Authorization: Bearer` credential (an API key, a token of this gateway, or a
+/// token of a configured OIDC issuer) to a principal.
+pub async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<Principal, ApiError> {
+    let bearer = bearer(req)?;
+    let auth = &state.auth;
+    let source_ip = req.connection_info().peer_addr().map(str::to_owned);
+    let now = now_ms();
+    let (cached, credential) = if bearer.starts_with(KEY_PREFIX) {
+        let invalid = || ApiError::unauthorized("invalid, expired or revoked API key");
+        let id = key_id(bearer).ok_or_else(invalid)?;
+        let cached = auth.key(&state.registry, id).await?.ok_or_else(invalid)?;
+        if !secret_matches(bearer, &cached.secret_sha256) {
+            return Err(invalid());
         }
-        (KeyRole::Tenant(_), None) => Err(ApiError::unauthorized("this key belongs to no tenant")),
+        (cached, Credential::ApiKey)
+    } else {
+        let header = tokens::header_of(bearer)?;
+        if !auth.tokens.knows(&header) {
+            let external = auth.oidc.verify(bearer, &header).await?;
+            let scope = match external.role {
+                KeyRole::PlatformAdmin => Scope::PlatformAdmin,
+                KeyRole::Tenant(role) => {
+                    let tenant = auth.tenant(&state.registry, &external.tenant).await?.ok_or_else(|| {
+                        tokens::invalid_token(format!("the token's tenant {:?} does not exist", external.tenant))
+                    })?;
+                    if tenant.suspended_at.is_some() {
+                        return Err(suspended(&tenant));
+                    }
+                    Scope::Tenant { tenant: (*tenant).clone(), role }
+                }
+            };
+            return Ok(Principal { key_id: external.actor, scope, credential: Credential::Token, source_ip });
+        }
+        let claims = auth.tokens.verify(bearer)?;
+        let cached = auth
+            .key(&state.registry, &claims.sub)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("the key this token was issued for does not exist"))?;
+        (cached, Credential::Token)
+    };
+    let key = &cached.key;
+    if !key.is_active(now) {
+        return Err(ApiError::unauthorized(match credential {
+            Credential::ApiKey => "invalid, expired or revoked API key",
+            Credential::Token => "the key this token was issued for is revoked or expired",
+        }));
     }
+    let scope = match (key.role, &cached.tenant) {
+        (KeyRole::PlatformAdmin, _) => Scope::PlatformAdmin,
+        (KeyRole::Tenant(role), Some(tenant)) => {
+            if tenant.suspended_at.is_some() {
+                return Err(suspended(tenant));
+            }
+            Scope::Tenant { tenant: tenant.clone(), role }
+        }
+        (KeyRole::Tenant(_), None) => return Err(ApiError::unauthorized("this key belongs to no tenant")),
+    };
+    let noted = cached.last_used_noted.load(Ordering::Relaxed);
+    if now - noted > LAST_USED_GRANULARITY_MS
+        && cached.last_used_noted.compare_exchange(noted, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        // Off the request path: the answer does not wait for this write.
+        let (registry, id) = (state.registry.clone(), key.id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = registry.note_key_used(&id, now).await {
+                tracing::warn!(error = %e, "recording a key's last use failed");
+            }
+        });
+    }
+    Ok(Principal { key_id: key.id.clone(), scope, credential, source_ip })
 }
 
 impl FromRequest for Principal {

@@ -166,6 +166,18 @@ impl From<registry::Error> for ApiError {
     }
 }
 
+/// A registry error shared by every waiter of one cache load (moka hands each an `Arc`).
+impl From<std::sync::Arc<registry::Error>> for ApiError {
+    fn from(e: std::sync::Arc<registry::Error>) -> Self {
+        match &*e {
+            registry::Error::DatabaseUnavailable(_) => {
+                ApiError::unavailable("database_unavailable", e.to_string()).with_source(e)
+            }
+            _ => ApiError::internal(e),
+        }
+    }
+}
+
 impl From<tonic::Status> for ApiError {
     fn from(s: tonic::Status) -> Self {
         use tonic::Code;

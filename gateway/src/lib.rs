@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod oidc;
 mod routes;
 pub mod runners;
 pub mod tokens;
@@ -18,9 +19,9 @@ use futures::FutureExt as _;
 use registry::Registry;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Authenticator;
 use crate::error::ApiError;
 use crate::runners::RunnerPool;
-use crate::tokens::TokenIssuer;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -33,6 +34,17 @@ pub struct GatewayConfig {
     pub token_ttl_secs: i64,
     /// PKCS#8 PEM Ed25519 key that signs tokens. `dev` generates and keeps one in its data folder.
     pub signing_key_file: Option<PathBuf>,
+    /// Earlier signing keys (PEM, private or public) that still verify the tokens they signed.
+    /// To rotate: make a new key the signing key, list the old one here, and drop it once
+    /// `token_ttl_secs` has passed.
+    pub previous_signing_key_files: Vec<PathBuf>,
+    /// External identity providers whose tokens are accepted.
+    pub oidc: Vec<oidc::OidcIssuer>,
+    /// An issuer's key set is fetched again on an unknown `kid` at most this often.
+    pub jwks_refresh_secs: u64,
+    /// How long a key, its tenant and their state are cached: a revocation or a suspension
+    /// made on another gateway takes effect within this.
+    pub auth_cache_ttl_ms: u64,
     /// Largest JSON body accepted (file uploads stream and are not bound by this).
     pub max_json_bytes: usize,
     /// How often garbage collection runs (0: never on its own; `POST /api/v1/admin/gc` still works).
@@ -52,6 +64,10 @@ impl Default for GatewayConfig {
             runners: vec!["http://127.0.0.1:50051".into()],
             token_ttl_secs: 900,
             signing_key_file: None,
+            previous_signing_key_files: Vec::new(),
+            oidc: Vec::new(),
+            jwks_refresh_secs: 60,
+            auth_cache_ttl_ms: 1000,
             max_json_bytes: 16 * 1024 * 1024,
             gc_interval_secs: 3600,
             gc_grace_secs: 24 * 3600,
@@ -64,7 +80,7 @@ impl Default for GatewayConfig {
 /// What every request handler can reach.
 pub struct AppState {
     pub registry: Registry,
-    pub tokens: TokenIssuer,
+    pub auth: Authenticator,
     pub runners: RunnerPool,
     /// The default grace period of garbage collection.
     pub gc_grace: std::time::Duration,

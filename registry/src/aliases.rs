@@ -127,7 +127,7 @@ impl Registry {
         }
         let before = self.alias(model, alias).await.ok();
         let now = now_ms();
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         for (t, id) in targets.iter().zip(&ids) {
             // Locks each version row: an archive running at the same time waits, then sees the alias.
             let ready = sqlx::query("UPDATE model_versions SET status = status WHERE id = $1 AND status = 'ready'")
@@ -173,7 +173,7 @@ impl Registry {
 
     pub async fn delete_alias(&self, actor: &Actor, model: &Model, alias: &AliasName) -> Result<()> {
         let before = self.alias(model, alias).await?;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query("DELETE FROM aliases WHERE model_id = $1 AND name = $2")
             .bind(&model.id)
             .bind(alias.as_str())

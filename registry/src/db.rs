@@ -56,6 +56,16 @@ impl Db {
         Ok(Self { pool, backend })
     }
 
+    /// Starts a transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads and then writes fails with
+    /// SQLITE_BUSY when another connection wrote meanwhile, which the busy timeout cannot cure.
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+        })
+    }
+
     pub async fn migrate(&self) -> Result<()> {
         let migrator = match self.backend {
             Backend::Postgres => sqlx::migrate!("../migrations/postgres"),

@@ -109,7 +109,7 @@ impl Registry {
     /// here, like recording a file does, orders this with a collection of the blob (gc.rs).
     async fn begin_blob_upload(&self, tenant_id: &str, digest: &Digest) -> Result<(String, bool)> {
         let (id, now) = (new_id(), now_ms());
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let known = touch_blob(&mut tx, tenant_id, digest, now).await?;
         sqlx::query("INSERT INTO blob_uploads (id, tenant_id, sha256, started_at) VALUES ($1, $2, $3, $4)")
             .bind(&id)
@@ -145,7 +145,7 @@ impl Registry {
         let (tenant_id, number) = (model.tenant_id.as_str(), version.number);
         let file = VersionFile { path: path.clone(), digest: bytes.digest().clone(), size: bytes.size() };
         let now = now_ms();
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let recorded: Result<bool> = async {
             lock_draft(&mut tx, &version.id, model, number).await?;
             // Touching the blob's row holds it against garbage collection until this commits

@@ -84,7 +84,7 @@ impl Registry {
         for row in candidates {
             let tenant_id: String = row.try_get("tenant_id")?;
             let digest = Digest::parse(&row.try_get::<String, _>("sha256")?)?;
-            let mut tx = self.db.pool().begin().await?;
+            let mut tx = self.db.begin().await?;
             let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DELETE FROM blobs WHERE tenant_id = $1 AND sha256 = $2 AND uses = $3 AND {UNREFERENCED}"
             )))

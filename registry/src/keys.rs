@@ -18,7 +18,7 @@ pub const KEY_PREFIX: &str = "mg_";
 const ID_LEN: usize = 12;
 const SECRET_LEN: usize = 40;
 /// `last_used_at` is refreshed at most this often, to keep writes off the hot path.
-const LAST_USED_GRANULARITY_MS: i64 = 60_000;
+pub const LAST_USED_GRANULARITY_MS: i64 = 60_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -95,7 +95,7 @@ fn random_string(len: usize, lowercase: bool) -> String {
 }
 
 /// Splits `mg_<id>_<secret>` into the id, or None if it is not shaped like a key.
-fn key_id(presented: &str) -> Option<&str> {
+pub fn key_id(presented: &str) -> Option<&str> {
     let rest = presented.strip_prefix(KEY_PREFIX)?;
     let (id, secret) = rest.split_once('_')?;
     let shaped = id.len() == ID_LEN
@@ -103,6 +103,11 @@ fn key_id(presented: &str) -> Option<&str> {
         && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && secret.bytes().all(|b| b.is_ascii_alphanumeric());
     shaped.then_some(id)
+}
+
+/// Whether a presented key is the one whose secret hashes to `secret_sha256` (in constant time).
+pub fn secret_matches(presented: &str, secret_sha256: &str) -> bool {
+    constant_time_eq(secret_sha256.as_bytes(), hash(presented).as_bytes())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -147,7 +152,7 @@ impl Registry {
             revoked_at: None,
             last_used_at: None,
         };
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query(
             "INSERT INTO api_keys (id, tenant_id, name, role, secret_sha256, created_by, created_at, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -202,7 +207,7 @@ impl Registry {
 
     /// Revokes a key of the tenant. A key of another tenant is "not found".
     pub async fn revoke_key(&self, actor: &Actor, tenant_id: &str, id: &str) -> Result<ApiKey> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1 AND tenant_id = $2");
         let before = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
@@ -236,33 +241,28 @@ impl Registry {
         Ok(after)
     }
 
-    /// The active key a presented secret belongs to, or None (malformed, unknown, wrong
-    /// secret, revoked or expired: the caller answers all of them the same way).
-    pub async fn authenticate_key(&self, presented: &str) -> Result<Option<ApiKey>> {
-        let Some(id) = key_id(presented) else {
-            return Ok(None);
-        };
+    /// A key with the sha256 of its secret, for callers that check presented secrets
+    /// themselves (the gateway caches keys for a moment).
+    pub async fn key_with_secret_hash(&self, id: &str) -> Result<Option<(ApiKey, String)>> {
         let sql = format!("SELECT {COLUMNS}, secret_sha256 FROM api_keys WHERE id = $1");
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(self.db.pool()).await? else {
             return Ok(None);
         };
-        let stored: String = row.try_get("secret_sha256")?;
-        if !constant_time_eq(stored.as_bytes(), hash(presented).as_bytes()) {
-            return Ok(None);
-        }
-        let key = from_row(&row)?;
-        let now = now_ms();
-        if !key.is_active(now) {
-            return Ok(None);
-        }
-        if key.last_used_at.is_none_or(|t| now - t > LAST_USED_GRANULARITY_MS) {
-            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
-                .bind(now)
-                .bind(&key.id)
-                .execute(self.db.pool())
-                .await?;
-        }
-        Ok(Some(key))
+        Ok(Some((from_row(&row)?, row.try_get("secret_sha256")?)))
+    }
+
+    /// Records that the key was used now, if its `last_used_at` is older than a minute (so the
+    /// hot path rarely writes); answers whether it wrote.
+    pub async fn note_key_used(&self, id: &str, now: i64) -> Result<bool> {
+        let updated = sqlx::query(
+            "UPDATE api_keys SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $3)",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(now - LAST_USED_GRANULARITY_MS)
+        .execute(self.db.pool())
+        .await?;
+        Ok(updated.rows_affected() == 1)
     }
 
     pub async fn active_platform_admin_exists(&self) -> Result<bool> {

@@ -114,7 +114,7 @@ impl Registry {
             created_by: actor.key_id.clone(),
             created_at: now_ms(),
         };
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO models (id, tenant_id, name, task, description, created_by, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id, name) DO NOTHING",
@@ -155,7 +155,7 @@ impl Registry {
         if let Some(tags) = patch.tags {
             after.tags = check_tags(&tags)?;
         }
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query("UPDATE models SET description = $1 WHERE id = $2 AND deleted_at IS NULL")
             .bind(&after.description)
             .bind(&model.id)
@@ -240,7 +240,7 @@ impl Registry {
     /// Deletes a model: refused while any alias points into it; its versions are archived
     /// (kept for audit) and its name becomes free. Blobs are left for garbage collection.
     pub async fn delete_model(&self, actor: &Actor, model: &Model) -> Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let now = now_ms();
         // Taking the model row's lock first serialises this with version creation.
         let renamed = sqlx::query(

@@ -24,20 +24,26 @@ pub struct Tenant {
     pub name: TenantSlug,
     #[serde(serialize_with = "crate::db::rfc3339")]
     pub created_at: i64,
+    /// Set while the tenant is suspended: its keys and tokens are refused, its data kept.
+    #[serde(serialize_with = "crate::db::rfc3339_opt")]
+    pub suspended_at: Option<i64>,
 }
+
+const COLUMNS: &str = "id, slug, created_at, suspended_at";
 
 fn from_row(r: AnyRow) -> Result<Tenant> {
     Ok(Tenant {
         id: r.try_get("id")?,
         name: TenantSlug::parse(&r.try_get::<String, _>("slug")?)?,
         created_at: r.try_get("created_at")?,
+        suspended_at: r.try_get("suspended_at")?,
     })
 }
 
 impl Registry {
     pub async fn create_tenant(&self, actor: &Actor, name: &TenantSlug) -> Result<Tenant> {
-        let tenant = Tenant { id: new_id(), name: name.clone(), created_at: now_ms() };
-        let mut tx = self.db.pool().begin().await?;
+        let tenant = Tenant { id: new_id(), name: name.clone(), created_at: now_ms(), suspended_at: None };
+        let mut tx = self.db.begin().await?;
         let inserted =
             sqlx::query("INSERT INTO tenants (id, slug, created_at) VALUES ($1, $2, $3) ON CONFLICT (slug) DO NOTHING")
                 .bind(&tenant.id)
@@ -67,7 +73,8 @@ impl Registry {
 
     /// One page of tenants, by name.
     pub async fn list_tenants(&self, page: &PageRequest) -> Result<Page<Tenant>> {
-        let rows = sqlx::query("SELECT id, slug, created_at FROM tenants WHERE slug > $1 ORDER BY slug LIMIT $2")
+        let sql = format!("SELECT {COLUMNS} FROM tenants WHERE slug > $1 ORDER BY slug LIMIT $2");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(page.after.as_deref().unwrap_or(""))
             .bind(page.fetch())
             .fetch_all(self.db.pool())
@@ -77,7 +84,7 @@ impl Registry {
     }
 
     pub async fn tenant_by_slug(&self, name: &TenantSlug) -> Result<Tenant> {
-        sqlx::query("SELECT id, slug, created_at FROM tenants WHERE slug = $1")
+        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM tenants WHERE slug = $1")))
             .bind(name.as_str())
             .fetch_optional(self.db.pool())
             .await?
@@ -109,7 +116,7 @@ impl Registry {
             return Err(Error::Invalid("storage_bytes must be zero or more".into()));
         }
         let before = self.storage_usage(&tenant.id).await?;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query("UPDATE tenants SET storage_quota_bytes = $1 WHERE id = $2")
             .bind(quota_bytes)
             .bind(&tenant.id)
@@ -129,12 +136,39 @@ impl Registry {
     }
 
     pub async fn tenant_by_id(&self, id: &str) -> Result<Tenant> {
-        sqlx::query("SELECT id, slug, created_at FROM tenants WHERE id = $1")
+        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM tenants WHERE id = $1")))
             .bind(id)
             .fetch_optional(self.db.pool())
             .await?
             .map(from_row)
             .transpose()?
             .ok_or_else(|| Error::not_found("tenant", id))
+    }
+
+    /// Suspends (or resumes) a tenant: while suspended every key and token of it is refused;
+    /// nothing of its data changes. Doing it twice changes nothing more.
+    pub async fn set_suspended(&self, actor: &Actor, tenant: &Tenant, suspended: bool) -> Result<Tenant> {
+        let mut tx = self.db.begin().await?;
+        let at = suspended.then(now_ms);
+        sqlx::query(
+            "UPDATE tenants SET suspended_at = CASE WHEN $1 = 1 THEN COALESCE(suspended_at, $2) END WHERE id = $3",
+        )
+        .bind(i64::from(suspended))
+        .bind(at)
+        .bind(&tenant.id)
+        .execute(&mut *tx)
+        .await?;
+        let after =
+            Tenant { suspended_at: if suspended { tenant.suspended_at.or(at) } else { None }, ..tenant.clone() };
+        let entry = Entry {
+            tenant_id: Some(&tenant.id),
+            action: if suspended { "tenant.suspend" } else { "tenant.resume" },
+            target: format!("tenant/{}", tenant.name),
+            before: serde_json::to_value(tenant).ok(),
+            after: serde_json::to_value(&after).ok(),
+        };
+        audit::record(&mut tx, actor, entry).await?;
+        tx.commit().await?;
+        Ok(after)
     }
 }

@@ -153,7 +153,7 @@ impl Registry {
         let (now, expires_at) = (now_ms(), now_ms().saturating_add(to_i64(expires_in.as_millis() as u64)?));
         // The session keeps GC off the blob it will write (gc.rs); touching the blob's row orders
         // the two should this content be stored, and be collected, right now.
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         touch_blob(&mut tx, &model.tenant_id, sha256, now).await?;
         sqlx::query(
             "INSERT INTO upload_sessions (id, tenant_id, version_id, path, size, sha256, chunk_size, created_by,
@@ -374,7 +374,7 @@ impl Registry {
     /// and its rows.
     async fn end_session(&self, tenant_id: &str, id: &str, open_multipart: Option<&str>) -> Result<()> {
         self.storage.delete_session(tenant_id, id, open_multipart).await?;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query("DELETE FROM upload_chunks WHERE session_id = $1").bind(id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM upload_sessions WHERE id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;

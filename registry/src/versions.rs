@@ -136,7 +136,7 @@ impl Registry {
             Some(reference) => Some(self.lineage(&model.tenant_id, reference).await?),
             None => None,
         };
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         // The increment takes the row's write lock, so concurrent drafts get distinct numbers.
         let row = sqlx::query("UPDATE models SET next_version = next_version + 1 WHERE id = $1 RETURNING next_version")
             .bind(&model.id)
@@ -280,7 +280,7 @@ impl Registry {
             Ok(architecture) => architecture,
             Err(problems) => return Err(Error::Validation(problems)),
         };
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         lock_draft(&mut tx, &version.id, model, number).await?;
         let rows = sqlx::query("SELECT path, sha256, size FROM version_files WHERE version_id = $1 ORDER BY path")
             .bind(&version.id)
@@ -319,7 +319,7 @@ impl Registry {
     /// Archives a version: kept for audit, no longer callable. Refused while an alias points at it.
     pub async fn archive_version(&self, actor: &Actor, model: &Model, number: i64) -> Result<Version> {
         let version = self.version(model, number).await?;
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let now = now_ms();
         let archived = sqlx::query(
             "UPDATE model_versions SET status = 'archived', archived_at = $1 WHERE id = $2 AND status <> 'archived'",

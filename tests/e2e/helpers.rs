@@ -147,6 +147,30 @@ impl TestApp {
         left
     }
 
+    /// The settings the next [`TestApp::restart`] uses.
+    pub fn config_mut(&mut self) -> &mut Config {
+        &mut self.config
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// Another gateway (all roles, its own ports and data folder) on this app's database, store
+    /// and signing key, as a second replica behind a load balancer would run.
+    pub async fn second_gateway(&self) -> TestApp {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let mut config = self.config.clone();
+        config.data_dir = dir.path().to_path_buf();
+        config.database.url = Some(self.config.database_url().expect("database URL"));
+        config.storage = self.config.storage().expect("storage settings");
+        config.gateway.signing_key_file = Some(self.config.signing_key_file());
+        let running = startup::start(&config, Role::All).await.expect("a second gateway starts");
+        let base = format!("http://{}", running.gateway_addr.expect("the gateway runs"));
+        let admin_key = self.admin_key.clone();
+        TestApp { base, admin_key, client: reqwest::Client::new(), dir, config, running: Some(running) }
+    }
+
     /// Stops every role and starts them again on the same database and store (new ports).
     pub async fn restart(&mut self) {
         if let Some(running) = self.running.take() {

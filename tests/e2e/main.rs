@@ -16,4 +16,5 @@ mod presigned;
 mod registry;
 mod storage;
 mod tiny_bert;
+mod tokens;
 mod uploads;

@@ -1,4 +1,4 @@
-use actix_web::{HttpResponse, post, web};
+use actix_web::{HttpResponse, get, post, web};
 use serde_json::json;
 
 use crate::AppState;
@@ -11,11 +11,18 @@ async fn issue(state: web::Data<AppState>, principal: Principal) -> Result<HttpR
     if principal.credential != Credential::ApiKey {
         return Err(ApiError::forbidden("tokens are issued for API keys; send the key, not a token"));
     }
-    let (token, expires_at) = state.tokens.issue(&principal.key_id)?;
+    let (token, expires_at) = state.auth.tokens.issue(&principal.key_id)?;
     Ok(HttpResponse::Ok().json(json!({
         "token": token,
         "token_type": "Bearer",
         "expires_at": expires_at,
         "expires_in": expires_at - registry::db::now_ms() / 1000,
     })))
+}
+
+/// The public keys that verify this gateway's tokens (current and previous), as a JSON Web Key
+/// Set. Requires: nothing.
+#[get("/.well-known/jwks.json")]
+async fn jwks(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().insert_header(("Cache-Control", "public, max-age=300")).json(state.auth.tokens.jwks())
 }

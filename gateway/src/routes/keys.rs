@@ -69,5 +69,6 @@ async fn revoke(
     let (tenant, id) = path.into_inner();
     let tenant = principal.tenant(&state.registry, &tenant, Role::Admin).await?;
     let key = state.registry.revoke_key(&principal.actor(), &tenant.id, &id).await?;
+    state.auth.invalidate();
     Ok(HttpResponse::Ok().json(key))
 }

@@ -68,3 +68,37 @@ async fn set_quotas(
     Ok(HttpResponse::Ok()
         .json(state.registry.set_storage_quota(&principal.actor(), &tenant, body.storage_bytes).await?))
 }
+
+/// Suspends the tenant: every key and token of it is refused (on every gateway within the
+/// auth cache's lifetime) and its data is kept. Requires: platform admin.
+#[post("/api/v1/tenants/{tenant}/suspend")]
+async fn suspend(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    set_suspended(&state, &principal, &path, true).await
+}
+
+/// Lifts a suspension. Requires: platform admin.
+#[post("/api/v1/tenants/{tenant}/resume")]
+async fn resume(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    set_suspended(&state, &principal, &path, false).await
+}
+
+async fn set_suspended(
+    state: &AppState,
+    principal: &Principal,
+    name: &str,
+    suspended: bool,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_platform_admin()?;
+    let tenant = principal.tenant(&state.registry, name, Role::Admin).await?;
+    let tenant = state.registry.set_suspended(&principal.actor(), &tenant, suspended).await?;
+    state.auth.invalidate();
+    Ok(HttpResponse::Ok().json(tenant))
+}
