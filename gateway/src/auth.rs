@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use actix_web::http::header;
-use actix_web::{FromRequest, HttpRequest, web};
+use actix_web::{FromRequest, HttpMessage as _, HttpRequest, web};
 use moka::future::Cache;
 use registry::db::now_ms;
 use registry::keys::{ApiKey, KEY_PREFIX, KeyRole, LAST_USED_GRANULARITY_MS, key_id, secret_matches};
@@ -261,6 +261,11 @@ impl FromRequest for Principal {
     type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        if let Some(principal) = req.extensions().get::<Principal>() {
+            // Authenticated already by the route table's check (lib.rs `authorize`).
+            let principal = principal.clone();
+            return Box::pin(async move { Ok(principal) });
+        }
         let req = req.clone();
         Box::pin(async move {
             let state = req.app_data::<web::Data<AppState>>().cloned().ok_or_else(|| {

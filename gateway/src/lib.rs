@@ -4,6 +4,7 @@ pub mod auth;
 pub mod error;
 pub mod oidc;
 mod routes;
+pub use routes::table;
 pub mod runners;
 pub mod tokens;
 
@@ -11,9 +12,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use actix_web::dev::{Server, Service as _};
+use actix_web::HttpMessage as _;
+use actix_web::ResponseError as _;
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Server, Service as _, ServiceRequest, ServiceResponse};
 use actix_web::error::JsonPayloadError;
 use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
 use actix_web::{App, HttpServer, web};
 use futures::FutureExt as _;
 use registry::Registry;
@@ -119,6 +124,7 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
                 ApiError::bad_request("invalid_query", format!("invalid query string: {e}")).into()
             }))
+            .wrap(actix_web::middleware::from_fn(authorize))
             .wrap_fn(|req, srv| {
                 let started = Instant::now();
                 let method = req.method().clone();
@@ -140,6 +146,42 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
     .shutdown_timeout(10)
     .run();
     Ok(server)
+}
+
+/// Enforces the route table before any handler runs: an unknown route is 404, a route's need
+/// is checked against the authenticated principal, which handlers then take from the request.
+async fn authorize(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let checked = async {
+        let (rule, captures) =
+            table::rule_for(req.method(), req.path()).ok_or_else(|| ApiError::not_found("no such route"))?;
+        if rule.need == table::Need::Public {
+            return Ok(None);
+        }
+        let state = req
+            .app_data::<web::Data<AppState>>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal(std::io::Error::other("application state is not registered (a bug)")))?;
+        let principal = auth::authenticate(&state, req.request()).await?;
+        table::check(rule, &principal, &captures)?;
+        Ok::<_, ApiError>(Some(principal))
+    }
+    .await;
+    match checked {
+        Ok(principal) => {
+            if let Some(principal) = principal {
+                req.extensions_mut().insert(principal);
+            }
+            next.call(req).await.map(ServiceResponse::map_into_left_body)
+        }
+        Err(e) => {
+            // The Hub's clients read a missing repository from this header.
+            let e = if req.path().starts_with("/hf/") { routes::hf::hub_error("RepoNotFound")(e) } else { e };
+            Ok(req.into_response(e.error_response()).map_into_right_body())
+        }
+    }
 }
 
 fn json_error(e: JsonPayloadError) -> ApiError {

@@ -19,7 +19,7 @@ use crate::error::ApiError;
 /// The Hub's error header; its clients turn these codes into their own exceptions.
 const ERROR_CODE: HeaderName = HeaderName::from_static("x-error-code");
 
-fn hub_error(code: &'static str) -> impl Fn(ApiError) -> ApiError {
+pub(crate) fn hub_error(code: &'static str) -> impl Fn(ApiError) -> ApiError {
     move |e| if e.status().as_u16() == 404 { e.with_header(ERROR_CODE, code.to_owned()) } else { e }
 }
 
