@@ -90,12 +90,12 @@ impl Principal {
     }
 }
 
-fn require_role(have: Role, need: Role) -> Result<(), ApiError> {
+pub(crate) fn require_role(have: Role, need: Role) -> Result<(), ApiError> {
     if have >= need {
         Ok(())
     } else {
         Err(ApiError::forbidden(format!(
-            "this needs the {} role or above; the key has {}",
+            "this needs the {} role or above; the credential has {}",
             need.as_str(),
             have.as_str()
         )))

@@ -7,7 +7,7 @@
 use actix_web::http::Method;
 use registry::names::Role;
 
-use crate::auth::{Credential, Principal, Scope};
+use crate::auth::{Credential, Principal, Scope, require_role};
 use crate::error::ApiError;
 
 /// What a route requires.
@@ -145,17 +145,6 @@ fn captures(pattern: &'static str, path: &str) -> Option<Vec<(&'static str, Stri
 /// The checks the table asks of a request: 401 without a valid credential, 403 for a role
 /// too low in the caller's own tenant, 404 for another tenant's path (as if it did not exist).
 pub fn check(rule: &Rule, principal: &Principal, captures: &[(&str, String)]) -> Result<(), ApiError> {
-    let role_at_least = |have: Role, need: Role| {
-        if have >= need {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(format!(
-                "this needs the {} role or above; the credential has {}",
-                need.as_str(),
-                have.as_str()
-            )))
-        }
-    };
     match (rule.need, &principal.scope) {
         (Need::Public, _) | (Need::PlatformAdmin, Scope::PlatformAdmin) | (Need::Tenant(_), Scope::PlatformAdmin) => {
             Ok(())
@@ -178,12 +167,12 @@ pub fn check(rule: &Rule, principal: &Principal, captures: &[(&str, String)]) ->
             if named != tenant.name.as_str() {
                 return Err(ApiError::not_found(format!("tenant {named:?} not found")));
             }
-            role_at_least(*role, need)
+            require_role(*role, need)
         }
         (Need::OwnTenant(_), Scope::PlatformAdmin) => {
             Err(ApiError::forbidden("platform admin keys belong to no tenant; call inference with a tenant key"))
         }
-        (Need::OwnTenant(need), Scope::Tenant { role, .. }) => role_at_least(*role, need),
+        (Need::OwnTenant(need), Scope::Tenant { role, .. }) => require_role(*role, need),
     }
 }
 
