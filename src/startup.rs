@@ -150,7 +150,9 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
         let gc_grace = std::time::Duration::from_secs(config.gateway.gc_grace_secs);
         let upload_session_ttl = std::time::Duration::from_secs(config.gateway.upload_session_ttl_secs);
         let draft_ttl = std::time::Duration::from_secs(config.gateway.draft_ttl_secs);
-        let state = gateway::AppState { registry, auth, runners, gc_grace, upload_session_ttl, draft_ttl };
+        let limiter = std::sync::Arc::new(gateway::limits::Limiter::new(registry.clone()));
+        background.push(tokio::spawn(limiter.clone().heartbeat()));
+        let state = gateway::AppState { registry, auth, limiter, runners, gc_grace, upload_session_ttl, draft_ttl };
         let server = gateway::serve(listener, state, &config.gateway)?;
         let handle = server.handle();
         let task = tokio::spawn(server);
@@ -168,8 +170,9 @@ async fn bootstrap_admin_key(registry: &Registry, key_file: &Path) -> anyhow::Re
     if registry.active_platform_admin_exists().await? {
         return Ok(None);
     }
-    let (_, secret) =
-        registry.create_key(&Actor::system(), None, "bootstrap admin", KeyRole::PlatformAdmin, None).await?;
+    let (_, secret) = registry
+        .create_key(&Actor::system(), None, "bootstrap admin", KeyRole::PlatformAdmin, None, Default::default())
+        .await?;
     write_private(key_file, &format!("{secret}\n"))?;
     tracing::info!(file = %key_file.display(), "created the bootstrap platform-admin key");
     Ok(Some(SecretString::from(secret)))

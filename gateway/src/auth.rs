@@ -12,6 +12,7 @@ use actix_web::{FromRequest, HttpMessage as _, HttpRequest, web};
 use moka::future::Cache;
 use registry::db::now_ms;
 use registry::keys::{ApiKey, KEY_PREFIX, KeyRole, LAST_USED_GRANULARITY_MS, key_id, secret_matches};
+use registry::limits::Limits;
 use registry::names::{Role, TenantSlug};
 use registry::tenants::Tenant;
 use registry::{Actor, Registry};
@@ -39,6 +40,8 @@ pub enum Scope {
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub key_id: String,
+    /// The key's own request limits (none for platform admins and external tokens).
+    pub limits: Limits,
     pub scope: Scope,
     pub credential: Credential,
     source_ip: Option<String>,
@@ -215,7 +218,8 @@ pub async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<Princip
                     Scope::Tenant { tenant: (*tenant).clone(), role }
                 }
             };
-            return Ok(Principal { key_id: external.actor, scope, credential: Credential::Token, source_ip });
+            let limits = Limits::default();
+            return Ok(Principal { key_id: external.actor, limits, scope, credential: Credential::Token, source_ip });
         }
         let claims = auth.tokens.verify(bearer)?;
         let cached = auth
@@ -253,7 +257,7 @@ pub async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<Princip
             }
         });
     }
-    Ok(Principal { key_id: key.id.clone(), scope, credential, source_ip })
+    Ok(Principal { key_id: key.id.clone(), limits: key.limits, scope, credential, source_ip })
 }
 
 impl FromRequest for Principal {

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod limits;
 pub mod oidc;
 mod routes;
 pub use routes::table;
@@ -86,6 +87,7 @@ impl Default for GatewayConfig {
 pub struct AppState {
     pub registry: Registry,
     pub auth: Authenticator,
+    pub limiter: std::sync::Arc<limits::Limiter>,
     pub runners: RunnerPool,
     /// The default grace period of garbage collection.
     pub gc_grace: std::time::Duration,
@@ -166,15 +168,19 @@ async fn authorize(
             .ok_or_else(|| ApiError::internal(std::io::Error::other("application state is not registered (a bug)")))?;
         let principal = auth::authenticate(&state, req.request()).await?;
         table::check(rule, &principal, &captures)?;
-        Ok::<_, ApiError>(Some(principal))
+        let permit = state.limiter.admit(&principal).await?;
+        Ok::<_, ApiError>(Some((principal, permit)))
     }
     .await;
     match checked {
-        Ok(principal) => {
-            if let Some(principal) = principal {
+        Ok(admitted) => {
+            let permit = admitted.map(|(principal, permit)| {
                 req.extensions_mut().insert(principal);
-            }
-            next.call(req).await.map(ServiceResponse::map_into_left_body)
+                permit
+            });
+            let response = next.call(req).await.map(ServiceResponse::map_into_left_body);
+            drop(permit);
+            response
         }
         Err(e) => {
             // The Hub's clients read a missing repository from this header.

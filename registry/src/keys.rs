@@ -10,6 +10,7 @@ use sqlx::any::AnyRow;
 
 use crate::audit::{self, Entry};
 use crate::db::now_ms;
+use crate::limits::Limits;
 use crate::names::Role;
 use crate::page::{Page, PageRequest};
 use crate::{Actor, Error, Registry, Result};
@@ -59,6 +60,7 @@ pub struct ApiKey {
     pub revoked_at: Option<i64>,
     #[serde(serialize_with = "crate::db::rfc3339_opt")]
     pub last_used_at: Option<i64>,
+    pub limits: Limits,
 }
 
 impl ApiKey {
@@ -67,7 +69,8 @@ impl ApiKey {
     }
 }
 
-const COLUMNS: &str = "id, tenant_id, name, role, created_by, created_at, expires_at, revoked_at, last_used_at";
+const COLUMNS: &str = "id, tenant_id, name, role, created_by, created_at, expires_at, revoked_at, last_used_at, \
+                       requests_per_minute, concurrent_requests, tokens_per_minute";
 
 fn from_row(r: &AnyRow) -> Result<ApiKey> {
     let id: String = r.try_get("id")?;
@@ -82,6 +85,7 @@ fn from_row(r: &AnyRow) -> Result<ApiKey> {
         expires_at: r.try_get("expires_at")?,
         revoked_at: r.try_get("revoked_at")?,
         last_used_at: r.try_get("last_used_at")?,
+        limits: Limits::from_row(r)?,
     })
 }
 
@@ -131,8 +135,10 @@ impl Registry {
         name: &str,
         role: KeyRole,
         expires_at: Option<i64>,
+        limits: Limits,
     ) -> Result<(ApiKey, String)> {
         let name = validate_key_name(name)?;
+        limits.check()?;
         if tenant_id.is_none() != (role == KeyRole::PlatformAdmin) {
             return Err(Error::Invalid(
                 "platform admin keys belong to no tenant; tenant keys need a tenant role".into(),
@@ -151,11 +157,13 @@ impl Registry {
             expires_at,
             revoked_at: None,
             last_used_at: None,
+            limits,
         };
         let mut tx = self.db.begin().await?;
         sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, name, role, secret_sha256, created_by, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO api_keys (id, tenant_id, name, role, secret_sha256, created_by, created_at, expires_at,
+             requests_per_minute, concurrent_requests, tokens_per_minute)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&key.id)
         .bind(key.tenant_id.as_deref())
@@ -165,6 +173,9 @@ impl Registry {
         .bind(&key.created_by)
         .bind(key.created_at)
         .bind(key.expires_at)
+        .bind(limits.requests_per_minute)
+        .bind(limits.concurrent_requests)
+        .bind(limits.tokens_per_minute)
         .execute(&mut *tx)
         .await?;
         let after = serde_json::to_value(&key).ok();
@@ -203,6 +214,42 @@ impl Registry {
         let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(self.db.pool()).await?;
         row.as_ref().map(from_row).transpose()
+    }
+
+    /// Sets the limits of a key of the tenant (None lifts one). A key of another tenant is "not found".
+    pub async fn set_key_limits(&self, actor: &Actor, tenant_id: &str, id: &str, limits: Limits) -> Result<ApiKey> {
+        limits.check()?;
+        let mut tx = self.db.begin().await?;
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1 AND tenant_id = $2");
+        let before = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(tenant_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .as_ref()
+            .map(from_row)
+            .transpose()?
+            .ok_or_else(|| Error::not_found("key", id))?;
+        sqlx::query(
+            "UPDATE api_keys SET requests_per_minute = $1, concurrent_requests = $2, tokens_per_minute = $3 WHERE id = $4",
+        )
+        .bind(limits.requests_per_minute)
+        .bind(limits.concurrent_requests)
+        .bind(limits.tokens_per_minute)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let after = ApiKey { limits, ..before.clone() };
+        let entry = Entry {
+            tenant_id: Some(tenant_id),
+            action: "key.limits.set",
+            target: format!("key/{id}"),
+            before: serde_json::to_value(&before).ok(),
+            after: serde_json::to_value(&after).ok(),
+        };
+        audit::record(&mut tx, actor, entry).await?;
+        tx.commit().await?;
+        Ok(after)
     }
 
     /// Revokes a key of the tenant. A key of another tenant is "not found".

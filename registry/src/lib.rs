@@ -7,6 +7,7 @@ mod error;
 pub mod files;
 pub mod gc;
 pub mod keys;
+pub mod limits;
 pub mod models;
 pub mod names;
 pub mod page;

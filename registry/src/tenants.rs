@@ -6,16 +6,19 @@ use sqlx::any::AnyRow;
 
 use crate::audit::{self, Entry};
 use crate::db::{new_id, now_ms};
+use crate::limits::Limits;
 use crate::names::TenantSlug;
 use crate::page::{Page, PageRequest};
 use crate::{Actor, Error, Registry, Result};
 
-/// A tenant's storage limit and what it uses.
+/// A tenant's storage limit and what it uses, and its request limits.
 #[derive(Debug, Clone, Serialize)]
 pub struct StorageUsage {
     /// Bytes of distinct blobs stored (identical files count once).
     pub used_bytes: i64,
     pub quota_bytes: Option<i64>,
+    #[serde(flatten)]
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -27,9 +30,10 @@ pub struct Tenant {
     /// Set while the tenant is suspended: its keys and tokens are refused, its data kept.
     #[serde(serialize_with = "crate::db::rfc3339_opt")]
     pub suspended_at: Option<i64>,
+    pub limits: Limits,
 }
 
-const COLUMNS: &str = "id, slug, created_at, suspended_at";
+const COLUMNS: &str = "id, slug, created_at, suspended_at, requests_per_minute, concurrent_requests, tokens_per_minute";
 
 fn from_row(r: AnyRow) -> Result<Tenant> {
     Ok(Tenant {
@@ -37,12 +41,19 @@ fn from_row(r: AnyRow) -> Result<Tenant> {
         name: TenantSlug::parse(&r.try_get::<String, _>("slug")?)?,
         created_at: r.try_get("created_at")?,
         suspended_at: r.try_get("suspended_at")?,
+        limits: Limits::from_row(&r)?,
     })
 }
 
 impl Registry {
     pub async fn create_tenant(&self, actor: &Actor, name: &TenantSlug) -> Result<Tenant> {
-        let tenant = Tenant { id: new_id(), name: name.clone(), created_at: now_ms(), suspended_at: None };
+        let tenant = Tenant {
+            id: new_id(),
+            name: name.clone(),
+            created_at: now_ms(),
+            suspended_at: None,
+            limits: Limits::default(),
+        };
         let mut tx = self.db.begin().await?;
         let inserted =
             sqlx::query("INSERT INTO tenants (id, slug, created_at) VALUES ($1, $2, $3) ON CONFLICT (slug) DO NOTHING")
@@ -95,34 +106,47 @@ impl Registry {
 
     pub async fn storage_usage(&self, tenant_id: &str) -> Result<StorageUsage> {
         let row = sqlx::query(
-            "SELECT t.storage_quota_bytes AS quota, (SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) FROM blobs b WHERE b.tenant_id = t.id) AS used
+            "SELECT t.storage_quota_bytes AS quota, t.requests_per_minute, t.concurrent_requests, t.tokens_per_minute,
+             (SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) FROM blobs b WHERE b.tenant_id = t.id) AS used
              FROM tenants t WHERE t.id = $1",
         )
         .bind(tenant_id)
         .fetch_optional(self.db.pool())
         .await?
         .ok_or_else(|| Error::not_found("tenant", tenant_id))?;
-        Ok(StorageUsage { used_bytes: row.try_get("used")?, quota_bytes: row.try_get("quota")? })
+        Ok(StorageUsage {
+            used_bytes: row.try_get("used")?,
+            quota_bytes: row.try_get("quota")?,
+            limits: Limits::from_row(&row)?,
+        })
     }
 
-    /// Sets (or, with None, lifts) the tenant's storage quota.
-    pub async fn set_storage_quota(
+    /// Sets the tenant's storage quota and request limits (None lifts one).
+    pub async fn set_quotas(
         &self,
         actor: &Actor,
         tenant: &Tenant,
         quota_bytes: Option<i64>,
+        limits: Limits,
     ) -> Result<StorageUsage> {
         if quota_bytes.is_some_and(|q| q < 0) {
             return Err(Error::Invalid("storage_bytes must be zero or more".into()));
         }
+        limits.check()?;
         let before = self.storage_usage(&tenant.id).await?;
         let mut tx = self.db.begin().await?;
-        sqlx::query("UPDATE tenants SET storage_quota_bytes = $1 WHERE id = $2")
-            .bind(quota_bytes)
-            .bind(&tenant.id)
-            .execute(&mut *tx)
-            .await?;
-        let after = StorageUsage { quota_bytes, ..before.clone() };
+        sqlx::query(
+            "UPDATE tenants SET storage_quota_bytes = $1, requests_per_minute = $2, concurrent_requests = $3,
+             tokens_per_minute = $4 WHERE id = $5",
+        )
+        .bind(quota_bytes)
+        .bind(limits.requests_per_minute)
+        .bind(limits.concurrent_requests)
+        .bind(limits.tokens_per_minute)
+        .bind(&tenant.id)
+        .execute(&mut *tx)
+        .await?;
+        let after = StorageUsage { quota_bytes, limits, ..before.clone() };
         let entry = Entry {
             tenant_id: Some(&tenant.id),
             action: "tenant.quota.set",

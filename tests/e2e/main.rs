@@ -11,6 +11,7 @@ mod helpers;
 mod hf;
 mod inference;
 mod isolation;
+mod limits;
 mod minilm;
 mod pagination;
 mod presigned;

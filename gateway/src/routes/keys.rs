@@ -1,5 +1,6 @@
-use actix_web::{HttpResponse, delete, get, post, web};
+use actix_web::{HttpResponse, delete, get, patch, post, web};
 use registry::keys::KeyRole;
+use registry::limits::Limits;
 use registry::names::Role;
 use serde::Deserialize;
 use serde_json::json;
@@ -17,6 +18,15 @@ struct CreateKey {
     /// Seconds from now until the key stops working.
     #[serde(default)]
     expires_in: Option<u64>,
+    /// The key's own request limits (the tenant's apply as well; the tightest wins).
+    #[serde(default)]
+    limits: Limits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateKey {
+    limits: Limits,
 }
 
 /// Creates a key; its secret is in this answer and nowhere else, ever. Requires: tenant admin.
@@ -39,7 +49,14 @@ async fn create(
     };
     let (key, secret) = state
         .registry
-        .create_key(&principal.actor(), Some(&tenant.id), &body.name, KeyRole::Tenant(body.role), expires_at)
+        .create_key(
+            &principal.actor(),
+            Some(&tenant.id),
+            &body.name,
+            KeyRole::Tenant(body.role),
+            expires_at,
+            body.limits,
+        )
         .await?;
     let mut answer = serde_json::to_value(&key).map_err(ApiError::internal)?;
     answer["key"] = json!(secret);
@@ -69,6 +86,21 @@ async fn revoke(
     let (tenant, id) = path.into_inner();
     let tenant = principal.tenant(&state.registry, &tenant, Role::Admin).await?;
     let key = state.registry.revoke_key(&principal.actor(), &tenant.id, &id).await?;
+    state.auth.invalidate();
+    Ok(HttpResponse::Ok().json(key))
+}
+
+/// Sets a key's request limits (null lifts one). Requires: tenant admin.
+#[patch("/api/v1/tenants/{tenant}/keys/{id}")]
+async fn update(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String)>,
+    body: web::Json<UpdateKey>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, id) = path.into_inner();
+    let tenant = principal.tenant(&state.registry, &tenant, Role::Admin).await?;
+    let key = state.registry.set_key_limits(&principal.actor(), &tenant.id, &id, body.limits).await?;
     state.auth.invalidate();
     Ok(HttpResponse::Ok().json(key))
 }

@@ -45,6 +45,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(keys::create)
         .service(keys::list)
         .service(keys::revoke)
+        .service(keys::update)
         .service(models::create)
         .service(models::list)
         .service(models::get)

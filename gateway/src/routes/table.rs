@@ -78,6 +78,7 @@ pub const ROUTES: &[Rule] = &[
     rule("GET", "/api/v1/tenants/{tenant}/audit", Tenant(Admin)),
     rule("POST", "/api/v1/tenants/{tenant}/keys", Tenant(Admin)),
     rule("GET", "/api/v1/tenants/{tenant}/keys", Tenant(Admin)),
+    rule("PATCH", "/api/v1/tenants/{tenant}/keys/{id}", Tenant(Admin)),
     rule("DELETE", "/api/v1/tenants/{tenant}/keys/{id}", Tenant(Admin)),
     rule("POST", "/api/v1/tenants/{tenant}/models", Tenant(Developer)),
     rule("GET", "/api/v1/tenants/{tenant}/models", Tenant(Viewer)),

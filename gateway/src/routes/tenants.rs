@@ -1,4 +1,5 @@
 use actix_web::{HttpResponse, get, post, put, web};
+use registry::limits::Limits;
 use registry::names::{Role, TenantSlug};
 use serde::Deserialize;
 
@@ -40,8 +41,16 @@ async fn list(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SetQuotas {
-    /// Bytes of distinct files the tenant may store; null lifts the limit.
+    /// Bytes of distinct files the tenant may store; null (or absent) lifts the limit.
+    #[serde(default)]
     storage_bytes: Option<i64>,
+    /// Request limits; each null (or absent) lifts it.
+    #[serde(default)]
+    requests_per_minute: Option<i64>,
+    #[serde(default)]
+    concurrent_requests: Option<i64>,
+    #[serde(default)]
+    tokens_per_minute: Option<i64>,
 }
 
 /// The tenant's limits and what it uses. Requires: tenant admin.
@@ -65,10 +74,15 @@ async fn set_quotas(
 ) -> Result<HttpResponse, ApiError> {
     principal.require_platform_admin()?;
     let tenant = principal.tenant(&state.registry, &path, Role::Admin).await?;
-    Ok(HttpResponse::Ok()
-        .json(state.registry.set_storage_quota(&principal.actor(), &tenant, body.storage_bytes).await?))
+    let limits = Limits {
+        requests_per_minute: body.requests_per_minute,
+        concurrent_requests: body.concurrent_requests,
+        tokens_per_minute: body.tokens_per_minute,
+    };
+    let answer = state.registry.set_quotas(&principal.actor(), &tenant, body.storage_bytes, limits).await?;
+    state.auth.invalidate();
+    Ok(HttpResponse::Ok().json(answer))
 }
-
 /// Suspends the tenant: every key and token of it is refused (on every gateway within the
 /// auth cache's lifetime) and its data is kept. Requires: platform admin.
 #[post("/api/v1/tenants/{tenant}/suspend")]
