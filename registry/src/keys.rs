@@ -98,6 +98,20 @@ fn random_string(len: usize, lowercase: bool) -> String {
     if lowercase { s.to_ascii_lowercase() } else { s }
 }
 
+/// A key of the tenant, read inside `tx`; another tenant's is "not found".
+async fn tenant_key(tx: &mut sqlx::AnyConnection, tenant_id: &str, id: &str) -> Result<ApiKey> {
+    let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1 AND tenant_id = $2");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .bind(tenant_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()?
+        .ok_or_else(|| Error::not_found("key", id))
+}
+
 /// Splits `mg_<id>_<secret>` into the id, or None if it is not shaped like a key.
 pub fn key_id(presented: &str) -> Option<&str> {
     let rest = presented.strip_prefix(KEY_PREFIX)?;
@@ -220,16 +234,7 @@ impl Registry {
     pub async fn set_key_limits(&self, actor: &Actor, tenant_id: &str, id: &str, limits: Limits) -> Result<ApiKey> {
         limits.check()?;
         let mut tx = self.db.begin().await?;
-        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1 AND tenant_id = $2");
-        let before = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .bind(tenant_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .as_ref()
-            .map(from_row)
-            .transpose()?
-            .ok_or_else(|| Error::not_found("key", id))?;
+        let before = tenant_key(&mut tx, tenant_id, id).await?;
         sqlx::query(
             "UPDATE api_keys SET requests_per_minute = $1, concurrent_requests = $2, tokens_per_minute = $3 WHERE id = $4",
         )
@@ -255,16 +260,7 @@ impl Registry {
     /// Revokes a key of the tenant. A key of another tenant is "not found".
     pub async fn revoke_key(&self, actor: &Actor, tenant_id: &str, id: &str) -> Result<ApiKey> {
         let mut tx = self.db.begin().await?;
-        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1 AND tenant_id = $2");
-        let before = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .bind(tenant_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .as_ref()
-            .map(from_row)
-            .transpose()?
-            .ok_or_else(|| Error::not_found("key", id))?;
+        let before = tenant_key(&mut tx, tenant_id, id).await?;
         let now = now_ms();
         sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
             .bind(now)
