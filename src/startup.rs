@@ -152,7 +152,11 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
         let draft_ttl = std::time::Duration::from_secs(config.gateway.draft_ttl_secs);
         let limiter = std::sync::Arc::new(gateway::limits::Limiter::new(registry.clone()));
         background.push(tokio::spawn(limiter.clone().heartbeat()));
-        let state = gateway::AppState { registry, auth, limiter, runners, gc_grace, upload_session_ttl, draft_ttl };
+        let usage = std::sync::Arc::new(gateway::usage::UsageMeter::default());
+        let flush_every = Duration::from_millis(config.gateway.usage_flush_ms.max(10));
+        background.push(tokio::spawn(usage.clone().run(registry.clone(), flush_every)));
+        let state =
+            gateway::AppState { registry, auth, limiter, usage, runners, gc_grace, upload_session_ttl, draft_ttl };
         let server = gateway::serve(listener, state, &config.gateway)?;
         let handle = server.handle();
         let task = tokio::spawn(server);

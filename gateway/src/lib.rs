@@ -8,6 +8,7 @@ mod routes;
 pub use routes::table;
 pub mod runners;
 pub mod tokens;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ pub struct GatewayConfig {
     /// How long a key, its tenant and their state are cached: a revocation or a suspension
     /// made on another gateway takes effect within this.
     pub auth_cache_ttl_ms: u64,
+    /// How often metered usage is written to the database.
+    pub usage_flush_ms: u64,
     /// Largest JSON body accepted (file uploads stream and are not bound by this).
     pub max_json_bytes: usize,
     /// How often garbage collection runs (0: never on its own; `POST /api/v1/admin/gc` still works).
@@ -74,6 +77,7 @@ impl Default for GatewayConfig {
             oidc: Vec::new(),
             jwks_refresh_secs: 60,
             auth_cache_ttl_ms: 1000,
+            usage_flush_ms: 1000,
             max_json_bytes: 16 * 1024 * 1024,
             gc_interval_secs: 3600,
             gc_grace_secs: 24 * 3600,
@@ -88,6 +92,7 @@ pub struct AppState {
     pub registry: Registry,
     pub auth: Authenticator,
     pub limiter: std::sync::Arc<limits::Limiter>,
+    pub usage: std::sync::Arc<usage::UsageMeter>,
     pub runners: RunnerPool,
     /// The default grace period of garbage collection.
     pub gc_grace: std::time::Duration,

@@ -57,7 +57,7 @@ pub struct GcReport {
 impl Registry {
     /// Marks drafts older than `draft_ttl` failed (their files become collectable), then
     /// deletes blobs unreferenced and unused for `grace`, and staged uploads older than
-    /// `grace` or an hour, whichever is longer.
+    /// `grace` or an hour, whichever is longer. Also applies the usage tables' retention.
     pub async fn collect_garbage(&self, grace: Duration, draft_ttl: Duration) -> Result<GcReport> {
         let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now_ms() - millis(grace);
@@ -66,6 +66,7 @@ impl Registry {
                 .bind(now_ms().saturating_sub(millis(draft_ttl)))
                 .execute(self.db.pool())
                 .await?;
+        self.prune_usage(now_ms()).await?;
         sqlx::query("DELETE FROM blob_uploads WHERE started_at < $1")
             .bind(now_ms() - millis(INTENT_MAX_AGE))
             .execute(self.db.pool())

@@ -14,6 +14,7 @@ pub mod page;
 pub mod storage;
 pub mod tenants;
 pub mod uploads;
+pub mod usage;
 pub mod validate;
 pub mod versions;
 

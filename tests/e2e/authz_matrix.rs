@@ -91,6 +91,14 @@ fn expected(need: Need, caller: Caller, own: bool) -> Expect {
             Expect::Allowed
         }
         (Need::OwnTenant(_), Caller::PlatformAdmin) => Expect::Forbidden,
+        (Need::AnyAdmin, Caller::PlatformAdmin) => Expect::Allowed,
+        (Need::AnyAdmin, Caller::Tenant(role)) => {
+            if role >= Role::Admin {
+                Expect::Allowed
+            } else {
+                Expect::Forbidden
+            }
+        }
         (Need::PlatformAdmin, Caller::Tenant(_)) => {
             if own {
                 Expect::Forbidden

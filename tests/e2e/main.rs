@@ -20,3 +20,4 @@ mod storage;
 mod tiny_bert;
 mod tokens;
 mod uploads;
+mod usage;

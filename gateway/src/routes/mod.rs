@@ -24,6 +24,7 @@ mod openai;
 pub mod table;
 mod tenants;
 mod uploads;
+mod usage;
 mod versions;
 
 use actix_web::web;
@@ -69,6 +70,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(models::remove)
         .service(models::update)
         .service(audit::list)
+        .service(audit::search)
+        .service(usage::usage)
         .service(hf::resolve)
         .service(hf::info)
         .service(hf::info_main)
@@ -108,6 +111,22 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Resul
 
 fn parse<T>(parsed: Result<T, registry::Error>) -> Result<T, ApiError> {
     parsed.map_err(ApiError::from)
+}
+
+/// A time from a query: RFC 3339 (`2026-11-27T10:00:00Z`) or seconds since the epoch; answers
+/// milliseconds since the epoch.
+fn parse_time(raw: &str) -> Result<i64, ApiError> {
+    if let Ok(secs) = raw.parse::<i64>() {
+        return Ok(secs.saturating_mul(1000));
+    }
+    time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+        .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+        .map_err(|_| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("{raw:?} is not a time: use RFC 3339 or seconds since the epoch"),
+            )
+        })
 }
 
 /// A version number from a path: anything but a positive integer is "not found".

@@ -8,12 +8,14 @@ use registry::aliases::ModelRef;
 use registry::models::ModelFilter;
 use registry::names::Role;
 use registry::page::PageRequest;
+use registry::tenants::Tenant;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::usage::Metered;
 
 /// Names the version that answered (`acme/minilm@3`), so canary splits can be observed.
 const SERVED_BY: &str = "x-modelgate-version";
@@ -103,7 +105,7 @@ fn parse_input(input: Value) -> Result<Vec<String>, ApiError> {
     Ok(texts)
 }
 
-/// Requires: invoker.
+/// Requires: invoker. Every call is metered, failed ones too.
 #[post("/v1/embeddings")]
 async fn embeddings(
     state: web::Data<AppState>,
@@ -111,7 +113,35 @@ async fn embeddings(
     body: web::Json<EmbeddingsRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = principal.own_tenant(Role::Invoker)?;
-    let body = body.into_inner();
+    let started = std::time::Instant::now();
+    let mut served = Served { model: body.model.clone(), version: 0, input_tokens: 0 };
+    let answer = embed(&state, tenant, body.into_inner(), &mut served).await;
+    state.usage.record(Metered {
+        tenant_id: &tenant.id,
+        key_id: &principal.key_id,
+        model: &served.model,
+        version: served.version,
+        ok: answer.is_ok(),
+        input_tokens: served.input_tokens,
+        output_tokens: 0,
+        latency: started.elapsed(),
+    });
+    answer
+}
+
+/// What a request turned out to use, for metering.
+struct Served {
+    model: String,
+    version: i64,
+    input_tokens: i64,
+}
+
+async fn embed(
+    state: &AppState,
+    tenant: &Tenant,
+    body: EmbeddingsRequest,
+    served: &mut Served,
+) -> Result<HttpResponse, ApiError> {
     let texts = parse_input(body.input)?;
     if body.dimensions.is_some() {
         return Err(ApiError::bad_request("invalid_request", "dimensions is not supported by this model"));
@@ -128,6 +158,8 @@ async fn embeddings(
         registry::Error::NotFound { .. } => not_found(),
         e => e.into(),
     })?;
+    served.model = model.name.to_string();
+    served.version = version.number;
     if model.task != registry::names::Task::Embedding {
         return Err(ApiError::bad_request(
             "invalid_request",
@@ -154,6 +186,7 @@ async fn embeddings(
     };
     let answer = state.runners.embed(spec, texts).await?;
     let prompt_tokens: u64 = answer.embeddings.iter().map(|e| u64::from(e.tokens)).sum();
+    served.input_tokens = i64::try_from(prompt_tokens).unwrap_or(i64::MAX);
     let data: Vec<Value> = answer
         .embeddings
         .into_iter()

@@ -22,6 +22,9 @@ pub enum Need {
     Tenant(Role),
     /// At least this role; the tenant is the credential's own (inference names no tenant).
     OwnTenant(Role),
+    /// A platform admin (every tenant), or a tenant admin (their own tenant; the handler
+    /// narrows what is shown).
+    AnyAdmin,
 }
 
 impl Need {
@@ -32,6 +35,7 @@ impl Need {
             Need::PlatformAdmin => "platform admin".into(),
             Need::Tenant(role) => format!("{} of the tenant", role.as_str()),
             Need::OwnTenant(role) => format!("{} (own tenant)", role.as_str()),
+            Need::AnyAdmin => "platform admin (all tenants), or admin (own tenant)".into(),
         }
     }
 }
@@ -76,6 +80,8 @@ pub const ROUTES: &[Rule] = &[
     rule("POST", "/api/v1/tenants/{tenant}/resume", PlatformAdmin),
     rule("GET", "/api/v1/tenants/{tenant}/quotas", Tenant(Admin)),
     rule("GET", "/api/v1/tenants/{tenant}/audit", Tenant(Admin)),
+    rule("GET", "/api/v1/audit", Need::AnyAdmin),
+    rule("GET", "/api/v1/tenants/{tenant}/usage", Tenant(Admin)),
     rule("POST", "/api/v1/tenants/{tenant}/keys", Tenant(Admin)),
     rule("GET", "/api/v1/tenants/{tenant}/keys", Tenant(Admin)),
     rule("PATCH", "/api/v1/tenants/{tenant}/keys/{id}", Tenant(Admin)),
@@ -174,6 +180,8 @@ pub fn check(rule: &Rule, principal: &Principal, captures: &[(&str, String)]) ->
             Err(ApiError::forbidden("platform admin keys belong to no tenant; call inference with a tenant key"))
         }
         (Need::OwnTenant(need), Scope::Tenant { role, .. }) => require_role(*role, need),
+        (Need::AnyAdmin, Scope::PlatformAdmin) => Ok(()),
+        (Need::AnyAdmin, Scope::Tenant { role, .. }) => require_role(*role, Role::Admin),
     }
 }
 

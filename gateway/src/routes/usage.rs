@@ -1,0 +1,53 @@
+//! Metered inference usage of a tenant, over time.
+
+use actix_web::{HttpResponse, get, web};
+use registry::names::Role;
+use registry::usage::{GroupBy, Step};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{parse, parse_time};
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::ApiError;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    /// RFC 3339 or seconds since the epoch; default: 24 steps before `to`.
+    from: Option<String>,
+    /// Default: now.
+    to: Option<String>,
+    /// `minute`, `hour` (default) or `day`.
+    step: Option<String>,
+    /// `model`, `version` or `key`; default: the whole tenant.
+    group_by: Option<String>,
+}
+
+/// Requests, errors, tokens and latency per step. Requires: tenant admin.
+#[get("/api/v1/tenants/{tenant}/usage")]
+async fn usage(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+    query: web::Query<UsageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = principal.tenant(&state.registry, &path, Role::Admin).await?;
+    let step = parse(Step::parse(query.step.as_deref().unwrap_or("hour")))?;
+    let group_by = query.group_by.as_deref().map(GroupBy::parse).transpose().map_err(ApiError::from)?;
+    let step_ms = match step {
+        Step::Minute => 60_000,
+        Step::Hour => 3_600_000,
+        Step::Day => 86_400_000,
+    };
+    let to = query.to.as_deref().map(parse_time).transpose()?.unwrap_or_else(|| registry::db::now_ms() + 1);
+    let from = query.from.as_deref().map(parse_time).transpose()?.unwrap_or(to - 24 * step_ms);
+    let data = state.registry.usage(&tenant.id, from, to, step, group_by).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "tenant": tenant.name,
+        "step": query.step.as_deref().unwrap_or("hour"),
+        "group_by": query.group_by,
+        "latency_buckets_ms": registry::usage::LATENCY_BOUNDS_MS,
+        "data": data,
+    })))
+}

@@ -1,0 +1,65 @@
+//! Usage metering off the request path: requests add to counters in memory, and a task
+//! writes them to the database in batches (every `usage_flush_ms`), where they are rolled
+//! up into minutes, hours and days.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use registry::Registry;
+use registry::usage::{UsageCounts, UsageKey};
+
+#[derive(Default)]
+pub struct UsageMeter {
+    pending: Mutex<HashMap<UsageKey, UsageCounts>>,
+}
+
+/// One inference request, as metered.
+pub struct Metered<'a> {
+    pub tenant_id: &'a str,
+    pub key_id: &'a str,
+    pub model: &'a str,
+    pub version: i64,
+    pub ok: bool,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub latency: Duration,
+}
+
+impl UsageMeter {
+    pub fn record(&self, m: Metered<'_>) {
+        let now = registry::db::now_ms();
+        let key = UsageKey {
+            tenant_id: m.tenant_id.to_owned(),
+            key_id: m.key_id.to_owned(),
+            model: m.model.to_owned(),
+            version: m.version,
+            minute: now - now.rem_euclid(60_000),
+        };
+        let latency_ms = i64::try_from(m.latency.as_millis()).unwrap_or(i64::MAX);
+        let one = UsageCounts::one(m.ok, m.input_tokens, m.output_tokens, latency_ms);
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_default().add(&one);
+    }
+
+    /// Writes what was counted; on failure keeps it for the next flush.
+    pub async fn flush(&self, registry: &Registry) {
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        if let Err(e) = registry.record_usage(&batch).await {
+            tracing::warn!(error = %e, rows = batch.len(), "writing usage failed; it is kept for the next flush");
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            for (key, counts) in batch {
+                pending.entry(key).or_default().add(&counts);
+            }
+        }
+    }
+
+    /// Flushes every `every` until dropped.
+    pub async fn run(self: Arc<Self>, registry: Registry, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.flush(&registry).await;
+        }
+    }
+}
