@@ -94,7 +94,8 @@ impl Step {
         }
     }
 
-    fn millis(self) -> i64 {
+    /// The length of one step.
+    pub fn millis(self) -> i64 {
         match self {
             Step::Minute => MINUTE_MS,
             Step::Hour => HOUR_MS,

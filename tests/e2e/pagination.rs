@@ -108,6 +108,25 @@ async fn every_list_pages_stably_while_items_are_added() {
     .await;
     assert_complete(&seen, &before, "tenants");
 
+    let uploads = "/api/v1/tenants/acme/models/m0/versions/1/uploads";
+    let start_session = async |n: usize| {
+        let body = json!({"path": format!("f{n}.bin"), "size": 10, "sha256": format!("{n:064x}")});
+        let (status, session) = app.call(Method::POST, uploads, &key, Some(body)).await;
+        assert_eq!(status, 201, "{session}");
+        session["id"].as_str().expect("id").to_owned()
+    };
+    let mut before = BTreeSet::new();
+    for n in 0..5 {
+        before.insert(start_session(n).await);
+    }
+    let mut n = 100;
+    let seen = walk(&app, &key, uploads, "id", 2, async || {
+        n += 1;
+        start_session(n).await;
+    })
+    .await;
+    assert_complete(&seen, &before, "upload sessions");
+
     let (_, all) = app.call(Method::GET, "/api/v1/tenants/acme/audit?limit=1000", &key, None).await;
     let entries = all["data"].as_array().expect("audit").len();
     let seen = walk(&app, &key, "/api/v1/tenants/acme/audit", "at", 4, async || {

@@ -35,11 +35,7 @@ async fn usage(
     let tenant = principal.tenant(&state.registry, &path, Role::Admin).await?;
     let step = parse(Step::parse(query.step.as_deref().unwrap_or("hour")))?;
     let group_by = query.group_by.as_deref().map(GroupBy::parse).transpose().map_err(ApiError::from)?;
-    let step_ms = match step {
-        Step::Minute => 60_000,
-        Step::Hour => 3_600_000,
-        Step::Day => 86_400_000,
-    };
+    let step_ms = step.millis();
     let to = query.to.as_deref().map(parse_time).transpose()?.unwrap_or_else(|| registry::db::now_ms() + 1);
     let from = query.from.as_deref().map(parse_time).transpose()?.unwrap_or(to - 24 * step_ms);
     let data = state.registry.usage(&tenant.id, from, to, step, group_by).await?;
