@@ -87,9 +87,8 @@ enum Expect {
 
 fn expected(need: Need, caller: Caller, own: bool) -> Expect {
     match (need, caller) {
-        (Need::Public | Need::ApiKey, _) | (Need::PlatformAdmin | Need::Tenant(_), Caller::PlatformAdmin) => {
-            Expect::Allowed
-        }
+        (Need::Public | Need::Authenticated | Need::ApiKey, _)
+        | (Need::PlatformAdmin | Need::Tenant(_), Caller::PlatformAdmin) => Expect::Allowed,
         (Need::OwnTenant(_), Caller::PlatformAdmin) => Expect::Forbidden,
         (Need::AnyAdmin, Caller::PlatformAdmin) => Expect::Allowed,
         (Need::AnyAdmin, Caller::Tenant(role)) => {

@@ -2,7 +2,7 @@ use actix_web::{HttpResponse, get, post, web};
 use serde_json::json;
 
 use crate::AppState;
-use crate::auth::{Credential, Principal};
+use crate::auth::{Credential, Principal, Scope};
 use crate::error::ApiError;
 
 /// Exchanges an API key for a short-lived JWT. Requires: an API key (a token cannot mint tokens).
@@ -18,6 +18,24 @@ async fn issue(state: web::Data<AppState>, principal: Principal) -> Result<HttpR
         "expires_at": expires_at,
         "expires_in": expires_at - registry::db::now_ms() / 1000,
     })))
+}
+
+/// Who the credential is: its key (or external principal), tenant, role and limits. Answers
+/// from the auth cache, so it is also the cheapest authenticated request there is (the auth
+/// benchmark calls it). Requires: any credential.
+#[get("/api/v1/auth/whoami")]
+async fn whoami(principal: Principal) -> HttpResponse {
+    let (tenant, role) = match &principal.scope {
+        Scope::PlatformAdmin => (None, "platform_admin"),
+        Scope::Tenant { tenant, role } => (Some(tenant.name.as_str()), role.as_str()),
+    };
+    HttpResponse::Ok().json(json!({
+        "key_id": principal.key_id,
+        "tenant": tenant,
+        "role": role,
+        "credential": match principal.credential { Credential::ApiKey => "api_key", Credential::Token => "token" },
+        "limits": principal.limits,
+    }))
 }
 
 /// The public keys that verify this gateway's tokens (current and previous), as a JSON Web Key

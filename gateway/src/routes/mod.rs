@@ -36,6 +36,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(health::readyz)
         .service(auth_token::issue)
         .service(auth_token::jwks)
+        .service(auth_token::whoami)
         .service(admin::gc)
         .service(tenants::create)
         .service(tenants::list)

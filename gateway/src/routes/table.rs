@@ -15,6 +15,8 @@ use crate::error::ApiError;
 pub enum Need {
     /// Nothing: health, readiness, the JWKS.
     Public,
+    /// Any valid credential.
+    Authenticated,
     /// An API key (a token cannot mint tokens).
     ApiKey,
     PlatformAdmin,
@@ -31,6 +33,7 @@ impl Need {
     fn describe(self) -> String {
         match self {
             Need::Public => "nothing".into(),
+            Need::Authenticated => "any credential".into(),
             Need::ApiKey => "an API key (not a token)".into(),
             Need::PlatformAdmin => "platform admin".into(),
             Need::Tenant(role) => format!("{} of the tenant", role.as_str()),
@@ -72,6 +75,7 @@ pub const ROUTES: &[Rule] = &[
     rule("GET", "/readyz", Public),
     rule("GET", "/.well-known/jwks.json", Public),
     rule("POST", "/api/v1/auth/token", ApiKey),
+    rule("GET", "/api/v1/auth/whoami", Need::Authenticated),
     rule("POST", "/api/v1/tenants", PlatformAdmin),
     rule("GET", "/api/v1/tenants", PlatformAdmin),
     rule("POST", "/api/v1/admin/gc", PlatformAdmin),
@@ -153,9 +157,9 @@ fn captures(pattern: &'static str, path: &str) -> Option<Vec<(&'static str, Stri
 /// too low in the caller's own tenant, 404 for another tenant's path (as if it did not exist).
 pub fn check(rule: &Rule, principal: &Principal, captures: &[(&str, String)]) -> Result<(), ApiError> {
     match (rule.need, &principal.scope) {
-        (Need::Public, _) | (Need::PlatformAdmin, Scope::PlatformAdmin) | (Need::Tenant(_), Scope::PlatformAdmin) => {
-            Ok(())
-        }
+        (Need::Public | Need::Authenticated, _)
+        | (Need::PlatformAdmin, Scope::PlatformAdmin)
+        | (Need::Tenant(_), Scope::PlatformAdmin) => Ok(()),
         (Need::ApiKey, _) => match principal.credential {
             Credential::ApiKey => Ok(()),
             Credential::Token => Err(ApiError::forbidden("tokens are issued for API keys; send the key, not a token")),
