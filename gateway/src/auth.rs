@@ -44,7 +44,7 @@ pub struct Principal {
     pub limits: Limits,
     pub scope: Scope,
     pub credential: Credential,
-    source_ip: Option<String>,
+    pub(crate) source_ip: Option<String>,
 }
 
 impl Principal {

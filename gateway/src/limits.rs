@@ -6,6 +6,9 @@
 //!   loses at most a lease (it never resets a tenant's minute).
 //! - Concurrent requests are split evenly between the gateways alive (each records a
 //!   heartbeat every second), so the sum holds whatever gateway a client reaches.
+//! - Generated tokens per minute are known only once generated: they are added to the same
+//!   kind of window when a generation ends, and a request is admitted while the minute's
+//!   count (as this gateway last read it, at most half a second ago) is under the limit.
 //!
 //! Every limit that applies (the tenant's and the key's) must admit a request; the refusal
 //! names the limit, and its `Retry-After` is when that limit admits again.
@@ -18,6 +21,7 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use registry::Registry;
 use registry::db::now_ms;
+use registry::limits::Limits;
 use serde_json::json;
 
 use crate::auth::{Principal, Scope};
@@ -33,7 +37,19 @@ pub struct Limiter {
     leases: Mutex<HashMap<String, Lease>>,
     /// Concurrency scope -> requests in flight on this gateway.
     in_flight: Arc<Mutex<HashMap<String, i64>>>,
+    /// Tokens-per-minute scope -> the window's count as last read.
+    tokens: Mutex<HashMap<String, TokenCount>>,
 }
+
+#[derive(Clone, Copy)]
+struct TokenCount {
+    window_start: i64,
+    used: i64,
+    read_at: i64,
+}
+
+/// How stale a tokens-per-minute count may be before it is read again.
+const TOKEN_COUNT_TTL_MS: i64 = 500;
 
 #[derive(Clone, Copy)]
 struct Lease {
@@ -86,6 +102,7 @@ impl Limiter {
             live_gateways: AtomicI64::new(1),
             leases: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Mutex::new(HashMap::new())),
+            tokens: Mutex::new(HashMap::new()),
         }
     }
 
@@ -108,11 +125,7 @@ impl Limiter {
         let Scope::Tenant { tenant, .. } = &principal.scope else { return Ok(None) };
         let tenant_limits = tenant.limits;
         let key_limits = principal.limits;
-        if tenant_limits.requests_per_minute.is_none()
-            && tenant_limits.concurrent_requests.is_none()
-            && key_limits.requests_per_minute.is_none()
-            && key_limits.concurrent_requests.is_none()
-        {
+        if tenant_limits == Limits::default() && key_limits == Limits::default() {
             return Ok(None);
         }
         let owners = [
@@ -121,6 +134,7 @@ impl Limiter {
         ];
         let mut per_minute = Vec::new();
         let mut concurrent = Vec::new();
+        let mut token_checks = Vec::new();
         for (owner, scope, limits) in &owners {
             if let Some(limit) = limits.requests_per_minute {
                 per_minute.push(Check { scope: format!("{scope}:rpm"), owner, name: "requests_per_minute", limit });
@@ -132,6 +146,9 @@ impl Limiter {
                     name: "concurrent_requests",
                     limit,
                 });
+            }
+            if let Some(limit) = limits.tokens_per_minute {
+                token_checks.push(Check { scope: format!("{scope}:tpm"), owner, name: "tokens_per_minute", limit });
             }
         }
         let now = now_ms();
@@ -157,6 +174,20 @@ impl Limiter {
         }
         let window_start = now - now.rem_euclid(WINDOW_MS);
         let retry_after_secs = u64::try_from((window_start + WINDOW_MS - now + 999) / 1000).unwrap_or(60).max(1);
+        for check in &token_checks {
+            if self.tokens_used(&check.scope, window_start, now).await? >= check.limit {
+                refusals.push(Refusal {
+                    message: format!(
+                        "{} {} limit ({}) is used up for this minute; retry in {retry_after_secs} s",
+                        check.owner, check.name, check.limit
+                    ),
+                    retry_after_secs,
+                    limit: check.limit,
+                    name: check.name,
+                    owner: check.owner,
+                });
+            }
+        }
         let mut reserved = Vec::new();
         for check in &per_minute {
             if self.reserve(check, window_start).await? {
@@ -190,6 +221,36 @@ impl Limiter {
         }
         let scopes = concurrent.into_iter().map(|c| c.scope).collect();
         Ok(Some(Permit { in_flight: self.in_flight.clone(), scopes }))
+    }
+
+    /// Counts `n` generated tokens against the tokens-per-minute limits of the principal and
+    /// its tenant (those that have one).
+    pub async fn record_tokens(&self, principal: &Principal, n: i64) -> Result<(), ApiError> {
+        let Scope::Tenant { tenant, .. } = &principal.scope else { return Ok(()) };
+        let now = now_ms();
+        let window_start = now - now.rem_euclid(WINDOW_MS);
+        let scopes = [
+            (tenant.limits.tokens_per_minute, format!("t:{}:tpm", tenant.id)),
+            (principal.limits.tokens_per_minute, format!("k:{}:tpm", principal.key_id)),
+        ];
+        for (_, scope) in scopes.iter().filter(|(limit, _)| limit.is_some()) {
+            let used = self.registry.add_to_window(scope, window_start, n).await?;
+            let count = TokenCount { window_start, used, read_at: now };
+            self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(scope.clone(), count);
+        }
+        Ok(())
+    }
+
+    /// The window's token count, read again when the last reading is stale.
+    async fn tokens_used(&self, scope: &str, window_start: i64, now: i64) -> Result<i64, ApiError> {
+        let known = self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(scope).copied();
+        if let Some(count) = known.filter(|c| c.window_start == window_start && now - c.read_at < TOKEN_COUNT_TTL_MS) {
+            return Ok(count.used);
+        }
+        let used = self.registry.window_used(scope, window_start).await?;
+        let count = TokenCount { window_start, used, read_at: now };
+        self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(scope.to_owned(), count);
+        Ok(used)
     }
 
     /// Takes one unit from this gateway's lease of the window, taking a new lease from the
@@ -227,5 +288,55 @@ impl Limiter {
                 lease.left += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::ResponseError as _;
+    use registry::Actor;
+    use registry::db::Db;
+    use registry::names::{Role, TenantSlug};
+    use registry::storage::{Storage, StorageConfig};
+
+    use super::*;
+    use crate::auth::Credential;
+
+    #[tokio::test]
+    async fn generated_tokens_count_against_the_minute_on_every_gateway() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let db = Db::connect(&format!("sqlite://{}/t.db", dir.path().display())).await.expect("database");
+        db.migrate().await.expect("migrations");
+        let storage =
+            Storage::open(&StorageConfig { url: "memory:///".into(), ..StorageConfig::default() }).expect("store");
+        let registry = Registry::new(db, storage);
+        let actor = Actor::system();
+        let mut tenant =
+            registry.create_tenant(&actor, &TenantSlug::parse("acme").expect("slug")).await.expect("tenant");
+        tenant.limits = Limits { tokens_per_minute: Some(100), ..Limits::default() };
+        registry.set_quotas(&actor, &tenant, None, tenant.limits).await.expect("limits");
+        let principal = Principal {
+            key_id: "k1".into(),
+            limits: Limits::default(),
+            scope: Scope::Tenant { tenant, role: Role::Invoker },
+            credential: Credential::ApiKey,
+            source_ip: None,
+        };
+        // Two gateways on one database.
+        let (a, b) = (Limiter::new(registry.clone()), Limiter::new(registry.clone()));
+        assert!(a.admit(&principal).await.is_ok());
+        a.record_tokens(&principal, 60).await.expect("counted");
+        assert!(b.admit(&principal).await.is_ok(), "60 of 100 tokens used: admitted");
+        b.record_tokens(&principal, 50).await.expect("counted");
+        let refused = b.admit(&principal).await.err().expect("110 of 100 tokens used: refused");
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.to_string().contains("the tenant's tokens_per_minute limit (100)"), "{refused}");
+        let response = refused.error_response();
+        let retry_after: i64 =
+            response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).expect("Retry-After");
+        let left = (60_000 - now_ms().rem_euclid(60_000) + 999) / 1000;
+        assert!((retry_after - left).abs() <= 1, "Retry-After {retry_after} s is when the minute ends ({left} s)");
+        tokio::time::sleep(Duration::from_millis(TOKEN_COUNT_TTL_MS as u64 + 50)).await;
+        assert!(a.admit(&principal).await.is_err(), "the other gateway reads the count again and refuses too");
     }
 }
