@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use proto::v1::runner_client::RunnerClient;
-use proto::v1::{EmbedRequest, EmbedResponse, ModelSpec, StatusRequest, StatusResponse};
+use proto::v1::{
+    EmbedRequest, EmbedResponse, GenerateChunk, GenerateRequest, ModelSpec, StatusRequest, StatusResponse,
+};
 use sha2::{Digest as _, Sha256};
 use tonic::transport::{Channel, Endpoint};
 
@@ -66,11 +68,38 @@ impl RunnerPool {
     }
 
     pub async fn embed(&self, spec: ModelSpec, inputs: Vec<String>) -> Result<EmbedResponse, ApiError> {
+        let version_id = spec.version_id.clone();
+        let request = EmbedRequest { model: Some(spec), inputs };
+        self.call(&version_id, |mut client| {
+            let mut call = tonic::Request::new(request.clone());
+            call.set_timeout(INFERENCE_TIMEOUT);
+            async move { client.embed(call).await }
+        })
+        .await
+    }
+
+    /// Starts a generation on the version's runner; the chunks follow on the stream, and
+    /// dropping it stops the generation.
+    pub async fn generate(&self, request: GenerateRequest) -> Result<tonic::Streaming<GenerateChunk>, ApiError> {
+        let version_id = request.model.as_ref().map(|m| m.version_id.clone()).unwrap_or_default();
+        self.call(&version_id, |mut client| {
+            let mut call = tonic::Request::new(request.clone());
+            call.set_timeout(INFERENCE_TIMEOUT);
+            async move { client.generate(call).await }
+        })
+        .await
+    }
+
+    /// Makes a call on the version's runner, and once more on the next one if the first cannot
+    /// be reached (a call that reached a runner is not repeated).
+    async fn call<T, F, Fut>(&self, version_id: &str, call: F) -> Result<T, ApiError>
+    where
+        F: Fn(RunnerClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let mut last = None;
-        for runner in self.ranked(&spec.version_id).into_iter().take(2) {
-            let mut request = tonic::Request::new(EmbedRequest { model: Some(spec.clone()), inputs: inputs.clone() });
-            request.set_timeout(INFERENCE_TIMEOUT);
-            match runner.client.clone().embed(request).await {
+        for runner in self.ranked(version_id).into_iter().take(2) {
+            match call(runner.client.clone()).await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) if is_connection_failure(&status) => {
                     tracing::warn!(runner.address = %runner.address, error = %status, "runner unreachable; trying the next one");

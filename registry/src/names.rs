@@ -197,25 +197,29 @@ impl Role {
 pub enum Task {
     /// Sentence embeddings (`/v1/embeddings`).
     Embedding,
+    /// Text generation (`/v1/completions`, `/v1/chat/completions`).
+    Generation,
 }
 
 impl Task {
     pub fn as_str(self) -> &'static str {
         match self {
             Task::Embedding => "embedding",
+            Task::Generation => "generation",
         }
     }
 
     pub fn parse(s: &str) -> Result<Self, Error> {
         match s {
             "embedding" => Ok(Task::Embedding),
-            _ => Err(invalid("task", s, "supported tasks: embedding")),
+            "generation" => Ok(Task::Generation),
+            _ => Err(invalid("task", s, "supported tasks: embedding, generation")),
         }
     }
 
     /// Whether models of this task take text and so need a `tokenizer.json`.
     pub fn is_text(self) -> bool {
-        matches!(self, Task::Embedding)
+        matches!(self, Task::Embedding | Task::Generation)
     }
 }
 

@@ -14,10 +14,13 @@ use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
+use crate::models::GenerateParams;
 pub use error::Error;
 pub use models::Embedded;
 use proto::v1::runner_server::{Runner as RunnerRpc, RunnerServer};
-use proto::v1::{EmbedRequest, EmbedResponse, Embedding, LoadedModel, StatusRequest, StatusResponse};
+use proto::v1::{
+    EmbedRequest, EmbedResponse, Embedding, GenerateChunk, GenerateRequest, LoadedModel, StatusRequest, StatusResponse,
+};
 
 /// Inputs in one embedding request at most.
 const MAX_INPUTS: usize = 2048;
@@ -94,6 +97,14 @@ impl Runner {
 }
 
 /// The CUDA GPU when built with `cuda` and one is present, else the CPU.
+/// A seed for a generation that asked for none.
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    hasher.finish()
+}
+
 fn device() -> candle_core::Device {
     #[cfg(feature = "cuda")]
     match candle_core::Device::cuda_if_available(0) {
@@ -118,6 +129,46 @@ impl RunnerRpc for Runner {
         let embedded = worker.embed(request.inputs).await?;
         let embeddings = embedded.into_iter().map(|e| Embedding { values: e.values, tokens: e.tokens }).collect();
         Ok(Response::new(EmbedResponse { embeddings }))
+    }
+
+    type GenerateStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<GenerateChunk, Status>> + Send>>;
+
+    async fn generate(&self, request: Request<GenerateRequest>) -> Result<Response<Self::GenerateStream>, Status> {
+        let request = request.into_inner();
+        let spec = request.model.ok_or_else(|| Status::invalid_argument("model is required"))?;
+        if request.prompt.is_empty() == request.messages.is_empty() {
+            return Err(Status::invalid_argument("send either a prompt or messages"));
+        }
+        if request.max_tokens == 0 {
+            return Err(Status::invalid_argument("max_tokens must be at least 1"));
+        }
+        let params = GenerateParams {
+            prompt: (!request.prompt.is_empty()).then_some(request.prompt),
+            messages: request.messages.into_iter().map(|m| (m.role, m.content)).collect(),
+            max_tokens: request.max_tokens as usize,
+            temperature: request.temperature.map(f64::from),
+            top_p: request.top_p.map(f64::from),
+            top_k: request.top_k.map(|k| k as usize),
+            seed: request.seed.unwrap_or_else(rand_seed),
+            repetition_penalty: request.repetition_penalty,
+            stop: request.stop,
+        };
+        let worker = self.models.get(&spec).await.map_err(|e| e.status())?;
+        let pieces = worker.generate(params)?;
+        // The worker stops once this stream (and so its receiver) is dropped.
+        let stream = futures::stream::unfold(pieces, |mut pieces| async move {
+            let piece = pieces.recv().await?;
+            let chunk = piece
+                .map(|p| GenerateChunk {
+                    text: p.text,
+                    finish_reason: p.finish_reason.unwrap_or_default().to_owned(),
+                    prompt_tokens: p.prompt_tokens,
+                    completion_tokens: p.completion_tokens,
+                })
+                .map_err(|e| e.status());
+            Some((chunk, pieces))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {

@@ -8,11 +8,18 @@ use candle_core::Device;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::models::{Embedded, LoadedModel, ModelFiles};
+use crate::models::{Embedded, GenerateParams, LoadedModel, ModelFiles, Piece};
 
-struct Job {
-    inputs: Vec<String>,
-    reply: oneshot::Sender<Result<Vec<Embedded>>>,
+enum Job {
+    Embed {
+        inputs: Vec<String>,
+        reply: oneshot::Sender<Result<Vec<Embedded>>>,
+    },
+    /// Pieces go out as they are made; a closed channel (the client left) stops the work.
+    Generate {
+        params: Box<GenerateParams>,
+        pieces: tokio::sync::mpsc::Sender<Result<Piece>>,
+    },
 }
 
 /// Limits of one model's queue and batches.
@@ -47,7 +54,10 @@ impl ModelWorker {
             .name(format!("model {display_name}"))
             .spawn(move || {
                 let started = Instant::now();
-                let model = match LoadedModel::load(&task, &files, &device) {
+                // A loader that panics on weights it cannot use must not take the runner down.
+                let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| LoadedModel::load(&task, &files, &device)))
+                    .unwrap_or_else(|_| Err(files.invalid("the weights do not match the config")));
+                let mut model = match loaded {
                     Ok((model, bytes)) => {
                         tracing::info!(model.name = %name, memory_bytes = bytes, duration_ms = started.elapsed().as_millis() as u64, "model loaded");
                         let _ = loaded_tx.send(Ok(bytes));
@@ -58,7 +68,7 @@ impl ModelWorker {
                         return;
                     }
                 };
-                serve(&name, &model, &jobs, limits.max_batch_inputs);
+                serve(&name, &mut model, &jobs, limits.max_batch_inputs);
                 tracing::info!(model.name = %name, "model unloaded");
             })?;
         let memory_bytes = loaded_rx.await.map_err(|_| Error::WorkerGone(display_name.clone()))??;
@@ -68,53 +78,104 @@ impl ModelWorker {
     /// Queues inputs for the model; refuses at once when the queue is full.
     pub async fn embed(&self, inputs: Vec<String>) -> Result<Vec<Embedded>> {
         let (reply, answer) = oneshot::channel();
-        match self.queue.try_send(Job { inputs, reply }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(Error::Overloaded(self.display_name.clone())),
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(Error::WorkerGone(self.display_name.clone()));
-            }
-        }
+        self.enqueue(Job::Embed { inputs, reply })?;
         answer.await.map_err(|_| Error::WorkerGone(self.display_name.clone()))?
+    }
+
+    /// Queues a generation; its pieces arrive on the returned channel. Dropping the receiver
+    /// stops the generation at its next token.
+    pub fn generate(&self, params: GenerateParams) -> Result<tokio::sync::mpsc::Receiver<Result<Piece>>> {
+        let (pieces, receiver) = tokio::sync::mpsc::channel(64);
+        self.enqueue(Job::Generate { params: Box::new(params), pieces })?;
+        Ok(receiver)
+    }
+
+    fn enqueue(&self, job: Job) -> Result<()> {
+        match self.queue.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(Error::Overloaded(self.display_name.clone())),
+            Err(TrySendError::Disconnected(_)) => Err(Error::WorkerGone(self.display_name.clone())),
+        }
     }
 }
 
-fn serve(name: &str, model: &LoadedModel, jobs: &Receiver<Job>, max_batch_inputs: usize) {
+fn serve(name: &str, model: &mut LoadedModel, jobs: &Receiver<Job>, max_batch_inputs: usize) {
     while let Ok(first) = jobs.recv() {
-        // Take what is already waiting, up to the batch limit: a batch forms without added wait.
-        let mut batch = vec![first];
-        let mut inputs = batch[0].inputs.len();
-        while inputs < max_batch_inputs {
+        let (inputs, reply) = match first {
+            Job::Embed { inputs, reply } => (inputs, reply),
+            Job::Generate { params, pieces } => {
+                generate(name, model, &params, &pieces);
+                continue;
+            }
+        };
+        // Take the embeddings already waiting, up to the batch limit: a batch forms without
+        // added wait. A generation met on the way runs after the batch.
+        let mut batch = vec![(inputs, reply)];
+        let mut count = batch[0].0.len();
+        let mut generation = None;
+        while count < max_batch_inputs && generation.is_none() {
             match jobs.try_recv() {
-                Ok(job) => {
-                    inputs += job.inputs.len();
-                    batch.push(job);
+                Ok(Job::Embed { inputs, reply }) => {
+                    count += inputs.len();
+                    batch.push((inputs, reply));
                 }
+                Ok(Job::Generate { params, pieces }) => generation = Some((params, pieces)),
                 Err(_) => break,
             }
         }
-        // A caller that went away needs no answer.
-        batch.retain(|job| !job.reply.is_closed());
-        if batch.is_empty() {
-            continue;
+        embed_batch(name, model, batch);
+        if let Some((params, pieces)) = generation {
+            generate(name, model, &params, &pieces);
         }
-        let texts: Vec<&str> = batch.iter().flat_map(|j| j.inputs.iter().map(String::as_str)).collect();
-        let started = Instant::now();
-        let result = model.embed(&texts);
-        tracing::debug!(model.name = %name, batch.requests = batch.len(), batch.inputs = texts.len(), duration_ms = started.elapsed().as_millis() as u64, "batch done");
-        match result {
-            Ok(mut all) => {
-                for job in batch.into_iter().rev() {
-                    let mine = all.split_off(all.len() - job.inputs.len());
-                    let _ = job.reply.send(Ok(mine));
-                }
-            }
-            Err(e) => {
-                let message = e.to_string();
-                for job in batch {
-                    let _ = job.reply.send(Err(Error::Inference(message.clone())));
-                }
+    }
+}
+
+/// Embedding requests drained into one batch: each one's inputs and where its answer goes.
+type EmbedBatch = Vec<(Vec<String>, oneshot::Sender<Result<Vec<Embedded>>>)>;
+
+fn embed_batch(name: &str, model: &LoadedModel, mut batch: EmbedBatch) {
+    // A caller that went away needs no answer.
+    batch.retain(|(_, reply)| !reply.is_closed());
+    if batch.is_empty() {
+        return;
+    }
+    let texts: Vec<&str> = batch.iter().flat_map(|(inputs, _)| inputs.iter().map(String::as_str)).collect();
+    let started = Instant::now();
+    let result = model.embed(&texts);
+    tracing::debug!(model.name = %name, batch.requests = batch.len(), batch.inputs = texts.len(), duration_ms = started.elapsed().as_millis() as u64, "batch done");
+    match result {
+        Ok(mut all) => {
+            for (inputs, reply) in batch.into_iter().rev() {
+                let mine = all.split_off(all.len() - inputs.len());
+                let _ = reply.send(Ok(mine));
             }
         }
+        Err(e) => {
+            let message = e.to_string();
+            for (_, reply) in batch {
+                let _ = reply.send(Err(Error::Inference(message.clone())));
+            }
+        }
+    }
+}
+
+fn generate(
+    name: &str,
+    model: &mut LoadedModel,
+    params: &GenerateParams,
+    pieces: &tokio::sync::mpsc::Sender<Result<Piece>>,
+) {
+    if pieces.is_closed() {
+        return;
+    }
+    let started = Instant::now();
+    let mut tokens = 0;
+    let result = model.generate(params, |piece| {
+        tokens = piece.completion_tokens;
+        pieces.blocking_send(Ok(piece)).is_ok()
+    });
+    tracing::debug!(model.name = %name, tokens, duration_ms = started.elapsed().as_millis() as u64, "generation done");
+    if let Err(e) = result {
+        let _ = pieces.blocking_send(Err(e));
     }
 }

@@ -36,13 +36,7 @@ fn config_json() -> Value {
 }
 
 fn tokenizer_json() -> Value {
-    let vocab: serde_json::Map<String, Value> =
-        SPECIAL.iter().chain(WORDS).enumerate().map(|(i, w)| ((*w).to_owned(), json!(i))).collect();
-    let added: Vec<Value> = SPECIAL
-        .iter()
-        .enumerate()
-        .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
-        .collect();
+    let (vocab, added) = vocabulary(&SPECIAL, WORDS);
     json!({
         "version": "1.0",
         "truncation": null,
@@ -63,6 +57,18 @@ fn tokenizer_json() -> Value {
         "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
         "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100, "vocab": vocab}
     })
+}
+
+/// A tokenizer's vocabulary (special tokens first, then words, numbered in order) and its
+/// special tokens as `added_tokens`.
+pub fn vocabulary(special: &[&str], words: &[&str]) -> (serde_json::Map<String, Value>, Vec<Value>) {
+    let vocab = special.iter().chain(words).enumerate().map(|(i, w)| ((*w).to_owned(), json!(i))).collect();
+    let added = special
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    (vocab, added)
 }
 
 /// Writes the tiny model into `dir` (config, weights, tokenizer, sentence-transformers files).

@@ -150,7 +150,10 @@ fn model_info(tenant: &str, model: &Model, version: &Version) -> serde_json::Val
         "disabled": false,
         "gated": false,
         "tags": model.tags,
-        "pipeline_tag": match model.task { registry::names::Task::Embedding => "feature-extraction" },
+        "pipeline_tag": match model.task {
+            registry::names::Task::Embedding => "feature-extraction",
+            registry::names::Task::Generation => "text-generation",
+        },
         "library_name": "sentence-transformers",
         "siblings": siblings,
     })

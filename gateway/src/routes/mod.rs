@@ -15,6 +15,7 @@ mod admin;
 mod aliases;
 mod audit;
 mod auth_token;
+mod completions;
 pub(crate) mod files;
 mod health;
 pub(crate) mod hf;
@@ -78,7 +79,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(hf::info_main)
         .service(hf::tree)
         .service(openai::models)
-        .service(openai::embeddings);
+        .service(openai::embeddings)
+        .service(completions::completions)
+        .service(completions::chat_completions);
 }
 
 /// A JSON list envelope, as every list endpoint answers.

@@ -6,7 +6,7 @@ use base64::Engine as _;
 use proto::v1::{ModelFile, ModelSpec};
 use registry::aliases::ModelRef;
 use registry::models::ModelFilter;
-use registry::names::Role;
+use registry::names::{Role, Task};
 use registry::page::PageRequest;
 use registry::tenants::Tenant;
 use serde::Deserialize;
@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::usage::Metered;
 
 /// Names the version that answered (`acme/minilm@3`), so canary splits can be observed.
-const SERVED_BY: &str = "x-modelgate-version";
+pub(super) const SERVED_BY: &str = "x-modelgate-version";
 
 /// Inputs in one embeddings request at most (OpenAI's limit).
 const MAX_INPUTS: usize = 2048;
@@ -130,47 +130,50 @@ async fn embeddings(
 }
 
 /// What a request turned out to use, for metering.
-struct Served {
-    model: String,
-    version: i64,
-    input_tokens: i64,
+pub(super) struct Served {
+    pub model: String,
+    pub version: i64,
+    pub input_tokens: i64,
 }
 
-async fn embed(
+/// The version `requested` names in the caller's tenant, as a runner needs it (files with
+/// digests and object paths); 404 `model_not_found` when there is none, 400 when the model
+/// does another task. Notes the model and version in `served`.
+pub(super) async fn model_spec(
     state: &AppState,
     tenant: &Tenant,
-    body: EmbeddingsRequest,
+    requested: &str,
+    task: Task,
     served: &mut Served,
-) -> Result<HttpResponse, ApiError> {
-    let texts = parse_input(body.input)?;
-    if body.dimensions.is_some() {
-        return Err(ApiError::bad_request("invalid_request", "dimensions is not supported by this model"));
-    }
+) -> Result<ModelSpec, ApiError> {
     let not_found = || {
         ApiError::new(
             actix_web::http::StatusCode::NOT_FOUND,
             "model_not_found",
-            format!("model {:?} does not exist", body.model),
+            format!("model {requested:?} does not exist"),
         )
     };
-    let reference = ModelRef::parse(&body.model).map_err(|_| not_found())?;
+    let reference = ModelRef::parse(requested).map_err(|_| not_found())?;
     let (model, version) = state.registry.resolve(&tenant.id, &reference).await.map_err(|e| match e {
         registry::Error::NotFound { .. } => not_found(),
         e => e.into(),
     })?;
     served.model = model.name.to_string();
     served.version = version.number;
-    if model.task != registry::names::Task::Embedding {
+    if model.task != task {
         return Err(ApiError::bad_request(
             "invalid_request",
-            format!("model {:?} is not an embedding model", body.model),
+            format!(
+                "model {requested:?} is a {} model; this endpoint serves {} models",
+                model.task.as_str(),
+                task.as_str()
+            ),
         ));
     }
     let storage = state.registry.storage();
-    let display_name = format!("{}/{}@{}", tenant.name, model.name, version.number);
-    let spec = ModelSpec {
+    Ok(ModelSpec {
         version_id: version.id.clone(),
-        display_name: display_name.clone(),
+        display_name: format!("{}/{}@{}", tenant.name, model.name, version.number),
         architecture: version.architecture.clone().unwrap_or_default(),
         task: model.task.as_str().to_owned(),
         files: version
@@ -183,7 +186,21 @@ async fn embed(
                 object_path: storage.blob_path(&tenant.id, &f.digest).to_string(),
             })
             .collect(),
-    };
+    })
+}
+
+async fn embed(
+    state: &AppState,
+    tenant: &Tenant,
+    body: EmbeddingsRequest,
+    served: &mut Served,
+) -> Result<HttpResponse, ApiError> {
+    let texts = parse_input(body.input)?;
+    if body.dimensions.is_some() {
+        return Err(ApiError::bad_request("invalid_request", "dimensions is not supported by this model"));
+    }
+    let spec = model_spec(state, tenant, &body.model, Task::Embedding, served).await?;
+    let display_name = spec.display_name.clone();
     let answer = state.runners.embed(spec, texts).await?;
     let prompt_tokens: u64 = answer.embeddings.iter().map(|e| u64::from(e.tokens)).sum();
     served.input_tokens = i64::try_from(prompt_tokens).unwrap_or(i64::MAX);

@@ -95,15 +95,7 @@ impl BertEmbedder {
             .with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
             .map_err(|e| files.invalid(format!("tokenizer.json truncation: {e}")))?;
 
-        let mut tensors = std::collections::HashMap::new();
-        for (path, local) in &files.paths {
-            if path.ends_with(".safetensors") && !path.contains('/') {
-                let loaded =
-                    candle_core::safetensors::load(local, device).map_err(|e| files.invalid(format!("{path}: {e}")))?;
-                tensors.extend(loaded);
-            }
-        }
-        let bytes: u64 = tensors.values().map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64).sum();
+        let (tensors, bytes) = super::load_weights(files, device)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         let model = BertModel::load(vb, &config)
             .map_err(|e| files.invalid(format!("weights do not match config.json: {e}")))?;

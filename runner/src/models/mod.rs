@@ -2,6 +2,7 @@
 //! each family is a file of its own.
 
 mod bert_embedding;
+mod llama_generation;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use candle_core::Device;
 use serde::Deserialize;
 
 pub use bert_embedding::BertEmbedder;
+pub use llama_generation::{GenerateParams, LlamaGenerator, Piece};
 
 use crate::error::{Error, Result};
 
@@ -43,6 +45,7 @@ impl ModelFiles {
 #[serde(tag = "model_type", rename_all = "snake_case")]
 enum ModelConfig {
     Bert(candle_transformers::models::bert::Config),
+    Llama(candle_transformers::models::llama::LlamaConfig),
 }
 
 /// What a request needs from a loaded model.
@@ -54,7 +57,8 @@ pub struct Embedded {
 
 /// A model loaded on its device, owned by its worker thread.
 pub enum LoadedModel {
-    BertEmbedding(BertEmbedder),
+    BertEmbedding(Box<BertEmbedder>),
+    LlamaGeneration(Box<LlamaGenerator>),
 }
 
 impl LoadedModel {
@@ -65,7 +69,11 @@ impl LoadedModel {
         match (task, config) {
             ("embedding", ModelConfig::Bert(config)) => {
                 let (model, bytes) = BertEmbedder::load(config, files, device)?;
-                Ok((LoadedModel::BertEmbedding(model), bytes))
+                Ok((LoadedModel::BertEmbedding(Box::new(model)), bytes))
+            }
+            ("generation", ModelConfig::Llama(config)) => {
+                let (model, bytes) = LlamaGenerator::load(config, files, device)?;
+                Ok((LoadedModel::LlamaGeneration(Box::new(model)), bytes))
             }
             (task, _) => Err(files.invalid(format!("no model family serves task {task:?} for this architecture"))),
         }
@@ -74,8 +82,39 @@ impl LoadedModel {
     pub fn embed(&self, inputs: &[&str]) -> Result<Vec<Embedded>> {
         match self {
             LoadedModel::BertEmbedding(m) => m.embed(inputs),
+            LoadedModel::LlamaGeneration(_) => {
+                Err(Error::InvalidRequest("this model generates text; it does not embed".into()))
+            }
         }
     }
+
+    /// Generates text, handing each piece to `emit` (which answers false to stop early).
+    pub fn generate(&mut self, params: &GenerateParams, emit: impl FnMut(Piece) -> bool) -> Result<()> {
+        match self {
+            LoadedModel::LlamaGeneration(m) => m.generate(params, emit),
+            LoadedModel::BertEmbedding(_) => {
+                Err(Error::InvalidRequest("this model embeds; it does not generate text".into()))
+            }
+        }
+    }
+}
+
+/// Every tensor of the version's top-level `.safetensors` files, on `device`, and the bytes
+/// they take there.
+fn load_weights(files: &ModelFiles, device: &Device) -> Result<(HashMap<String, candle_core::Tensor>, u64)> {
+    let mut tensors = HashMap::new();
+    for (path, local) in &files.paths {
+        if path.ends_with(".safetensors") && !path.contains('/') {
+            let loaded =
+                candle_core::safetensors::load(local, device).map_err(|e| files.invalid(format!("{path}: {e}")))?;
+            tensors.extend(loaded);
+        }
+    }
+    if tensors.is_empty() {
+        return Err(files.invalid("no .safetensors weights"));
+    }
+    let bytes = tensors.values().map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64).sum();
+    Ok((tensors, bytes))
 }
 
 fn inference(e: impl std::fmt::Display) -> Error {

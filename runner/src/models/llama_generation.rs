@@ -1,0 +1,292 @@
+//! Text generation with Llama-family models from safetensors: a KV cache per request,
+//! sampling (temperature, top-p, top-k, seed, repetition penalty), stop sequences, and the
+//! chat template of `tokenizer_config.json`.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::models::llama::{Cache, Config, Llama, LlamaConfig, LlamaEosToks};
+use serde::Deserialize;
+use tokenizers::Tokenizer;
+
+use super::{ModelFiles, inference};
+use crate::error::{Error, Result};
+
+/// Tokens the repetition penalty looks back over.
+const REPEAT_LAST_N: usize = 64;
+
+/// What a generation asks for.
+#[derive(Debug, Clone, Default)]
+pub struct GenerateParams {
+    pub prompt: Option<String>,
+    /// `(role, content)` pairs, rendered with the chat template.
+    pub messages: Vec<(String, String)>,
+    pub max_tokens: usize,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<usize>,
+    pub seed: u64,
+    pub repetition_penalty: Option<f32>,
+    pub stop: Vec<String>,
+}
+
+/// One piece of generated text; the last one says why generation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub text: String,
+    pub finish_reason: Option<&'static str>,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+#[derive(Deserialize, Default)]
+struct TokenizerConfig {
+    chat_template: Option<String>,
+    bos_token: Option<TokenText>,
+    eos_token: Option<TokenText>,
+}
+
+/// `tokenizer_config.json` writes special tokens as a string or as `{"content": …}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TokenText {
+    Plain(String),
+    Added { content: String },
+}
+
+impl TokenText {
+    fn text(&self) -> &str {
+        match self {
+            TokenText::Plain(s) | TokenText::Added { content: s } => s,
+        }
+    }
+}
+
+pub struct LlamaGenerator {
+    model: Llama,
+    config: Config,
+    tokenizer: Tokenizer,
+    eos: Vec<u32>,
+    template: Option<String>,
+    bos_text: String,
+    eos_text: String,
+    device: Device,
+}
+
+impl LlamaGenerator {
+    pub fn load(config: LlamaConfig, files: &ModelFiles, device: &Device) -> Result<(Self, u64)> {
+        let eos = match &config.eos_token_id {
+            Some(LlamaEosToks::Single(id)) => vec![*id],
+            Some(LlamaEosToks::Multiple(ids)) => ids.clone(),
+            None => Vec::new(),
+        };
+        let config = config.into_config(false);
+        let (tensors, bytes) = super::load_weights(files, device)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let model =
+            Llama::load(vb, &config).map_err(|e| files.invalid(format!("weights do not fit the config: {e}")))?;
+        let tokenizer = Tokenizer::from_file(files.require("tokenizer.json")?)
+            .map_err(|e| files.invalid(format!("tokenizer.json: {e}")))?;
+        let tokenizer_config: TokenizerConfig = match files.get("tokenizer_config.json") {
+            Some(_) => files.read_json("tokenizer_config.json")?,
+            None => TokenizerConfig::default(),
+        };
+        let text = |t: &Option<TokenText>| t.as_ref().map(|t| t.text().to_owned()).unwrap_or_default();
+        let generator = Self {
+            model,
+            config,
+            tokenizer,
+            eos,
+            template: tokenizer_config.chat_template.clone(),
+            bos_text: text(&tokenizer_config.bos_token),
+            eos_text: text(&tokenizer_config.eos_token),
+            device: device.clone(),
+        };
+        Ok((generator, bytes))
+    }
+
+    /// The prompt text: the prompt as given, or the messages through the chat template (or,
+    /// for a model without one, `role: content` lines and a last `assistant:`).
+    fn prompt(&self, params: &GenerateParams) -> Result<String> {
+        if let Some(prompt) = &params.prompt {
+            return Ok(prompt.clone());
+        }
+        let Some(template) = &self.template else {
+            let mut text: String =
+                params.messages.iter().map(|(role, content)| format!("{role}: {content}\n")).collect();
+            text.push_str("assistant:");
+            return Ok(text);
+        };
+        let mut env = minijinja::Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
+        });
+        let messages: Vec<_> = params
+            .messages
+            .iter()
+            .map(|(role, content)| minijinja::context! { role => role, content => content })
+            .collect();
+        env.render_str(
+            template,
+            minijinja::context! {
+                messages => messages,
+                add_generation_prompt => true,
+                bos_token => self.bos_text,
+                eos_token => self.eos_text,
+            },
+        )
+        .map_err(|e| Error::InvalidRequest(format!("the chat template failed on these messages: {e}")))
+    }
+
+    /// Generates, handing each piece of text to `emit`; stops early when `emit` answers false
+    /// (the client went away).
+    pub fn generate(&mut self, params: &GenerateParams, mut emit: impl FnMut(Piece) -> bool) -> Result<()> {
+        let prompt = self.prompt(params)?;
+        let encoding = self.tokenizer.encode(prompt, true).map_err(inference)?;
+        let mut tokens: Vec<u32> = encoding.get_ids().to_vec();
+        let prompt_tokens = tokens.len();
+        if prompt_tokens == 0 {
+            return Err(Error::InvalidRequest("the prompt is empty".into()));
+        }
+        if prompt_tokens + params.max_tokens > self.config.max_position_embeddings {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt ({prompt_tokens} tokens) and max_tokens ({}) exceed the model's context of {} tokens",
+                params.max_tokens, self.config.max_position_embeddings
+            )));
+        }
+        let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling(params));
+        let mut cache = Cache::new(true, DType::F32, &self.config, &self.device).map_err(inference)?;
+        let mut text = TextOut::new(&params.stop);
+        let (mut index_pos, mut generated) = (0, 0usize);
+        let counts = |generated: usize| {
+            (u32::try_from(prompt_tokens).unwrap_or(u32::MAX), u32::try_from(generated).unwrap_or(u32::MAX))
+        };
+        let finish = loop {
+            if generated == params.max_tokens {
+                break "length";
+            }
+            let context = &tokens[index_pos..];
+            let input = Tensor::new(context, &self.device).and_then(|t| t.unsqueeze(0)).map_err(inference)?;
+            let logits =
+                self.model.forward(&input, index_pos, &mut cache).and_then(|l| l.squeeze(0)).map_err(inference)?;
+            index_pos += context.len();
+            let logits = match params.repetition_penalty {
+                Some(penalty) if penalty != 1.0 => {
+                    let start = tokens.len().saturating_sub(REPEAT_LAST_N);
+                    candle_transformers::utils::apply_repeat_penalty(&logits, penalty, &tokens[start..])
+                        .map_err(inference)?
+                }
+                _ => logits,
+            };
+            let next = sampler.sample(&logits).map_err(inference)?;
+            tokens.push(next);
+            generated += 1;
+            if self.eos.contains(&next) {
+                break "stop";
+            }
+            let decoded = self.tokenizer.decode(&tokens[prompt_tokens..], true).map_err(inference)?;
+            let (ready, stopped) = text.push(&decoded);
+            if !ready.is_empty() {
+                let (p, c) = counts(generated);
+                if !emit(Piece { text: ready, finish_reason: None, prompt_tokens: p, completion_tokens: c }) {
+                    return Ok(());
+                }
+            }
+            if stopped {
+                break "stop";
+            }
+        };
+        let (p, c) = counts(generated);
+        emit(Piece { text: text.rest(), finish_reason: Some(finish), prompt_tokens: p, completion_tokens: c });
+        Ok(())
+    }
+}
+
+fn sampling(params: &GenerateParams) -> Sampling {
+    let temperature = params.temperature.unwrap_or(1.0);
+    if temperature <= 0.0 {
+        return Sampling::ArgMax;
+    }
+    match (params.top_k, params.top_p) {
+        (None, None) => Sampling::All { temperature },
+        (Some(k), None) => Sampling::TopK { k, temperature },
+        (None, Some(p)) => Sampling::TopP { p, temperature },
+        (Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature },
+    }
+}
+
+/// Generated text on its way out: it holds back what could be the start of a stop sequence,
+/// and ends at one.
+struct TextOut<'a> {
+    stop: &'a [String],
+    /// Bytes of the decoded text already sent.
+    sent: usize,
+    decoded: String,
+}
+
+impl<'a> TextOut<'a> {
+    fn new(stop: &'a [String]) -> Self {
+        Self { stop, sent: 0, decoded: String::new() }
+    }
+
+    /// Takes the whole decoded text so far; answers what can be sent now, and whether a stop
+    /// sequence ended it.
+    fn push(&mut self, decoded: &str) -> (String, bool) {
+        self.decoded = decoded.to_owned();
+        if let Some(at) =
+            self.stop.iter().filter_map(|s| self.decoded[self.sent..].find(s.as_str()).map(|i| self.sent + i)).min()
+        {
+            let ready = self.decoded[self.sent..at].to_owned();
+            self.sent = self.decoded.len();
+            self.decoded.truncate(at);
+            return (ready, true);
+        }
+        // Hold back the longest tail that is the start of a stop sequence.
+        let held = self
+            .stop
+            .iter()
+            .flat_map(|s| (1..s.len()).filter(|n| s.is_char_boundary(*n)).map(move |n| &s[..n]))
+            .filter(|prefix| self.decoded.ends_with(prefix))
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        let mut end = self.decoded.len() - held;
+        // A token may decode to half a character (shown as U+FFFD): keep it until it is whole.
+        while end > self.sent && self.decoded[..end].ends_with('\u{FFFD}') {
+            end -= '\u{FFFD}'.len_utf8();
+        }
+        if end <= self.sent {
+            return (String::new(), false);
+        }
+        let ready = self.decoded[self.sent..end].to_owned();
+        self.sent = end;
+        (ready, false)
+    }
+
+    /// What is left unsent when generation ends.
+    fn rest(&self) -> String {
+        self.decoded.get(self.sent..).unwrap_or_default().to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_out_holds_back_possible_stop_sequences_and_ends_at_one() {
+        let stop = vec!["END".to_owned()];
+        let mut out = TextOut::new(&stop);
+        assert_eq!(out.push("hello"), ("hello".to_owned(), false));
+        assert_eq!(out.push("hello E"), (" ".to_owned(), false), "'E' could start END");
+        assert_eq!(out.push("hello EN"), (String::new(), false));
+        assert_eq!(out.push("hello ENx"), ("ENx".to_owned(), false), "not END after all");
+        assert_eq!(out.push("hello ENx END more"), (" ".to_owned(), true));
+        assert_eq!(out.rest(), "");
+        let mut free = TextOut::new(&[]);
+        assert_eq!(free.push("ab\u{FFFD}"), ("ab".to_owned(), false), "half a character waits");
+        assert_eq!(free.push("abé"), ("é".to_owned(), false));
+    }
+}
