@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use proto::v1::runner_client::RunnerClient;
 use proto::v1::{
-    EmbedRequest, EmbedResponse, GenerateChunk, GenerateRequest, ModelSpec, StatusRequest, StatusResponse,
+    ClassifyRequest, ClassifyResponse, EmbedRequest, EmbedResponse, GenerateChunk, GenerateRequest, ModelSpec,
+    StatusRequest, StatusResponse,
 };
 use sha2::{Digest as _, Sha256};
 use tonic::transport::{Channel, Endpoint};
@@ -74,6 +75,17 @@ impl RunnerPool {
             let mut call = tonic::Request::new(request.clone());
             call.set_timeout(INFERENCE_TIMEOUT);
             async move { client.embed(call).await }
+        })
+        .await
+    }
+
+    pub async fn classify(&self, spec: ModelSpec, inputs: Vec<String>) -> Result<ClassifyResponse, ApiError> {
+        let version_id = spec.version_id.clone();
+        let request = ClassifyRequest { model: Some(spec), inputs };
+        self.call(&version_id, |mut client| {
+            let mut call = tonic::Request::new(request.clone());
+            call.set_timeout(INFERENCE_TIMEOUT);
+            async move { client.classify(call).await }
         })
         .await
     }

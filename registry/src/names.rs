@@ -199,6 +199,8 @@ pub enum Task {
     Embedding,
     /// Text generation (`/v1/completions`, `/v1/chat/completions`).
     Generation,
+    /// Sequence classification: label scores (`/v1/classifications`).
+    Classification,
 }
 
 impl Task {
@@ -206,6 +208,7 @@ impl Task {
         match self {
             Task::Embedding => "embedding",
             Task::Generation => "generation",
+            Task::Classification => "classification",
         }
     }
 
@@ -213,13 +216,14 @@ impl Task {
         match s {
             "embedding" => Ok(Task::Embedding),
             "generation" => Ok(Task::Generation),
-            _ => Err(invalid("task", s, "supported tasks: embedding, generation")),
+            "classification" => Ok(Task::Classification),
+            _ => Err(invalid("task", s, "supported tasks: embedding, generation, classification")),
         }
     }
 
     /// Whether models of this task take text and so need a `tokenizer.json`.
     pub fn is_text(self) -> bool {
-        matches!(self, Task::Embedding | Task::Generation)
+        matches!(self, Task::Embedding | Task::Generation | Task::Classification)
     }
 }
 

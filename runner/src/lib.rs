@@ -19,7 +19,8 @@ pub use error::Error;
 pub use models::Embedded;
 use proto::v1::runner_server::{Runner as RunnerRpc, RunnerServer};
 use proto::v1::{
-    EmbedRequest, EmbedResponse, Embedding, GenerateChunk, GenerateRequest, LoadedModel, StatusRequest, StatusResponse,
+    Classification, ClassifyRequest, ClassifyResponse, EmbedRequest, EmbedResponse, Embedding, GenerateChunk,
+    GenerateRequest, LabelScore, LoadedModel, StatusRequest, StatusResponse,
 };
 
 /// Inputs in one embedding request at most.
@@ -126,9 +127,35 @@ impl RunnerRpc for Runner {
             return Err(Status::invalid_argument(format!("at most {MAX_INPUTS} inputs per request")));
         }
         let worker = self.models.get(&spec).await.map_err(|e| e.status())?;
+        if worker.labels.is_some() {
+            return Err(Status::invalid_argument("this model classifies; it does not embed"));
+        }
         let embedded = worker.embed(request.inputs).await?;
         let embeddings = embedded.into_iter().map(|e| Embedding { values: e.values, tokens: e.tokens }).collect();
         Ok(Response::new(EmbedResponse { embeddings }))
+    }
+
+    async fn classify(&self, request: Request<ClassifyRequest>) -> Result<Response<ClassifyResponse>, Status> {
+        let request = request.into_inner();
+        let spec = request.model.ok_or_else(|| Status::invalid_argument("model is required"))?;
+        if request.inputs.is_empty() || request.inputs.len() > MAX_INPUTS {
+            return Err(Status::invalid_argument(format!("send 1 to {MAX_INPUTS} inputs")));
+        }
+        let worker = self.models.get(&spec).await.map_err(|e| e.status())?;
+        let labels = worker.labels.clone().ok_or_else(|| Status::invalid_argument("this model does not classify"))?;
+        let scored = worker.embed(request.inputs).await?;
+        let results = scored
+            .into_iter()
+            .map(|e| Classification {
+                scores: labels
+                    .iter()
+                    .zip(e.values)
+                    .map(|(label, score)| LabelScore { label: label.clone(), score })
+                    .collect(),
+                tokens: e.tokens,
+            })
+            .collect();
+        Ok(Response::new(ClassifyResponse { results }))
     }
 
     type GenerateStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<GenerateChunk, Status>> + Send>>;

@@ -35,6 +35,8 @@ pub struct BatchLimits {
 pub struct ModelWorker {
     pub display_name: String,
     pub memory_bytes: u64,
+    /// For a classifier: the labels its scores are for.
+    pub labels: Option<Vec<String>>,
     queue: SyncSender<Job>,
 }
 
@@ -48,7 +50,7 @@ impl ModelWorker {
         limits: BatchLimits,
     ) -> Result<Self> {
         let (queue, jobs) = mpsc::sync_channel::<Job>(limits.queue_depth);
-        let (loaded_tx, loaded_rx) = oneshot::channel::<Result<u64>>();
+        let (loaded_tx, loaded_rx) = oneshot::channel::<Result<(u64, Option<Vec<String>>)>>();
         let name = display_name.clone();
         std::thread::Builder::new()
             .name(format!("model {display_name}"))
@@ -60,7 +62,7 @@ impl ModelWorker {
                 let mut model = match loaded {
                     Ok((model, bytes)) => {
                         tracing::info!(model.name = %name, memory_bytes = bytes, duration_ms = started.elapsed().as_millis() as u64, "model loaded");
-                        let _ = loaded_tx.send(Ok(bytes));
+                        let _ = loaded_tx.send(Ok((bytes, model.labels())));
                         model
                     }
                     Err(e) => {
@@ -71,8 +73,8 @@ impl ModelWorker {
                 serve(&name, &mut model, &jobs, limits.max_batch_inputs);
                 tracing::info!(model.name = %name, "model unloaded");
             })?;
-        let memory_bytes = loaded_rx.await.map_err(|_| Error::WorkerGone(display_name.clone()))??;
-        Ok(Self { display_name, memory_bytes, queue })
+        let (memory_bytes, labels) = loaded_rx.await.map_err(|_| Error::WorkerGone(display_name.clone()))??;
+        Ok(Self { display_name, memory_bytes, labels, queue })
     }
 
     /// Queues inputs for the model; refuses at once when the queue is full.

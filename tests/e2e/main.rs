@@ -4,6 +4,7 @@
 
 mod authz_matrix;
 mod bad_input;
+mod classification;
 mod cli;
 mod dev_binary;
 mod gc;

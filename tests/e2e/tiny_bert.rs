@@ -116,3 +116,52 @@ pub fn reference_embedding(dir: &Path, text: &str) -> Vec<f32> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.into_iter().map(|x| x / norm).collect()
 }
+
+/// Writes a tiny sequence classifier (`BertForSequenceClassification`: encoder, pooler and
+/// classifier under their Hugging Face names) with the given labels into `dir`.
+pub fn write_classifier(dir: &Path, labels: &[&str]) {
+    std::fs::create_dir_all(dir).expect("model folder");
+    let mut config_value = config_json();
+    config_value["architectures"] = json!(["BertForSequenceClassification"]);
+    let id2label: serde_json::Map<String, Value> =
+        labels.iter().enumerate().map(|(i, l)| (i.to_string(), json!(l))).collect();
+    config_value["id2label"] = Value::Object(id2label);
+    let config: Config = serde_json::from_value(config_value.clone()).expect("a valid BERT config");
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    BertModel::load(vb.pp("bert"), &config).expect("random encoder weights");
+    candle_nn::linear(32, 32, vb.pp("bert.pooler.dense")).expect("pooler");
+    candle_nn::linear(32, labels.len(), vb.pp("classifier")).expect("classifier");
+    varmap.save(dir.join("model.safetensors")).expect("saving the weights");
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config_value).expect("json")).expect("config");
+    std::fs::write(dir.join("tokenizer.json"), serde_json::to_vec_pretty(&tokenizer_json()).expect("json"))
+        .expect("tokenizer");
+}
+
+/// The reference label scores: one sentence at a time, [CLS] through pooler (tanh) and
+/// classifier, softmax.
+pub fn reference_scores(dir: &Path, text: &str) -> Vec<f32> {
+    use candle_nn::Module as _;
+    let config: Config =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).expect("config")).expect("config parses");
+    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).expect("weights load");
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let model = BertModel::load(vb.pp("bert"), &config).expect("encoder");
+    let labels = config_labels(dir);
+    let pooler = candle_nn::linear(32, 32, vb.pp("bert.pooler.dense")).expect("pooler");
+    let classifier = candle_nn::linear(32, labels, vb.pp("classifier")).expect("classifier");
+    let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).expect("tokenizer loads");
+    let ids = tokenizer.encode(text, true).expect("tokenizes").get_ids().to_vec();
+    let n = ids.len();
+    let ids = Tensor::from_vec(ids, (1, n), &Device::Cpu).expect("ids");
+    let hidden = model.forward(&ids, &ids.zeros_like().expect("zeros"), None).expect("forward");
+    let cls = hidden.narrow(1, 0, 1).and_then(|t| t.squeeze(1)).expect("cls");
+    let logits = classifier.forward(&pooler.forward(&cls).and_then(|t| t.tanh()).expect("pooled")).expect("logits");
+    let scores = candle_nn::ops::softmax(&logits, 1).expect("softmax");
+    scores.squeeze(0).and_then(|t| t.to_vec1()).expect("scores")
+}
+
+fn config_labels(dir: &Path) -> usize {
+    let config: Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).expect("config")).expect("json");
+    config["id2label"].as_object().map_or(0, serde_json::Map::len)
+}

@@ -153,6 +153,7 @@ fn model_info(tenant: &str, model: &Model, version: &Version) -> serde_json::Val
         "pipeline_tag": match model.task {
             registry::names::Task::Embedding => "feature-extraction",
             registry::names::Task::Generation => "text-generation",
+            registry::names::Task::Classification => "text-classification",
         },
         "library_name": "sentence-transformers",
         "siblings": siblings,

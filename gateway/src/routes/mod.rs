@@ -15,6 +15,7 @@ mod admin;
 mod aliases;
 mod audit;
 mod auth_token;
+mod classifications;
 mod completions;
 pub(crate) mod files;
 mod health;
@@ -80,6 +81,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(hf::tree)
         .service(openai::models)
         .service(openai::embeddings)
+        .service(classifications::classifications)
         .service(completions::completions)
         .service(completions::chat_completions);
 }

@@ -76,7 +76,7 @@ fn invalid_input(message: impl Into<String>) -> ApiError {
 }
 
 /// `input` as OpenAI takes it: a string or an array of strings.
-fn parse_input(input: Value) -> Result<Vec<String>, ApiError> {
+pub(super) fn parse_input(input: Value) -> Result<Vec<String>, ApiError> {
     let texts = match input {
         Value::String(s) => vec![s],
         Value::Array(items) => {

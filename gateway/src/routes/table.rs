@@ -120,6 +120,7 @@ pub const ROUTES: &[Rule] = &[
     rule("GET", "/hf/api/models/{tenant}/{model}/tree/{revision}{folder:(/.*)?}", Tenant(Viewer)),
     rule("GET", "/v1/models", OwnTenant(Invoker)),
     rule("POST", "/v1/embeddings", OwnTenant(Invoker)),
+    rule("POST", "/v1/classifications", OwnTenant(Invoker)),
     rule("POST", "/v1/completions", OwnTenant(Invoker)),
     rule("POST", "/v1/chat/completions", OwnTenant(Invoker)),
 ];

@@ -7,6 +7,7 @@ use candle_transformers::models::bert::{BertModel, Config};
 use serde::Deserialize;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+use super::bert_classification::ClassifierHead;
 use super::{Embedded, ModelFiles, inference};
 use crate::error::Result;
 
@@ -45,11 +46,30 @@ pub struct BertEmbedder {
     tokenizer: Tokenizer,
     pooling: Pooling,
     normalize: bool,
+    /// Set for sequence classification: the answer is label scores, not an embedding.
+    head: Option<ClassifierHead>,
     device: Device,
 }
 
 impl BertEmbedder {
+    /// A sequence classifier: the same encoder, with the classification head of its weights.
+    pub fn load_classifier(config: Config, files: &ModelFiles, device: &Device) -> Result<(Self, u64)> {
+        Self::load_with(config, files, device, true)
+    }
+
     pub fn load(config: Config, files: &ModelFiles, device: &Device) -> Result<(Self, u64)> {
+        Self::load_with(config, files, device, false)
+    }
+
+    /// The labels a classifier scores, in the order of its scores.
+    pub fn labels(&self) -> Option<&[String]> {
+        self.head.as_ref().map(|h| h.labels.as_slice())
+    }
+
+    fn load_with(mut config: Config, files: &ModelFiles, device: &Device, classify: bool) -> Result<(Self, u64)> {
+        // The serde tag took `model_type` out of the config; candle needs it to find weights
+        // stored under a `bert.` prefix (as Hugging Face's task models store them).
+        config.model_type = Some("bert".into());
         // sentence-transformers layout: modules.json names the pooling folder and whether a
         // Normalize module follows. Without it: mean pooling, normalised, as all-MiniLM does.
         let modules: Option<Vec<Module>> =
@@ -97,9 +117,10 @@ impl BertEmbedder {
 
         let (tensors, bytes) = super::load_weights(files, device)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let head = if classify { Some(ClassifierHead::load(&vb, files)?) } else { None };
         let model = BertModel::load(vb, &config)
             .map_err(|e| files.invalid(format!("weights do not match config.json: {e}")))?;
-        Ok((Self { model, tokenizer, pooling, normalize, device: device.clone() }, bytes))
+        Ok((Self { model, tokenizer, pooling, normalize, head, device: device.clone() }, bytes))
     }
 
     pub fn embed(&self, inputs: &[&str]) -> Result<Vec<Embedded>> {
@@ -131,6 +152,10 @@ impl BertEmbedder {
         let mask = Tensor::from_vec(mask, shape, &self.device).map_err(inference)?;
         let type_ids = ids.zeros_like().map_err(inference)?;
         let hidden = self.model.forward(&ids, &type_ids, Some(&mask)).map_err(inference)?;
+        if let Some(head) = &self.head {
+            let rows: Vec<Vec<f32>> = head.scores(&hidden)?.to_vec2().map_err(inference)?;
+            return Ok(rows.into_iter().zip(tokens).map(|(values, tokens)| Embedded { values, tokens }).collect());
+        }
         let pooled = match self.pooling {
             Pooling::Cls => hidden.narrow(1, 0, 1).and_then(|t| t.squeeze(1)),
             Pooling::Mean => (|| {

@@ -1,6 +1,7 @@
 //! Model families. The version's `config.json` picks one through a serde-tagged enum;
 //! each family is a file of its own.
 
+mod bert_classification;
 mod bert_embedding;
 mod llama_generation;
 
@@ -36,7 +37,7 @@ impl ModelFiles {
     }
 
     pub fn invalid(&self, reason: impl Into<String>) -> Error {
-        Error::ModelInvalid { model: self.model.clone(), reason: reason.into() }
+        Error::ModelInvalid { model: self.model.clone(), reason: first_line(&reason.into()) }
     }
 }
 
@@ -71,6 +72,10 @@ impl LoadedModel {
                 let (model, bytes) = BertEmbedder::load(config, files, device)?;
                 Ok((LoadedModel::BertEmbedding(Box::new(model)), bytes))
             }
+            ("classification", ModelConfig::Bert(config)) => {
+                let (model, bytes) = BertEmbedder::load_classifier(config, files, device)?;
+                Ok((LoadedModel::BertEmbedding(Box::new(model)), bytes))
+            }
             ("generation", ModelConfig::Llama(config)) => {
                 let (model, bytes) = LlamaGenerator::load(config, files, device)?;
                 Ok((LoadedModel::LlamaGeneration(Box::new(model)), bytes))
@@ -85,6 +90,14 @@ impl LoadedModel {
             LoadedModel::LlamaGeneration(_) => {
                 Err(Error::InvalidRequest("this model generates text; it does not embed".into()))
             }
+        }
+    }
+
+    /// The labels a classifier's scores are for; None for other models.
+    pub fn labels(&self) -> Option<Vec<String>> {
+        match self {
+            LoadedModel::BertEmbedding(m) => m.labels().map(<[String]>::to_vec),
+            LoadedModel::LlamaGeneration(_) => None,
         }
     }
 
@@ -117,6 +130,12 @@ fn load_weights(files: &ModelFiles, device: &Device) -> Result<(HashMap<String, 
     Ok((tensors, bytes))
 }
 
+/// candle's errors carry a backtrace after their first line when RUST_BACKTRACE is set;
+/// callers get the message, not the runner's insides.
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or_default().to_owned()
+}
+
 fn inference(e: impl std::fmt::Display) -> Error {
-    Error::Inference(e.to_string())
+    Error::Inference(first_line(&e.to_string()))
 }
