@@ -14,15 +14,7 @@ async fn a_classifier_scores_every_label_like_the_reference() {
     let dir = app.dir.path().join("sentiment");
     let labels = ["negative", "neutral", "positive"];
     tiny_bert::write_classifier(&dir, &labels);
-    let body = json!({"name": "sentiment", "task": "classification"});
-    assert_eq!(app.call(Method::POST, "/api/v1/tenants/acme/models", &admin, Some(body)).await.0, 201);
-    let version = app.new_version(&admin, "acme", "sentiment").await;
-    for (relative, local) in crate::helpers::files_of(&dir) {
-        let bytes = std::fs::read(&local).expect("file");
-        assert_eq!(app.put_file(&admin, "acme", "sentiment", version, &relative, bytes, true).await.0, 201);
-    }
-    let (status, body) = app.commit(&admin, "acme", "sentiment", version).await;
-    assert_eq!(status, 200, "{body}");
+    app.upload_task_model(&admin, "acme", "sentiment", "classification", &dir).await;
     let key = app.key("acme", "invoker", &admin).await;
 
     let inputs = ["the cat sat on the mat", "hello world", "a man is eating food"];

@@ -15,17 +15,7 @@ async fn generation_app(database: Database) -> (TestApp, String, std::path::Path
     let admin = app.tenant("acme").await;
     let dir = app.dir.path().join("tiny-llama");
     tiny_llama::write(&dir);
-    let (status, body) = app
-        .call(Method::POST, "/api/v1/tenants/acme/models", &admin, Some(json!({"name": "llm", "task": "generation"})))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let version = app.new_version(&admin, "acme", "llm").await;
-    for (relative, local) in crate::helpers::files_of(&dir) {
-        let bytes = std::fs::read(&local).expect("file");
-        assert_eq!(app.put_file(&admin, "acme", "llm", version, &relative, bytes, true).await.0, 201);
-    }
-    let (status, body) = app.commit(&admin, "acme", "llm", version).await;
-    assert_eq!(status, 200, "a Llama commits as a generation model: {body}");
+    app.upload_task_model(&admin, "acme", "llm", "generation", &dir).await;
     (app, admin, dir)
 }
 

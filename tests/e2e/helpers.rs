@@ -228,12 +228,17 @@ impl TestApp {
 
     /// Creates a model, uploads every file of `dir` as version 1 and commits it.
     pub async fn upload_model(&self, key: &str, tenant: &str, model: &str, dir: &Path) -> Value {
+        self.upload_task_model(key, tenant, model, "embedding", dir).await
+    }
+
+    /// Creates a model of `task`, uploads every file of `dir` into version 1 and commits it.
+    pub async fn upload_task_model(&self, key: &str, tenant: &str, model: &str, task: &str, dir: &Path) -> Value {
         let (status, body) = self
             .call(
                 Method::POST,
                 &format!("/api/v1/tenants/{tenant}/models"),
                 key,
-                Some(json!({ "name": model, "task": "embedding" })),
+                Some(json!({ "name": model, "task": task })),
             )
             .await;
         assert_eq!(status, 201, "creating the model: {body}");

@@ -13,7 +13,6 @@ use super::openai::{SERVED_BY, Served, model_spec, parse_input};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::usage::Metered;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,15 +59,6 @@ async fn classifications(
         })))
     }
     .await;
-    state.usage.record(Metered {
-        tenant_id: &tenant.id,
-        key_id: &principal.key_id,
-        model: &served.model,
-        version: served.version,
-        ok: answer.is_ok(),
-        input_tokens: served.input_tokens,
-        output_tokens: 0,
-        latency: started.elapsed(),
-    });
+    served.record(&state, &principal, answer.is_ok(), started);
     answer
 }

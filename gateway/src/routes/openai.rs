@@ -116,16 +116,7 @@ async fn embeddings(
     let started = std::time::Instant::now();
     let mut served = Served { model: body.model.clone(), version: 0, input_tokens: 0 };
     let answer = embed(&state, tenant, body.into_inner(), &mut served).await;
-    state.usage.record(Metered {
-        tenant_id: &tenant.id,
-        key_id: &principal.key_id,
-        model: &served.model,
-        version: served.version,
-        ok: answer.is_ok(),
-        input_tokens: served.input_tokens,
-        output_tokens: 0,
-        latency: started.elapsed(),
-    });
+    served.record(&state, &principal, answer.is_ok(), started);
     answer
 }
 
@@ -134,6 +125,23 @@ pub(super) struct Served {
     pub model: String,
     pub version: i64,
     pub input_tokens: i64,
+}
+
+impl Served {
+    /// Meters a request that generated nothing (embeddings, classifications).
+    pub(super) fn record(&self, state: &AppState, principal: &Principal, ok: bool, started: std::time::Instant) {
+        let Ok(tenant) = principal.own_tenant(Role::Invoker) else { return };
+        state.usage.record(Metered {
+            tenant_id: &tenant.id,
+            key_id: &principal.key_id,
+            model: &self.model,
+            version: self.version,
+            ok,
+            input_tokens: self.input_tokens,
+            output_tokens: 0,
+            latency: started.elapsed(),
+        });
+    }
 }
 
 /// The version `requested` names in the caller's tenant, as a runner needs it (files with
