@@ -67,8 +67,21 @@ pub async fn validate(
     }
 
     let weights: Vec<&VersionFile> = files.iter().filter(|f| f.path.as_str().ends_with(".safetensors")).collect();
-    if weights.is_empty() {
-        problems.push(Problem::version("no *.safetensors weights file"));
+    let gguf: Vec<&VersionFile> = files.iter().filter(|f| f.path.as_str().ends_with(".gguf")).collect();
+    match (weights.is_empty(), gguf.len()) {
+        (true, 0) => problems.push(Problem::version("no weights: neither *.safetensors nor a *.gguf file")),
+        (false, 0) | (true, 1) => {}
+        _ => {
+            problems.push(Problem::version("weights come as *.safetensors or as one *.gguf file, not both or several"))
+        }
+    }
+    if !gguf.is_empty() && task != Task::Generation {
+        problems.push(Problem::version(format!("GGUF weights serve generation models, not {} ones", task.as_str())));
+    }
+    for f in gguf {
+        if let Err(message) = check_gguf(storage, tenant_id, &f.digest, f.size).await? {
+            problems.push(Problem::file(f.path.as_str(), message));
+        }
     }
     for f in weights {
         if let Err(message) = check_safetensors(storage, tenant_id, &f.digest, f.size).await? {
@@ -111,6 +124,23 @@ fn check_config(task: Task, bytes: &[u8]) -> Result<String, String> {
         return Err(format!("lacks positive integer field(s): {}", missing.join(", ")));
     }
     Ok(model_type.to_owned())
+}
+
+/// Reads only the first bytes: the GGUF magic and a format version this runner reads (2 or 3).
+async fn check_gguf(storage: &Storage, tenant_id: &str, digest: &Digest, size: u64) -> Result<Result<(), String>> {
+    if size < 24 {
+        return Ok(Err("is too short to be a GGUF file".into()));
+    }
+    let head = storage.read_blob_range(tenant_id, digest, 0..8).await?;
+    if &head[..4] != b"GGUF" {
+        return Ok(Err("is not a GGUF file (no GGUF magic)".into()));
+    }
+    let version = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    Ok(if matches!(version, 2 | 3) {
+        Ok(())
+    } else {
+        Err(format!("is GGUF version {version}; versions 2 and 3 are read"))
+    })
 }
 
 /// Reads only the header: length prefix, then the JSON table of tensors.

@@ -46,16 +46,27 @@ pub const WORDS: &[&str] = &[
 ];
 pub const CHAT_TEMPLATE: &str = "{% for m in messages %}<{{ m.role }}> {{ m.content }} {% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
 
-fn config_json() -> Value {
+/// The model's width: the default is as small as works; Q4_K needs rows of 256.
+#[derive(Clone, Copy)]
+pub struct Size {
+    pub hidden: usize,
+    pub intermediate: usize,
+}
+
+pub const TINY: Size = Size { hidden: 32, intermediate: 64 };
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+
+fn config_json(size: Size) -> Value {
     json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "hidden_size": 32,
-        "intermediate_size": 64,
+        "hidden_size": size.hidden,
+        "intermediate_size": size.intermediate,
         "vocab_size": SPECIAL.len() + WORDS.len(),
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
         "max_position_embeddings": 128,
@@ -82,16 +93,36 @@ fn tokenizer_json() -> Value {
 
 /// Writes the tiny model into `dir`: config, weights, tokenizer and its chat template.
 pub fn write(dir: &Path) {
+    write_sized(dir, TINY);
+}
+
+pub fn write_sized(dir: &Path, size: Size) {
     std::fs::create_dir_all(dir).expect("model folder");
-    let config: LlamaConfig = serde_json::from_value(config_json()).expect("a valid Llama config");
+    let config: LlamaConfig = serde_json::from_value(config_json(size)).expect("a valid Llama config");
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    Llama::load(vb, &config.into_config(false)).expect("random weights for every tensor");
+    Llama::load(vb, &config.into_config(false)).expect("a tensor for every weight");
+    // The same weights on every run (candle's CPU generator cannot be seeded), so figures such
+    // as the quantization error are stable: uniform, with a standard deviation of
+    // 1/sqrt(inputs), from a hash of the tensor's name and the element's index.
+    for (name, var) in varmap.data().lock().expect("the weights").iter() {
+        let Ok((rows, cols)) = var.dims2() else { continue };
+        let salt = name.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))) % 1000;
+        let scale = 3f64.sqrt() / (cols as f64).sqrt();
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                let x = ((i as f64 + salt as f64 * 7919.0) * 12.9898).sin() * 43_758.545_3;
+                ((x - x.floor()) * 2.0 - 1.0) * scale
+            })
+            .map(|v| v as f32)
+            .collect();
+        var.set(&Tensor::from_vec(values, (rows, cols), &Device::Cpu).expect("values")).expect("set");
+    }
     varmap.save(dir.join("model.safetensors")).expect("saving the weights");
     let write_json = |name: &str, v: Value| {
         std::fs::write(dir.join(name), serde_json::to_vec_pretty(&v).expect("json")).expect("writing")
     };
-    write_json("config.json", config_json());
+    write_json("config.json", config_json(size));
     write_json("tokenizer.json", tokenizer_json());
     write_json(
         "tokenizer_config.json",
@@ -124,4 +155,92 @@ pub fn greedy_without_kv_cache(dir: &Path, prompt: &str, max_tokens: usize) -> (
     let generated = &tokens[prompt_len..];
     let text = tokenizer.decode(generated, true).expect("decoded");
     (text, generated.len())
+}
+
+/// Writes `dir`'s weights to `out` as a GGUF file quantized to `dtype` (norms stay f32), with
+/// the tensor names, metadata and q/k row order of llama.cpp's converter.
+pub fn write_gguf(dir: &Path, out: &Path, dtype: candle_core::quantized::GgmlDType) {
+    use candle_core::quantized::{QTensor, gguf_file};
+    let config: Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).expect("config")).expect("json");
+    let hidden = config["hidden_size"].as_u64().expect("hidden") as usize;
+    let layers = config["num_hidden_layers"].as_u64().expect("layers") as usize;
+    let head_dim = hidden / HEADS;
+    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).expect("weights");
+    // llama.cpp stores q and k rows interleaved per head for its rotary embedding.
+    let permute = |t: &Tensor, heads: usize| {
+        let (rows, cols) = t.dims2().expect("2-D");
+        t.reshape((heads, 2, rows / heads / 2, cols))
+            .and_then(|t| t.transpose(1, 2))
+            .and_then(|t| t.reshape((rows, cols)))
+            .expect("permuted")
+    };
+    let mut named: Vec<(String, Tensor)> = vec![
+        ("token_embd.weight".into(), tensors["model.embed_tokens.weight"].clone()),
+        ("output_norm.weight".into(), tensors["model.norm.weight"].clone()),
+        ("output.weight".into(), tensors["lm_head.weight"].clone()),
+    ];
+    for i in 0..layers {
+        let hf = |name: &str| tensors[&format!("model.layers.{i}.{name}.weight")].clone();
+        for (gguf, tensor) in [
+            ("attn_q", permute(&hf("self_attn.q_proj"), HEADS)),
+            ("attn_k", permute(&hf("self_attn.k_proj"), KV_HEADS)),
+            ("attn_v", hf("self_attn.v_proj")),
+            ("attn_output", hf("self_attn.o_proj")),
+            ("ffn_gate", hf("mlp.gate_proj")),
+            ("ffn_down", hf("mlp.down_proj")),
+            ("ffn_up", hf("mlp.up_proj")),
+            ("attn_norm", hf("input_layernorm")),
+            ("ffn_norm", hf("post_attention_layernorm")),
+        ] {
+            named.push((format!("blk.{i}.{gguf}.weight"), tensor));
+        }
+    }
+    let quantized: Vec<(String, QTensor)> = named
+        .into_iter()
+        .map(|(name, t)| {
+            let kind = if t.rank() == 1 { candle_core::quantized::GgmlDType::F32 } else { dtype };
+            let q = QTensor::quantize(&t, kind).unwrap_or_else(|e| panic!("quantizing {name}: {e}"));
+            (name, q)
+        })
+        .collect();
+    let u32v = |n: usize| gguf_file::Value::U32(n as u32);
+    let metadata = [
+        ("general.architecture", gguf_file::Value::String("llama".into())),
+        ("llama.attention.head_count", u32v(HEADS)),
+        ("llama.attention.head_count_kv", u32v(KV_HEADS)),
+        ("llama.block_count", u32v(layers)),
+        ("llama.embedding_length", u32v(hidden)),
+        ("llama.rope.dimension_count", u32v(head_dim)),
+        ("llama.attention.layer_norm_rms_epsilon", gguf_file::Value::F32(1e-5)),
+        ("llama.rope.freq_base", gguf_file::Value::F32(10_000.0)),
+        ("llama.context_length", u32v(128)),
+    ];
+    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = quantized.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file = std::fs::File::create(out).expect("GGUF file");
+    gguf_file::write(&mut file, &metadata, &tensors).expect("GGUF written");
+}
+
+/// The last position's logits for `prompt`, from the f32 safetensors and from a GGUF file.
+pub fn logits_f32_and_gguf(dir: &Path, gguf: &Path, prompt: &str) -> (Vec<f32>, Vec<f32>) {
+    use candle_core::quantized::gguf_file;
+    use candle_transformers::models::quantized_llama::ModelWeights;
+    let device = Device::Cpu;
+    let config: LlamaConfig =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).expect("config")).expect("config");
+    let config = config.into_config(false);
+    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &device).expect("weights");
+    let model = Llama::load(VarBuilder::from_tensors(tensors, DType::F32, &device), &config).expect("model");
+    let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).expect("tokenizer");
+    let ids = tokenizer.encode(prompt, true).expect("encoded").get_ids().to_vec();
+    let input = Tensor::new(ids.as_slice(), &device).and_then(|t| t.unsqueeze(0)).expect("input");
+    let mut cache = Cache::new(true, DType::F32, &config, &device).expect("cache");
+    let full: Vec<f32> =
+        model.forward(&input, 0, &mut cache).and_then(|l| l.squeeze(0)).and_then(|l| l.to_vec1()).expect("logits");
+    let mut file = std::fs::File::open(gguf).expect("GGUF");
+    let content = gguf_file::Content::read(&mut file).expect("GGUF content");
+    let mut quantized = ModelWeights::from_gguf(content, &mut file, &device).expect("quantized model");
+    let q: Vec<f32> =
+        quantized.forward(&input, 0).and_then(|l| l.squeeze(0)).and_then(|l| l.to_vec1()).expect("logits");
+    (full, q)
 }

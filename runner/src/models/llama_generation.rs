@@ -1,11 +1,14 @@
-//! Text generation with Llama-family models from safetensors: a KV cache per request,
-//! sampling (temperature, top-p, top-k, seed, repetition penalty), stop sequences, and the
-//! chat template of `tokenizer_config.json`.
+//! Text generation with Llama-family models, from safetensors (f32) or from a quantized GGUF
+//! file (any of candle's quantizations: Q8_0, Q4_K, …): a KV cache per request, sampling
+//! (temperature, top-p, top-k, seed, repetition penalty), stop sequences, and the chat
+//! template of `tokenizer_config.json`.
 
+use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::llama::{Cache, Config, Llama, LlamaConfig, LlamaEosToks};
+use candle_transformers::models::quantized_llama::ModelWeights;
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
@@ -62,9 +65,16 @@ impl TokenText {
     }
 }
 
+/// The network: full-precision weights, or quantized ones that keep their own KV cache.
+enum Backbone {
+    Safetensors { model: Llama, config: Config },
+    Gguf { model: ModelWeights },
+}
+
 pub struct LlamaGenerator {
-    model: Llama,
-    config: Config,
+    backbone: Backbone,
+    /// Tokens the model can attend to (prompt and generated).
+    context: usize,
     tokenizer: Tokenizer,
     eos: Vec<u32>,
     template: Option<String>,
@@ -81,10 +91,30 @@ impl LlamaGenerator {
             None => Vec::new(),
         };
         let config = config.into_config(false);
-        let (tensors, bytes) = super::load_weights(files, device)?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        let model =
-            Llama::load(vb, &config).map_err(|e| files.invalid(format!("weights do not fit the config: {e}")))?;
+        let gguf = files.paths.iter().find(|(p, _)| p.ends_with(".gguf") && !p.contains('/')).map(|(_, l)| l.clone());
+        let (backbone, context, bytes) = match gguf {
+            Some(path) => {
+                let mut file = std::fs::File::open(&path)?;
+                let content = gguf_file::Content::read(&mut file).map_err(|e| files.invalid(format!("GGUF: {e}")))?;
+                let context = match content.metadata.get("llama.context_length") {
+                    Some(v) => v.to_u32().map(|n| n as usize).unwrap_or(config.max_position_embeddings),
+                    None => config.max_position_embeddings,
+                };
+                // Quantized tensors stay as stored; the token embeddings are expanded to f32.
+                let bytes = std::fs::metadata(&path)?.len() + (config.vocab_size * config.hidden_size * 4) as u64;
+                let model = ModelWeights::from_gguf(content, &mut file, device)
+                    .map_err(|e| files.invalid(format!("GGUF weights: {e}")))?;
+                (Backbone::Gguf { model }, context, bytes)
+            }
+            None => {
+                let (tensors, bytes) = super::load_weights(files, device)?;
+                let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+                let model = Llama::load(vb, &config)
+                    .map_err(|e| files.invalid(format!("weights do not fit the config: {e}")))?;
+                let context = config.max_position_embeddings;
+                (Backbone::Safetensors { model, config }, context, bytes)
+            }
+        };
         let tokenizer = Tokenizer::from_file(files.require("tokenizer.json")?)
             .map_err(|e| files.invalid(format!("tokenizer.json: {e}")))?;
         let tokenizer_config: TokenizerConfig = match files.get("tokenizer_config.json") {
@@ -93,8 +123,8 @@ impl LlamaGenerator {
         };
         let text = |t: &Option<TokenText>| t.as_ref().map(|t| t.text().to_owned()).unwrap_or_default();
         let generator = Self {
-            model,
-            config,
+            backbone,
+            context,
             tokenizer,
             eos,
             template: tokenizer_config.chat_template.clone(),
@@ -150,14 +180,20 @@ impl LlamaGenerator {
         if prompt_tokens == 0 {
             return Err(Error::InvalidRequest("the prompt is empty".into()));
         }
-        if prompt_tokens + params.max_tokens > self.config.max_position_embeddings {
+        if prompt_tokens + params.max_tokens > self.context {
             return Err(Error::InvalidRequest(format!(
                 "the prompt ({prompt_tokens} tokens) and max_tokens ({}) exceed the model's context of {} tokens",
-                params.max_tokens, self.config.max_position_embeddings
+                params.max_tokens, self.context
             )));
         }
         let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling(params));
-        let mut cache = Cache::new(true, DType::F32, &self.config, &self.device).map_err(inference)?;
+        // A fresh KV cache per generation (a quantized model resets its own at position 0).
+        let mut cache = match &self.backbone {
+            Backbone::Safetensors { config, .. } => {
+                Some(Cache::new(true, DType::F32, config, &self.device).map_err(inference)?)
+            }
+            Backbone::Gguf { .. } => None,
+        };
         let mut text = TextOut::new(&params.stop);
         let (mut index_pos, mut generated) = (0, 0usize);
         let counts = |generated: usize| {
@@ -169,8 +205,13 @@ impl LlamaGenerator {
             }
             let context = &tokens[index_pos..];
             let input = Tensor::new(context, &self.device).and_then(|t| t.unsqueeze(0)).map_err(inference)?;
-            let logits =
-                self.model.forward(&input, index_pos, &mut cache).and_then(|l| l.squeeze(0)).map_err(inference)?;
+            let logits = match (&mut self.backbone, cache.as_mut()) {
+                (Backbone::Safetensors { model, .. }, Some(cache)) => model.forward(&input, index_pos, cache),
+                (Backbone::Gguf { model }, _) => model.forward(&input, index_pos),
+                (Backbone::Safetensors { .. }, None) => Err(candle_core::Error::Msg("no KV cache (a bug)".into())),
+            }
+            .and_then(|l| l.squeeze(0))
+            .map_err(inference)?;
             index_pos += context.len();
             let logits = match params.repetition_penalty {
                 Some(penalty) if penalty != 1.0 => {
