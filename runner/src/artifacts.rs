@@ -1,4 +1,8 @@
-//! The artifact disk cache: files by sha256 under `<dir>/sha256/<hex>`, verified on download.
+//! The artifact disk cache: files by sha256 under `<dir>/sha256/<hex>`. A file is verified
+//! when it is downloaded and again each time a model is loaded from it (a corrupt copy is
+//! deleted and fetched anew). The cache is bounded in size: after a download, the least
+//! recently used files (by modification time, which a use refreshes, so the order survives
+//! a restart) are deleted until it fits, sparing the files of the model being loaded.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,13 +19,52 @@ use proto::v1::ModelFile;
 pub struct ArtifactCache {
     dir: PathBuf,
     store: Arc<dyn ObjectStore>,
+    max_bytes: u64,
 }
 
 impl ArtifactCache {
-    pub fn new(dir: PathBuf, store: Arc<dyn ObjectStore>) -> Result<Self> {
+    pub fn new(dir: PathBuf, store: Arc<dyn ObjectStore>, max_bytes: u64) -> Result<Self> {
         std::fs::create_dir_all(dir.join("sha256"))?;
         std::fs::create_dir_all(dir.join("partial"))?;
-        Ok(Self { dir, store })
+        Ok(Self { dir, store, max_bytes })
+    }
+
+    /// The local paths of a model's files, fetched as needed, then the cache trimmed to its
+    /// size bound without touching them.
+    pub async fn fetch_all(&self, model: &str, files: &[ModelFile]) -> Result<Vec<PathBuf>> {
+        let mut paths = Vec::with_capacity(files.len());
+        for file in files {
+            paths.push(self.fetch(model, file).await?);
+        }
+        self.trim(&paths).await?;
+        Ok(paths)
+    }
+
+    /// Deletes least recently used files until the cache fits `max_bytes`, sparing `keep`.
+    async fn trim(&self, keep: &[PathBuf]) -> Result<()> {
+        let mut entries = Vec::new();
+        let mut listing = tokio::fs::read_dir(self.dir.join("sha256")).await?;
+        while let Some(entry) = listing.next_entry().await? {
+            let meta = entry.metadata().await?;
+            entries.push((meta.modified()?, meta.len(), entry.path()));
+        }
+        let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
+        entries.sort();
+        for (_, len, path) in entries {
+            if total <= self.max_bytes {
+                break;
+            }
+            if keep.contains(&path) {
+                continue;
+            }
+            tracing::info!(file = %path.display(), bytes = len, "evicting a file from the artifact cache");
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => total -= len,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => total -= len,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// The local path of `file`, downloading and verifying it first if needed.
@@ -32,7 +75,14 @@ impl ArtifactCache {
         }
         let target = self.dir.join("sha256").join(&digest);
         if tokio::fs::try_exists(&target).await? {
-            return Ok(target);
+            if sha256_of(&target).await? == digest {
+                // A use makes it the most recently used (its modification time is the LRU order).
+                let file = std::fs::File::options().append(true).open(&target)?;
+                file.set_modified(std::time::SystemTime::now())?;
+                return Ok(target);
+            }
+            tracing::warn!(model, file = %file.path, "a cached file does not match its sha256; fetching it again");
+            tokio::fs::remove_file(&target).await?;
         }
         // Download under a unique name, verify, then rename into place: readers never see partial files.
         let partial = self.dir.join("partial").join(format!("{digest}.{}", std::process::id()) + &unique_suffix());
@@ -73,6 +123,26 @@ impl ArtifactCache {
         }
         Ok(())
     }
+}
+
+/// The sha256 of a local file, in hex, read on a blocking thread.
+async fn sha256_of(path: &Path) -> Result<String> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                return Ok(hex::encode(hasher.finalize()));
+            }
+            hasher.update(&buf[..n]);
+        }
+    })
+    .await
+    .map_err(|e| Error::Io(std::io::Error::other(e)))?
 }
 
 fn unique_suffix() -> String {

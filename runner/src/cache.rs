@@ -50,10 +50,8 @@ impl ModelCache {
 
     async fn load(&self, spec: &ModelSpec) -> Result<Arc<ModelWorker>> {
         self.loads.fetch_add(1, Ordering::Relaxed);
-        let mut paths = std::collections::HashMap::new();
-        for file in &spec.files {
-            paths.insert(file.path.clone(), self.artifacts.fetch(&spec.display_name, file).await?);
-        }
+        let local = self.artifacts.fetch_all(&spec.display_name, &spec.files).await?;
+        let paths = spec.files.iter().map(|f| f.path.clone()).zip(local).collect();
         let files = ModelFiles { model: spec.display_name.clone(), paths };
         let worker =
             ModelWorker::start(spec.display_name.clone(), spec.task.clone(), files, self.device.clone(), self.limits)

@@ -33,6 +33,8 @@ pub struct RunnerConfig {
     pub listen: SocketAddr,
     /// Where downloaded model files are kept, by sha256 (default: `<data_dir>/artifacts`).
     pub cache_dir: Option<PathBuf>,
+    /// Bytes the artifact cache may keep; least recently used files go first.
+    pub cache_max_bytes: u64,
     /// Memory the loaded models may take together.
     pub memory_budget_mib: u64,
     /// Requests waiting per model before new ones are refused with RESOURCE_EXHAUSTED.
@@ -46,6 +48,7 @@ impl Default for RunnerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             cache_dir: None,
+            cache_max_bytes: 50 * 1024 * 1024 * 1024,
             memory_budget_mib: 4096,
             queue_depth: 64,
             max_batch_inputs: 256,
@@ -63,7 +66,7 @@ impl Runner {
     /// `store` is the object store the gateway's object paths point into; `cache_dir`
     /// is where fetched files are kept (the config's, resolved by the caller).
     pub fn new(config: &RunnerConfig, cache_dir: PathBuf, store: Arc<dyn ObjectStore>) -> Result<Self, Error> {
-        let artifacts = artifacts::ArtifactCache::new(cache_dir, store)?;
+        let artifacts = artifacts::ArtifactCache::new(cache_dir, store, config.cache_max_bytes)?;
         let device = device();
         tracing::info!(device = ?device, memory_budget_mib = config.memory_budget_mib, "runner ready");
         let limits = worker::BatchLimits {

@@ -2,6 +2,7 @@
 //! `MODELGATE_TEST_POSTGRES_URL` is set), real object stores (local folder always; S3 and
 //! Azure Blob when their variables are set) and real candle models.
 
+mod artifacts;
 mod authz_matrix;
 mod bad_input;
 mod classification;
