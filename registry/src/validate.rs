@@ -15,8 +15,12 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 const MAX_TOKENIZER_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Architectures a runner family serves, by task, keyed by the config's `model_type`.
-const SUPPORTED: &[(Task, &str)] =
-    &[(Task::Embedding, "bert"), (Task::Generation, "llama"), (Task::Classification, "bert")];
+const SUPPORTED: &[(Task, &str)] = &[
+    (Task::Embedding, "bert"),
+    (Task::Generation, "llama"),
+    (Task::Generation, "qwen2"),
+    (Task::Classification, "bert"),
+];
 
 /// Checks a version's files and returns the architecture it runs as, or every problem found.
 /// Storage failures are returned as errors, not as problems of the version.

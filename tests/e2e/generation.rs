@@ -225,3 +225,24 @@ async fn quantized_gguf_models_stay_close_to_f32_and_generate_through_the_gatewa
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_qwen2_model_generates_like_its_reference() {
+    let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    let admin = app.tenant("acme").await;
+    let dir = app.dir.path().join("tiny-qwen2");
+    tiny_llama::write_qwen2(&dir);
+    app.upload_task_model(&admin, "acme", "qwen", "generation", &dir).await;
+    let key = app.key("acme", "invoker", &admin).await;
+    let prompt = "the dog ran away and";
+    let body = json!({"model": "qwen", "prompt": prompt, "max_tokens": 10, "temperature": 0});
+    let (status, answer) = app.call(Method::POST, "/v1/completions", &key, Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    let reference = tiny_llama::qwen2_greedy_without_kv_cache(&dir, prompt, 10);
+    assert_eq!(answer["choices"][0]["text"], reference.as_str(), "the KV-cached generation equals full recomputation");
+    // A second call starts from a clean cache.
+    let body = json!({"model": "qwen", "prompt": prompt, "max_tokens": 10, "temperature": 0});
+    let (_, again) = app.call(Method::POST, "/v1/completions", &key, Some(body)).await;
+    assert_eq!(again["choices"][0]["text"], answer["choices"][0]["text"]);
+    app.stop().await;
+}

@@ -102,22 +102,7 @@ pub fn write_sized(dir: &Path, size: Size) {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     Llama::load(vb, &config.into_config(false)).expect("a tensor for every weight");
-    // The same weights on every run (candle's CPU generator cannot be seeded), so figures such
-    // as the quantization error are stable: uniform, with a standard deviation of
-    // 1/sqrt(inputs), from a hash of the tensor's name and the element's index.
-    for (name, var) in varmap.data().lock().expect("the weights").iter() {
-        let Ok((rows, cols)) = var.dims2() else { continue };
-        let salt = name.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))) % 1000;
-        let scale = 3f64.sqrt() / (cols as f64).sqrt();
-        let values: Vec<f32> = (0..rows * cols)
-            .map(|i| {
-                let x = ((i as f64 + salt as f64 * 7919.0) * 12.9898).sin() * 43_758.545_3;
-                ((x - x.floor()) * 2.0 - 1.0) * scale
-            })
-            .map(|v| v as f32)
-            .collect();
-        var.set(&Tensor::from_vec(values, (rows, cols), &Device::Cpu).expect("values")).expect("set");
-    }
+    fill_deterministic(&varmap);
     varmap.save(dir.join("model.safetensors")).expect("saving the weights");
     let write_json = |name: &str, v: Value| {
         std::fs::write(dir.join(name), serde_json::to_vec_pretty(&v).expect("json")).expect("writing")
@@ -243,4 +228,89 @@ pub fn logits_f32_and_gguf(dir: &Path, gguf: &Path, prompt: &str) -> (Vec<f32>, 
     let q: Vec<f32> =
         quantized.forward(&input, 0).and_then(|l| l.squeeze(0)).and_then(|l| l.to_vec1()).expect("logits");
     (full, q)
+}
+
+/// Replaces every matrix of `varmap` with the same values on every run (candle's CPU
+/// generator cannot be seeded), so figures such as a quantization error are stable: uniform,
+/// with a standard deviation of 1/sqrt(inputs), from a hash of the tensor's name and the
+/// element's index.
+fn fill_deterministic(varmap: &VarMap) {
+    for (name, var) in varmap.data().lock().expect("the weights").iter() {
+        let Ok((rows, cols)) = var.dims2() else { continue };
+        let salt = name.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))) % 1000;
+        let scale = 3f64.sqrt() / (cols as f64).sqrt();
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                let x = ((i as f64 + salt as f64 * 7919.0) * 12.9898).sin() * 43_758.545_3;
+                ((x - x.floor()) * 2.0 - 1.0) * scale
+            })
+            .map(|v| v as f32)
+            .collect();
+        var.set(&Tensor::from_vec(values, (rows, cols), &Device::Cpu).expect("values")).expect("set");
+    }
+}
+
+fn qwen2_config_json() -> Value {
+    json!({
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "vocab_size": SPECIAL.len() + WORDS.len(),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "max_position_embeddings": 128,
+        "sliding_window": 128,
+        "max_window_layers": 2,
+        "tie_word_embeddings": false,
+        "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-6,
+        "use_sliding_window": false,
+        "hidden_act": "silu",
+        "bos_token_id": 1,
+        "eos_token_id": 2
+    })
+}
+
+/// Writes a tiny Qwen2 (same tokenizer and template as the Llama) into `dir`.
+pub fn write_qwen2(dir: &Path) {
+    use candle_transformers::models::qwen2;
+    std::fs::create_dir_all(dir).expect("model folder");
+    let config: qwen2::Config = serde_json::from_value(qwen2_config_json()).expect("a valid Qwen2 config");
+    let varmap = VarMap::new();
+    qwen2::ModelForCausalLM::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))
+        .expect("a tensor for every weight");
+    fill_deterministic(&varmap);
+    varmap.save(dir.join("model.safetensors")).expect("saving the weights");
+    let write_json = |name: &str, v: Value| {
+        std::fs::write(dir.join(name), serde_json::to_vec_pretty(&v).expect("json")).expect("writing")
+    };
+    write_json("config.json", qwen2_config_json());
+    write_json("tokenizer.json", tokenizer_json());
+    write_json("tokenizer_config.json", json!({"chat_template": CHAT_TEMPLATE, "eos_token": "</s>"}));
+}
+
+/// Greedy Qwen2 generation recomputing the whole sequence at every step.
+pub fn qwen2_greedy_without_kv_cache(dir: &Path, prompt: &str, max_tokens: usize) -> String {
+    use candle_transformers::models::qwen2;
+    let config: qwen2::Config =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).expect("config")).expect("config");
+    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).expect("weights");
+    let mut model = qwen2::ModelForCausalLM::new(&config, VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
+        .expect("model");
+    let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).expect("tokenizer");
+    let mut tokens = tokenizer.encode(prompt, true).expect("encoded").get_ids().to_vec();
+    let prompt_len = tokens.len();
+    for _ in 0..max_tokens {
+        model.clear_kv_cache();
+        let input = Tensor::new(tokens.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).expect("input");
+        let logits = model.forward(&input, 0).and_then(|l| l.flatten_all()).expect("logits");
+        let next = logits.argmax(0).and_then(|t| t.to_scalar::<u32>()).expect("argmax");
+        tokens.push(next);
+        if next == 2 {
+            break;
+        }
+    }
+    tokenizer.decode(&tokens[prompt_len..], true).expect("decoded")
 }

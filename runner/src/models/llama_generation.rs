@@ -9,6 +9,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::llama::{Cache, Config, Llama, LlamaConfig, LlamaEosToks};
 use candle_transformers::models::quantized_llama::ModelWeights;
+use candle_transformers::models::qwen2;
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
@@ -65,10 +66,12 @@ impl TokenText {
     }
 }
 
-/// The network: full-precision weights, or quantized ones that keep their own KV cache.
+/// The network: Llama with full-precision weights, Llama quantized (which keeps its own KV
+/// cache), or Qwen2 (which keeps its own too).
 enum Backbone {
     Safetensors { model: Llama, config: Config },
     Gguf { model: ModelWeights },
+    Qwen2 { model: Box<qwen2::ModelForCausalLM> },
 }
 
 pub struct LlamaGenerator {
@@ -115,6 +118,37 @@ impl LlamaGenerator {
                 (Backbone::Safetensors { model, config }, context, bytes)
             }
         };
+        Self::assemble(backbone, context, eos, files, device).map(|g| (g, bytes))
+    }
+
+    /// A Qwen2-family model from safetensors; it keeps its own KV cache, cleared for each
+    /// generation.
+    pub fn load_qwen2(config: qwen2::Config, files: &ModelFiles, device: &Device) -> Result<(Self, u64)> {
+        #[derive(Deserialize)]
+        struct Eos {
+            eos_token_id: Option<LlamaEosToks>,
+        }
+        let eos = match files.read_json::<Eos>("config.json")?.eos_token_id {
+            Some(LlamaEosToks::Single(id)) => vec![id],
+            Some(LlamaEosToks::Multiple(ids)) => ids,
+            None => Vec::new(),
+        };
+        let (tensors, bytes) = super::load_weights(files, device)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let model = qwen2::ModelForCausalLM::new(&config, vb)
+            .map_err(|e| files.invalid(format!("weights do not fit the config: {e}")))?;
+        let backbone = Backbone::Qwen2 { model: Box::new(model) };
+        Self::assemble(backbone, config.max_position_embeddings, eos, files, device).map(|g| (g, bytes))
+    }
+
+    /// The parts every family shares: tokenizer, chat template, special tokens.
+    fn assemble(
+        backbone: Backbone,
+        context: usize,
+        eos: Vec<u32>,
+        files: &ModelFiles,
+        device: &Device,
+    ) -> Result<Self> {
         let tokenizer = Tokenizer::from_file(files.require("tokenizer.json")?)
             .map_err(|e| files.invalid(format!("tokenizer.json: {e}")))?;
         let tokenizer_config: TokenizerConfig = match files.get("tokenizer_config.json") {
@@ -132,7 +166,7 @@ impl LlamaGenerator {
             eos_text: text(&tokenizer_config.eos_token),
             device: device.clone(),
         };
-        Ok((generator, bytes))
+        Ok(generator)
     }
 
     /// The prompt text: the prompt as given, or the messages through the chat template (or,
@@ -188,11 +222,15 @@ impl LlamaGenerator {
         }
         let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling(params));
         // A fresh KV cache per generation (a quantized model resets its own at position 0).
-        let mut cache = match &self.backbone {
+        let mut cache = match &mut self.backbone {
             Backbone::Safetensors { config, .. } => {
                 Some(Cache::new(true, DType::F32, config, &self.device).map_err(inference)?)
             }
             Backbone::Gguf { .. } => None,
+            Backbone::Qwen2 { model } => {
+                model.clear_kv_cache();
+                None
+            }
         };
         let mut text = TextOut::new(&params.stop);
         let (mut index_pos, mut generated) = (0, 0usize);
@@ -208,6 +246,8 @@ impl LlamaGenerator {
             let logits = match (&mut self.backbone, cache.as_mut()) {
                 (Backbone::Safetensors { model, .. }, Some(cache)) => model.forward(&input, index_pos, cache),
                 (Backbone::Gguf { model }, _) => model.forward(&input, index_pos),
+                // (batch, 1, vocab): the last position's logits.
+                (Backbone::Qwen2 { model }, _) => model.forward(&input, index_pos).and_then(|l| l.squeeze(1)),
                 (Backbone::Safetensors { .. }, None) => Err(candle_core::Error::Msg("no KV cache (a bug)".into())),
             }
             .and_then(|l| l.squeeze(0))

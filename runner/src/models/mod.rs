@@ -47,6 +47,7 @@ impl ModelFiles {
 enum ModelConfig {
     Bert(candle_transformers::models::bert::Config),
     Llama(candle_transformers::models::llama::LlamaConfig),
+    Qwen2(candle_transformers::models::qwen2::Config),
 }
 
 /// What a request needs from a loaded model.
@@ -78,6 +79,10 @@ impl LoadedModel {
             }
             ("generation", ModelConfig::Llama(config)) => {
                 let (model, bytes) = LlamaGenerator::load(config, files, device)?;
+                Ok((LoadedModel::LlamaGeneration(Box::new(model)), bytes))
+            }
+            ("generation", ModelConfig::Qwen2(config)) => {
+                let (model, bytes) = LlamaGenerator::load_qwen2(config, files, device)?;
                 Ok((LoadedModel::LlamaGeneration(Box::new(model)), bytes))
             }
             (task, _) => Err(files.invalid(format!("no model family serves task {task:?} for this architecture"))),
