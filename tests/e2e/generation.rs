@@ -244,5 +244,24 @@ async fn a_qwen2_model_generates_like_its_reference() {
     let body = json!({"model": "qwen", "prompt": prompt, "max_tokens": 10, "temperature": 0});
     let (_, again) = app.call(Method::POST, "/v1/completions", &key, Some(body)).await;
     assert_eq!(again["choices"][0]["text"], answer["choices"][0]["text"]);
+
+    // The same model as GGUF: unquantized it generates exactly the same; as Q8_0 it generates.
+    for (name, dtype) in
+        [("qwen-f32", candle_core::quantized::GgmlDType::F32), ("qwen-q8", candle_core::quantized::GgmlDType::Q8_0)]
+    {
+        let gguf = app.dir.path().join(name);
+        std::fs::create_dir_all(&gguf).expect("folder");
+        tiny_llama::write_qwen2_gguf(&dir, &gguf.join("model.gguf"), dtype);
+        for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(dir.join(file), gguf.join(file)).expect("copied");
+        }
+        app.upload_task_model(&admin, "acme", name, "generation", &gguf).await;
+        let body = json!({"model": name, "prompt": prompt, "max_tokens": 10, "temperature": 0});
+        let (status, quantized) = app.call(Method::POST, "/v1/completions", &key, Some(body)).await;
+        assert_eq!(status, 200, "{name}: {quantized}");
+        if name == "qwen-f32" {
+            assert_eq!(quantized["choices"][0]["text"], reference.as_str(), "GGUF Qwen2 reads the same weights");
+        }
+    }
     app.stop().await;
 }

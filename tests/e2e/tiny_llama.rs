@@ -314,3 +314,55 @@ pub fn qwen2_greedy_without_kv_cache(dir: &Path, prompt: &str, max_tokens: usize
     }
     tokenizer.decode(&tokens[prompt_len..], true).expect("decoded")
 }
+
+/// Writes the tiny Qwen2 of `dir` to `out` as GGUF (`dtype` for matrices; norms and biases
+/// stay f32), named as llama.cpp names Qwen2 tensors (no q/k reordering: Qwen2's rotary
+/// embedding is the half-split one).
+pub fn write_qwen2_gguf(dir: &Path, out: &Path, dtype: candle_core::quantized::GgmlDType) {
+    use candle_core::quantized::{QTensor, gguf_file};
+    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).expect("weights");
+    let mut named: Vec<(String, &Tensor)> = vec![
+        ("token_embd.weight".into(), &tensors["model.embed_tokens.weight"]),
+        ("output_norm.weight".into(), &tensors["model.norm.weight"]),
+    ];
+    for i in 0..2 {
+        for (gguf, hf) in [
+            ("attn_q.weight", "self_attn.q_proj.weight"),
+            ("attn_q.bias", "self_attn.q_proj.bias"),
+            ("attn_k.weight", "self_attn.k_proj.weight"),
+            ("attn_k.bias", "self_attn.k_proj.bias"),
+            ("attn_v.weight", "self_attn.v_proj.weight"),
+            ("attn_v.bias", "self_attn.v_proj.bias"),
+            ("attn_output.weight", "self_attn.o_proj.weight"),
+            ("ffn_gate.weight", "mlp.gate_proj.weight"),
+            ("ffn_down.weight", "mlp.down_proj.weight"),
+            ("ffn_up.weight", "mlp.up_proj.weight"),
+            ("attn_norm.weight", "input_layernorm.weight"),
+            ("ffn_norm.weight", "post_attention_layernorm.weight"),
+        ] {
+            named.push((format!("blk.{i}.{gguf}"), &tensors[&format!("model.layers.{i}.{hf}")]));
+        }
+    }
+    let quantized: Vec<(String, QTensor)> = named
+        .into_iter()
+        .map(|(name, t)| {
+            let kind = if t.rank() == 1 { candle_core::quantized::GgmlDType::F32 } else { dtype };
+            (name, QTensor::quantize(t, kind).expect("quantized"))
+        })
+        .collect();
+    let u32v = |n: usize| gguf_file::Value::U32(n as u32);
+    let metadata = [
+        ("general.architecture", gguf_file::Value::String("qwen2".into())),
+        ("qwen2.attention.head_count", u32v(HEADS)),
+        ("qwen2.attention.head_count_kv", u32v(KV_HEADS)),
+        ("qwen2.block_count", u32v(2)),
+        ("qwen2.embedding_length", u32v(32)),
+        ("qwen2.context_length", u32v(128)),
+        ("qwen2.attention.layer_norm_rms_epsilon", gguf_file::Value::F32(1e-6)),
+        ("qwen2.rope.freq_base", gguf_file::Value::F32(10_000.0)),
+    ];
+    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = quantized.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file = std::fs::File::create(out).expect("GGUF file");
+    gguf_file::write(&mut file, &metadata, &tensors).expect("GGUF written");
+}

@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::llama::{Cache, Config, Llama, LlamaConfig, LlamaEosToks};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use candle_transformers::models::qwen2;
+use candle_transformers::models::{quantized_qwen2, qwen2};
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
@@ -66,12 +66,14 @@ impl TokenText {
     }
 }
 
-/// The network: Llama with full-precision weights, Llama quantized (which keeps its own KV
-/// cache), or Qwen2 (which keeps its own too).
+/// The network: Llama or Qwen2, with full-precision weights or quantized ones (all but the
+/// full-precision Llama keep their own KV cache, which a generation starting at position 0
+/// resets or clears).
 enum Backbone {
     Safetensors { model: Llama, config: Config },
     Gguf { model: ModelWeights },
     Qwen2 { model: Box<qwen2::ModelForCausalLM> },
+    GgufQwen2 { model: Box<quantized_qwen2::ModelWeights> },
 }
 
 pub struct LlamaGenerator {
@@ -94,17 +96,11 @@ impl LlamaGenerator {
             None => Vec::new(),
         };
         let config = config.into_config(false);
-        let gguf = files.paths.iter().find(|(p, _)| p.ends_with(".gguf") && !p.contains('/')).map(|(_, l)| l.clone());
-        let (backbone, context, bytes) = match gguf {
+        let (backbone, context, bytes) = match gguf_file_of(files) {
             Some(path) => {
-                let mut file = std::fs::File::open(&path)?;
-                let content = gguf_file::Content::read(&mut file).map_err(|e| files.invalid(format!("GGUF: {e}")))?;
-                let context = match content.metadata.get("llama.context_length") {
-                    Some(v) => v.to_u32().map(|n| n as usize).unwrap_or(config.max_position_embeddings),
-                    None => config.max_position_embeddings,
-                };
-                // Quantized tensors stay as stored; the token embeddings are expanded to f32.
-                let bytes = std::fs::metadata(&path)?.len() + (config.vocab_size * config.hidden_size * 4) as u64;
+                let (content, mut file, bytes) =
+                    open_gguf(&path, files, embedding_bytes(config.vocab_size, config.hidden_size))?;
+                let context = gguf_context(&content, "llama.context_length", config.max_position_embeddings);
                 let model = ModelWeights::from_gguf(content, &mut file, device)
                     .map_err(|e| files.invalid(format!("GGUF weights: {e}")))?;
                 (Backbone::Gguf { model }, context, bytes)
@@ -133,6 +129,15 @@ impl LlamaGenerator {
             Some(LlamaEosToks::Multiple(ids)) => ids,
             None => Vec::new(),
         };
+        if let Some(path) = gguf_file_of(files) {
+            let (content, mut file, bytes) =
+                open_gguf(&path, files, embedding_bytes(config.vocab_size, config.hidden_size))?;
+            let context = gguf_context(&content, "qwen2.context_length", config.max_position_embeddings);
+            let model = quantized_qwen2::ModelWeights::from_gguf(content, &mut file, device)
+                .map_err(|e| files.invalid(format!("GGUF weights: {e}")))?;
+            let backbone = Backbone::GgufQwen2 { model: Box::new(model) };
+            return Self::assemble(backbone, context, eos, files, device).map(|g| (g, bytes));
+        }
         let (tensors, bytes) = super::load_weights(files, device)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         let model = qwen2::ModelForCausalLM::new(&config, vb)
@@ -231,6 +236,7 @@ impl LlamaGenerator {
                 model.clear_kv_cache();
                 None
             }
+            Backbone::GgufQwen2 { .. } => None,
         };
         let mut text = TextOut::new(&params.stop);
         let (mut index_pos, mut generated) = (0, 0usize);
@@ -248,6 +254,7 @@ impl LlamaGenerator {
                 (Backbone::Gguf { model }, _) => model.forward(&input, index_pos),
                 // (batch, 1, vocab): the last position's logits.
                 (Backbone::Qwen2 { model }, _) => model.forward(&input, index_pos).and_then(|l| l.squeeze(1)),
+                (Backbone::GgufQwen2 { model }, _) => model.forward(&input, index_pos),
                 (Backbone::Safetensors { .. }, None) => Err(candle_core::Error::Msg("no KV cache (a bug)".into())),
             }
             .and_then(|l| l.squeeze(0))
@@ -283,6 +290,34 @@ impl LlamaGenerator {
         emit(Piece { text: text.rest(), finish_reason: Some(finish), prompt_tokens: p, completion_tokens: c });
         Ok(())
     }
+}
+
+/// The version's GGUF weights file, if it has one.
+fn gguf_file_of(files: &ModelFiles) -> Option<std::path::PathBuf> {
+    files.paths.iter().find(|(p, _)| p.ends_with(".gguf") && !p.contains('/')).map(|(_, l)| l.clone())
+}
+
+/// Bytes of the token embeddings once expanded to f32 (quantized models keep every other
+/// tensor as stored).
+fn embedding_bytes(vocab: usize, hidden: usize) -> u64 {
+    (vocab * hidden * 4) as u64
+}
+
+/// A GGUF file's header and the file positioned for its tensors, with the bytes the model
+/// will take: the file's size plus the expanded embeddings.
+fn open_gguf(
+    path: &std::path::Path,
+    files: &ModelFiles,
+    embeddings: u64,
+) -> Result<(gguf_file::Content, std::fs::File, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let content = gguf_file::Content::read(&mut file).map_err(|e| files.invalid(format!("GGUF: {e}")))?;
+    let bytes = std::fs::metadata(path)?.len() + embeddings;
+    Ok((content, file, bytes))
+}
+
+fn gguf_context(content: &gguf_file::Content, key: &str, default: usize) -> usize {
+    content.metadata.get(key).and_then(|v| v.to_u32().ok()).map_or(default, |n| n as usize)
 }
 
 fn sampling(params: &GenerateParams) -> Sampling {
