@@ -20,7 +20,12 @@ const SUPPORTED: &[(Task, &str)] = &[
     (Task::Generation, "llama"),
     (Task::Generation, "qwen2"),
     (Task::Classification, "bert"),
+    (Task::Classification, LSTM),
 ];
+
+/// The LSTM classifier's own format (see runner/src/models/lstm_classifier.rs): its words
+/// come from `vocab.json`, not a tokenizers file.
+const LSTM: &str = "lstm_classifier";
 
 /// Checks a version's files and returns the architecture it runs as, or every problem found.
 /// Storage failures are returned as errors, not as problems of the version.
@@ -49,7 +54,25 @@ pub async fn validate(
         }
     }
 
-    if task.is_text() {
+    if architecture.as_deref() == Some(LSTM) {
+        match find("vocab.json") {
+            None => problems.push(Problem::version("vocab.json is missing; the LSTM classifier maps words by it")),
+            Some(f) if f.size > MAX_TOKENIZER_BYTES => problems.push(Problem::file(
+                "vocab.json",
+                format!("is {} bytes; at most {MAX_TOKENIZER_BYTES} allowed", f.size),
+            )),
+            Some(f) => {
+                let bytes = storage.read_blob_range(tenant_id, &f.digest, 0..f.size).await?;
+                let ok = serde_json::from_slice::<Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v.as_object().map(|o| o.values().all(Value::is_u64)))
+                    .unwrap_or(false);
+                if !ok {
+                    problems.push(Problem::file("vocab.json", "must be a JSON object of words to integer ids"));
+                }
+            }
+        }
+    } else if task.is_text() {
         match find("tokenizer.json") {
             None => problems
                 .push(Problem::version(format!("tokenizer.json is missing; {} models take text", task.as_str()))),
@@ -113,17 +136,20 @@ fn check_config(task: Task, bytes: &[u8]) -> Result<String, String> {
             supported.join(", ")
         ));
     }
-    let missing: Vec<&str> = [
-        "hidden_size",
-        "num_attention_heads",
-        "num_hidden_layers",
-        "intermediate_size",
-        "vocab_size",
-        "max_position_embeddings",
-    ]
-    .into_iter()
-    .filter(|k| config.get(*k).and_then(Value::as_u64).is_none_or(|n| n == 0))
-    .collect();
+    let required: &[&str] = if model_type == LSTM {
+        &["vocab_size", "embedding_dim", "hidden_dim", "max_length"]
+    } else {
+        &[
+            "hidden_size",
+            "num_attention_heads",
+            "num_hidden_layers",
+            "intermediate_size",
+            "vocab_size",
+            "max_position_embeddings",
+        ]
+    };
+    let missing: Vec<&str> =
+        required.iter().copied().filter(|k| config.get(*k).and_then(Value::as_u64).is_none_or(|n| n == 0)).collect();
     if !missing.is_empty() {
         return Err(format!("lacks positive integer field(s): {}", missing.join(", ")));
     }

@@ -15,6 +15,7 @@ mod hf;
 mod inference;
 mod isolation;
 mod limits;
+mod lstm;
 mod minilm;
 mod pagination;
 mod presigned;

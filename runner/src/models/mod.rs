@@ -4,6 +4,7 @@
 mod bert_classification;
 mod bert_embedding;
 mod llama_generation;
+mod lstm_classifier;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,7 @@ enum ModelConfig {
     Bert(candle_transformers::models::bert::Config),
     Llama(candle_transformers::models::llama::LlamaConfig),
     Qwen2(candle_transformers::models::qwen2::Config),
+    LstmClassifier(lstm_classifier::LstmConfig),
 }
 
 /// What a request needs from a loaded model.
@@ -61,6 +63,7 @@ pub struct Embedded {
 pub enum LoadedModel {
     BertEmbedding(Box<BertEmbedder>),
     LlamaGeneration(Box<LlamaGenerator>),
+    LstmClassification(Box<lstm_classifier::LstmClassifier>),
 }
 
 impl LoadedModel {
@@ -77,6 +80,10 @@ impl LoadedModel {
                 let (model, bytes) = BertEmbedder::load_classifier(config, files, device)?;
                 Ok((LoadedModel::BertEmbedding(Box::new(model)), bytes))
             }
+            ("classification", ModelConfig::LstmClassifier(config)) => {
+                let (model, bytes) = lstm_classifier::LstmClassifier::load(config, files, device)?;
+                Ok((LoadedModel::LstmClassification(Box::new(model)), bytes))
+            }
             ("generation", ModelConfig::Llama(config)) => {
                 let (model, bytes) = LlamaGenerator::load(config, files, device)?;
                 Ok((LoadedModel::LlamaGeneration(Box::new(model)), bytes))
@@ -92,6 +99,7 @@ impl LoadedModel {
     pub fn embed(&self, inputs: &[&str]) -> Result<Vec<Embedded>> {
         match self {
             LoadedModel::BertEmbedding(m) => m.embed(inputs),
+            LoadedModel::LstmClassification(m) => m.classify(inputs),
             LoadedModel::LlamaGeneration(_) => {
                 Err(Error::InvalidRequest("this model generates text; it does not embed".into()))
             }
@@ -102,6 +110,7 @@ impl LoadedModel {
     pub fn labels(&self) -> Option<Vec<String>> {
         match self {
             LoadedModel::BertEmbedding(m) => m.labels().map(<[String]>::to_vec),
+            LoadedModel::LstmClassification(m) => Some(m.labels().to_vec()),
             LoadedModel::LlamaGeneration(_) => None,
         }
     }
@@ -110,8 +119,8 @@ impl LoadedModel {
     pub fn generate(&mut self, params: &GenerateParams, emit: impl FnMut(Piece) -> bool) -> Result<()> {
         match self {
             LoadedModel::LlamaGeneration(m) => m.generate(params, emit),
-            LoadedModel::BertEmbedding(_) => {
-                Err(Error::InvalidRequest("this model embeds; it does not generate text".into()))
+            LoadedModel::BertEmbedding(_) | LoadedModel::LstmClassification(_) => {
+                Err(Error::InvalidRequest("this model does not generate text".into()))
             }
         }
     }
