@@ -23,28 +23,43 @@ pub struct ModelCache {
     limits: BatchLimits,
     budget_bytes: u64,
     loads: Arc<AtomicU64>,
+    pub counters: Arc<CacheCounters>,
+}
+
+#[derive(Debug, Default)]
+pub struct CacheCounters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub evictions: AtomicU64,
 }
 
 impl ModelCache {
     pub fn new(artifacts: ArtifactCache, device: Device, budget_bytes: u64, limits: BatchLimits) -> Self {
+        let counters = Arc::new(CacheCounters::default());
+        let evictions = counters.clone();
         let models = Cache::builder()
             .max_capacity(budget_bytes / KIB)
             .weigher(|_, worker: &Arc<ModelWorker>| {
                 u32::try_from(worker.memory_bytes.div_ceil(KIB)).unwrap_or(u32::MAX)
             })
-            .eviction_listener(|version, worker, cause| {
+            .eviction_listener(move |version, worker, cause| {
+                if cause.was_evicted() {
+                    evictions.evictions.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::info!(model.version_id = %version, model.name = %worker.display_name, ?cause, "model evicted");
             })
             .build();
-        Self { models, artifacts, device, limits, budget_bytes, loads: Arc::default() }
+        Self { models, artifacts, device, limits, budget_bytes, loads: Arc::default(), counters }
     }
 
     /// The loaded model for `spec`, loading it first if needed (one load for all waiters;
     /// a failed load is reported to each of them and not cached).
     pub async fn get(&self, spec: &ModelSpec) -> Result<Arc<ModelWorker>, Arc<Error>> {
         if let Some(worker) = self.models.get(&spec.version_id).await {
+            self.counters.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(worker);
         }
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
         self.models.try_get_with(spec.version_id.clone(), self.load(spec)).await
     }
 

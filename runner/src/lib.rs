@@ -41,6 +41,9 @@ pub struct RunnerConfig {
     pub queue_depth: usize,
     /// Inputs run together in one batch at most.
     pub max_batch_inputs: usize,
+    /// How long (µs) a batch waits for more requests once one arrives; 0 takes only what is
+    /// already queued.
+    pub max_batch_wait_us: u64,
 }
 
 impl Default for RunnerConfig {
@@ -52,6 +55,7 @@ impl Default for RunnerConfig {
             memory_budget_mib: 4096,
             queue_depth: 64,
             max_batch_inputs: 256,
+            max_batch_wait_us: 0,
         }
     }
 }
@@ -72,6 +76,7 @@ impl Runner {
         let limits = worker::BatchLimits {
             queue_depth: config.queue_depth.max(1),
             max_batch_inputs: config.max_batch_inputs.max(1),
+            max_batch_wait: std::time::Duration::from_micros(config.max_batch_wait_us),
         };
         let models = cache::ModelCache::new(artifacts, device, config.memory_budget_mib * 1024 * 1024, limits);
         Ok(Self { models })
@@ -207,17 +212,31 @@ impl RunnerRpc for Runner {
             .loaded()
             .await
             .into_iter()
-            .map(|(version_id, w)| LoadedModel {
-                version_id,
-                display_name: w.display_name.clone(),
-                memory_bytes: w.memory_bytes,
+            .map(|(version_id, w)| {
+                let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+                LoadedModel {
+                    version_id,
+                    display_name: w.display_name.clone(),
+                    memory_bytes: w.memory_bytes,
+                    load_ms: read(&w.stats.load_ms),
+                    requests_total: read(&w.stats.requests),
+                    inputs_total: read(&w.stats.inputs),
+                    batches_total: read(&w.stats.batches),
+                    queue_us_total: read(&w.stats.queue_us),
+                    compute_us_total: read(&w.stats.compute_us),
+                }
             })
             .collect();
+        let counters = &self.models.counters;
+        let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         Ok(Response::new(StatusResponse {
             memory_used_bytes: loaded.iter().map(|m| m.memory_bytes).sum(),
             memory_budget_bytes: self.models.budget_bytes(),
             device: format!("{:?}", self.models.device()),
             loads_total: self.models.loads_total(),
+            cache_hits: read(&counters.hits),
+            cache_misses: read(&counters.misses),
+            cache_evictions: read(&counters.evictions),
             loaded,
         }))
     }

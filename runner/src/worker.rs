@@ -1,6 +1,8 @@
 //! One OS thread per loaded model. The model is built on that thread and never leaves it;
 //! requests reach it through a bounded queue and are drained into batches.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::time::Instant;
 
@@ -14,6 +16,7 @@ enum Job {
     Embed {
         inputs: Vec<String>,
         reply: oneshot::Sender<Result<Vec<Embedded>>>,
+        queued: Instant,
     },
     /// Pieces go out as they are made; a closed channel (the client left) stops the work.
     Generate {
@@ -29,6 +32,26 @@ pub struct BatchLimits {
     pub queue_depth: usize,
     /// Inputs run in one batch at most.
     pub max_batch_inputs: usize,
+    /// How long a batch may wait for more requests once one arrives (0: it takes only what
+    /// is already queued).
+    pub max_batch_wait: std::time::Duration,
+}
+
+/// What a model's thread has done, for the runner's status.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub load_ms: AtomicU64,
+    pub requests: AtomicU64,
+    pub inputs: AtomicU64,
+    pub batches: AtomicU64,
+    pub queue_us: AtomicU64,
+    pub compute_us: AtomicU64,
+}
+
+impl WorkerStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 /// A handle to a loaded model. Dropping the last handle stops its thread once the queue is empty.
@@ -37,6 +60,7 @@ pub struct ModelWorker {
     pub memory_bytes: u64,
     /// For a classifier: the labels its scores are for.
     pub labels: Option<Vec<String>>,
+    pub stats: Arc<WorkerStats>,
     queue: SyncSender<Job>,
 }
 
@@ -52,35 +76,38 @@ impl ModelWorker {
         let (queue, jobs) = mpsc::sync_channel::<Job>(limits.queue_depth);
         let (loaded_tx, loaded_rx) = oneshot::channel::<Result<(u64, Option<Vec<String>>)>>();
         let name = display_name.clone();
-        std::thread::Builder::new()
-            .name(format!("model {display_name}"))
-            .spawn(move || {
-                let started = Instant::now();
-                // A loader that panics on weights it cannot use must not take the runner down.
-                let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| LoadedModel::load(&task, &files, &device)))
+        let stats = Arc::new(WorkerStats::default());
+        let thread_stats = stats.clone();
+        std::thread::Builder::new().name(format!("model {display_name}")).spawn(move || {
+            let started = Instant::now();
+            // A loader that panics on weights it cannot use must not take the runner down.
+            let loaded =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| LoadedModel::load(&task, &files, &device)))
                     .unwrap_or_else(|_| Err(files.invalid("the weights do not match the config")));
-                let mut model = match loaded {
-                    Ok((model, bytes)) => {
-                        tracing::info!(model.name = %name, memory_bytes = bytes, duration_ms = started.elapsed().as_millis() as u64, "model loaded");
-                        let _ = loaded_tx.send(Ok((bytes, model.labels())));
-                        model
-                    }
-                    Err(e) => {
-                        let _ = loaded_tx.send(Err(e));
-                        return;
-                    }
-                };
-                serve(&name, &mut model, &jobs, limits.max_batch_inputs);
-                tracing::info!(model.name = %name, "model unloaded");
-            })?;
+            let mut model = match loaded {
+                Ok((model, bytes)) => {
+                    let load_ms = started.elapsed().as_millis() as u64;
+                    thread_stats.load_ms.store(load_ms, Ordering::Relaxed);
+                    tracing::info!(model.name = %name, memory_bytes = bytes, duration_ms = load_ms, "model loaded");
+                    let _ = loaded_tx.send(Ok((bytes, model.labels())));
+                    model
+                }
+                Err(e) => {
+                    let _ = loaded_tx.send(Err(e));
+                    return;
+                }
+            };
+            serve(&name, &mut model, &jobs, limits, &thread_stats);
+            tracing::info!(model.name = %name, "model unloaded");
+        })?;
         let (memory_bytes, labels) = loaded_rx.await.map_err(|_| Error::WorkerGone(display_name.clone()))??;
-        Ok(Self { display_name, memory_bytes, labels, queue })
+        Ok(Self { display_name, memory_bytes, labels, stats, queue })
     }
 
     /// Queues inputs for the model; refuses at once when the queue is full.
     pub async fn embed(&self, inputs: Vec<String>) -> Result<Vec<Embedded>> {
         let (reply, answer) = oneshot::channel();
-        self.enqueue(Job::Embed { inputs, reply })?;
+        self.enqueue(Job::Embed { inputs, reply, queued: Instant::now() })?;
         answer.await.map_err(|_| Error::WorkerGone(self.display_name.clone()))?
     }
 
@@ -101,33 +128,43 @@ impl ModelWorker {
     }
 }
 
-fn serve(name: &str, model: &mut LoadedModel, jobs: &Receiver<Job>, max_batch_inputs: usize) {
+fn serve(name: &str, model: &mut LoadedModel, jobs: &Receiver<Job>, limits: BatchLimits, stats: &WorkerStats) {
     while let Ok(first) = jobs.recv() {
-        let (inputs, reply) = match first {
-            Job::Embed { inputs, reply } => (inputs, reply),
+        let (inputs, reply, queued) = match first {
+            Job::Embed { inputs, reply, queued } => (inputs, reply, queued),
             Job::Generate { params, pieces } => {
-                generate(name, model, &params, &pieces);
+                generate(name, model, &params, &pieces, stats);
                 continue;
             }
         };
-        // Take the embeddings already waiting, up to the batch limit: a batch forms without
-        // added wait. A generation met on the way runs after the batch.
-        let mut batch = vec![(inputs, reply)];
+        // Take the embeddings queued meanwhile, up to the batch limit, waiting at most
+        // `max_batch_wait` for more. A generation met on the way runs after the batch.
+        let deadline = Instant::now() + limits.max_batch_wait;
+        let mut batch = vec![(inputs, reply, queued)];
         let mut count = batch[0].0.len();
         let mut generation = None;
-        while count < max_batch_inputs && generation.is_none() {
-            match jobs.try_recv() {
-                Ok(Job::Embed { inputs, reply }) => {
+        while count < limits.max_batch_inputs && generation.is_none() {
+            let next = match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => jobs.recv_timeout(left).ok(),
+                _ => jobs.try_recv().ok(),
+            };
+            match next {
+                Some(Job::Embed { inputs, reply, queued }) => {
                     count += inputs.len();
-                    batch.push((inputs, reply));
+                    batch.push((inputs, reply, queued));
                 }
-                Ok(Job::Generate { params, pieces }) => generation = Some((params, pieces)),
-                Err(_) => break,
+                Some(Job::Generate { params, pieces }) => generation = Some((params, pieces)),
+                None => break,
             }
         }
-        embed_batch(name, model, batch);
+        let started = Instant::now();
+        for (_, _, queued) in &batch {
+            WorkerStats::add(&stats.queue_us, started.duration_since(*queued).as_micros() as u64);
+        }
+        let batch = batch.into_iter().map(|(inputs, reply, _)| (inputs, reply)).collect();
+        embed_batch(name, model, batch, stats);
         if let Some((params, pieces)) = generation {
-            generate(name, model, &params, &pieces);
+            generate(name, model, &params, &pieces, stats);
         }
     }
 }
@@ -135,7 +172,7 @@ fn serve(name: &str, model: &mut LoadedModel, jobs: &Receiver<Job>, max_batch_in
 /// Embedding requests drained into one batch: each one's inputs and where its answer goes.
 type EmbedBatch = Vec<(Vec<String>, oneshot::Sender<Result<Vec<Embedded>>>)>;
 
-fn embed_batch(name: &str, model: &LoadedModel, mut batch: EmbedBatch) {
+fn embed_batch(name: &str, model: &LoadedModel, mut batch: EmbedBatch, stats: &WorkerStats) {
     // A caller that went away needs no answer.
     batch.retain(|(_, reply)| !reply.is_closed());
     if batch.is_empty() {
@@ -144,6 +181,10 @@ fn embed_batch(name: &str, model: &LoadedModel, mut batch: EmbedBatch) {
     let texts: Vec<&str> = batch.iter().flat_map(|(inputs, _)| inputs.iter().map(String::as_str)).collect();
     let started = Instant::now();
     let result = model.embed(&texts);
+    WorkerStats::add(&stats.compute_us, started.elapsed().as_micros() as u64);
+    WorkerStats::add(&stats.batches, 1);
+    WorkerStats::add(&stats.requests, batch.len() as u64);
+    WorkerStats::add(&stats.inputs, texts.len() as u64);
     tracing::debug!(model.name = %name, batch.requests = batch.len(), batch.inputs = texts.len(), duration_ms = started.elapsed().as_millis() as u64, "batch done");
     match result {
         Ok(mut all) => {
@@ -166,6 +207,7 @@ fn generate(
     model: &mut LoadedModel,
     params: &GenerateParams,
     pieces: &tokio::sync::mpsc::Sender<Result<Piece>>,
+    stats: &WorkerStats,
 ) {
     if pieces.is_closed() {
         return;
@@ -176,6 +218,8 @@ fn generate(
         tokens = piece.completion_tokens;
         pieces.blocking_send(Ok(piece)).is_ok()
     });
+    WorkerStats::add(&stats.compute_us, started.elapsed().as_micros() as u64);
+    WorkerStats::add(&stats.requests, 1);
     tracing::debug!(model.name = %name, tokens, duration_ms = started.elapsed().as_millis() as u64, "generation done");
     if let Err(e) = result {
         let _ = pieces.blocking_send(Err(e));

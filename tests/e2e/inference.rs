@@ -17,12 +17,12 @@ async fn concurrent_first_requests_share_one_load() {
     let before = runner.status(proto::v1::StatusRequest {}).await.expect("status").into_inner();
     assert_eq!((before.loads_total, before.loaded.len()), (0, 0), "nothing is loaded before the first call");
 
-    let calls = (0..8).map(|i| app.embed(&key, "tiny", json!(format!("the cat sat on the mat {i}"))));
+    let calls = (0..50).map(|i| app.embed(&key, "tiny", json!(format!("the cat sat on the mat {i}"))));
     for (status, body) in futures::future::join_all(calls).await {
         assert_eq!(status, 200, "{body}");
     }
     let after = runner.status(proto::v1::StatusRequest {}).await.expect("status").into_inner();
-    assert_eq!(after.loads_total, 1, "eight concurrent first requests caused one load");
+    assert_eq!(after.loads_total, 1, "fifty concurrent first requests caused one load");
     assert_eq!(after.loaded.len(), 1);
     assert!(after.loaded[0].memory_bytes > 0 && after.memory_used_bytes == after.loaded[0].memory_bytes);
     assert_eq!(after.loaded[0].display_name, "acme/tiny@1");
@@ -51,5 +51,69 @@ async fn base64_encoding_carries_the_same_floats() {
     }
     assert_eq!(encoded["usage"], floats["usage"]);
     assert_eq!(floats["usage"]["prompt_tokens"], 4 + 4, "[CLS] and [SEP] around two words, twice");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_share_batches_and_a_full_queue_answers_429_at_once() {
+    let mut app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    let key = app.tenant("acme").await;
+    let dir = app.dir.path().join("tiny");
+    tiny_bert::write(&dir);
+    app.upload_model(&key, "acme", "tiny", &dir).await;
+    let inputs: Vec<String> =
+        (0..64).map(|i| format!("the cat {} on the mat {i}", ["sat", "ate", "ran"][i % 3])).collect();
+    let mut singles = Vec::new();
+    for input in &inputs {
+        let (status, body) = app.embed(&key, "tiny", json!(input)).await;
+        assert_eq!(status, 200, "{body}");
+        singles.push(embedding(&body, 0));
+    }
+
+    // Requests that arrive while a batch forms join it.
+    app.config_mut().runner.max_batch_wait_us = 5_000;
+    app.restart().await;
+    let calls = inputs.iter().map(|input| app.embed(&key, "tiny", json!(input)));
+    let answers = futures::future::join_all(calls).await;
+    for (i, (status, body)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200, "{body}");
+        let diff = crate::helpers::max_abs_diff(&embedding(body, 0), &singles[i]);
+        assert!(diff < 1e-5, "request {i} got its own answer (max diff {diff} from running alone)");
+    }
+    let mut runner = app.runner_client().await;
+    let status = runner.status(proto::v1::StatusRequest {}).await.expect("status").into_inner();
+    let model = &status.loaded[0];
+    assert_eq!(model.requests_total, 64);
+    assert!(model.batches_total < 64, "64 concurrent requests ran in {} forward passes", model.batches_total);
+    assert!(status.cache_hits + status.cache_misses >= 64 && status.cache_misses >= 1);
+
+    // One request may wait; more are refused at once with 429 and Retry-After.
+    app.config_mut().runner.queue_depth = 1;
+    app.config_mut().runner.max_batch_wait_us = 0;
+    app.restart().await;
+    assert_eq!(app.embed(&key, "tiny", json!("warm up")).await.0, 200);
+    let big: Vec<String> = (0..512).map(|i| format!("a rather longer sentence about the cat number {i}")).collect();
+    let calls = (0..48).map(|_| {
+        let (app, key, big) = (&app, &key, big.clone());
+        async move {
+            let started = std::time::Instant::now();
+            let response = app
+                .req(reqwest::Method::POST, "/v1/embeddings", Some(key))
+                .json(&json!({"model": "tiny", "input": big}))
+                .send()
+                .await
+                .expect("sent");
+            let retry_after = response.headers().get("retry-after").is_some();
+            (response.status().as_u16(), retry_after, started.elapsed())
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let refused: Vec<_> = results.iter().filter(|(status, _, _)| *status == 429).collect();
+    assert!(!refused.is_empty(), "a full queue refuses: {:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert!(results.iter().all(|(status, _, _)| *status == 200 || *status == 429), "every other request succeeds");
+    assert!(refused.iter().all(|(_, retry_after, _)| *retry_after), "each refusal says when to retry");
+    let slowest_ok = results.iter().filter(|r| r.0 == 200).map(|r| r.2).max().expect("some succeed");
+    let fastest_refusal = refused.iter().map(|r| r.2).min().expect("refusals");
+    assert!(fastest_refusal < slowest_ok, "a refusal does not wait for the queue");
     app.stop().await;
 }
