@@ -1,11 +1,24 @@
-//! Loaded models, keyed by version id, weighted by the memory their tensors take,
-//! under the runner's budget. Concurrent first requests share one load.
+//! Loaded models, keyed by version id, weighted by the memory they take on their device,
+//! under the runner's budget.
+//!
+//! - A request holds a [`Lease`] on its model while it runs; a leased model is never evicted.
+//! - Before a load, room is made for the model (estimated from its weight files): idle,
+//!   unpinned models go, least recently used first. If the busy and pinned ones leave no
+//!   room, the load waits for a model to become idle (up to [`ROOM_WAIT`]), then fails with
+//!   RESOURCE_EXHAUSTED. Once loaded, the model's real cost replaces the estimate.
+//! - Concurrent first requests share one load; a failed load is reported to each of them
+//!   and is not remembered: the next request tries again.
+//! - Models can be pinned (never evicted), unloaded when idle, and are unloaded after
+//!   `idle_ttl` without requests, if one is set.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use moka::future::Cache;
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared};
 
 use crate::artifacts::ArtifactCache;
 use crate::error::{Error, Result};
@@ -13,18 +26,9 @@ use crate::models::ModelFiles;
 use crate::worker::{BatchLimits, ModelWorker};
 use proto::v1::ModelSpec;
 
-const KIB: u64 = 1024;
-
-#[derive(Clone)]
-pub struct ModelCache {
-    models: Cache<String, Arc<ModelWorker>>,
-    artifacts: ArtifactCache,
-    device: Device,
-    limits: BatchLimits,
-    budget_bytes: u64,
-    loads: Arc<AtomicU64>,
-    pub counters: Arc<CacheCounters>,
-}
+const MIB: u64 = 1024 * 1024;
+/// How long a load waits for busy models to free memory.
+const ROOM_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
 pub struct CacheCounters {
@@ -33,69 +37,305 @@ pub struct CacheCounters {
     pub evictions: AtomicU64,
 }
 
+struct Entry {
+    worker: Arc<ModelWorker>,
+    leases: usize,
+    pinned: bool,
+    last_used: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<String, Entry>,
+    /// Bytes reserved for loads under way, by version.
+    reserved: HashMap<String, u64>,
+}
+
+impl State {
+    fn used(&self) -> u64 {
+        self.entries.values().map(|e| e.worker.memory_bytes).sum::<u64>() + self.reserved.values().sum::<u64>()
+    }
+}
+
+type Load = Shared<BoxFuture<'static, Result<(), Arc<Error>>>>;
+
+struct Inner {
+    state: Mutex<State>,
+    /// Signalled whenever a lease ends or a model leaves, so waiting loads look again.
+    changed: tokio::sync::Notify,
+    loading: Mutex<HashMap<String, Load>>,
+    artifacts: ArtifactCache,
+    device: Device,
+    limits: BatchLimits,
+    budget_bytes: u64,
+    loads: AtomicU64,
+    counters: CacheCounters,
+}
+
+#[derive(Clone)]
+pub struct ModelCache {
+    inner: Arc<Inner>,
+}
+
+/// A model held for one request: it cannot be evicted until this is dropped.
+pub struct Lease {
+    pub worker: Arc<ModelWorker>,
+    version_id: String,
+    inner: Arc<Inner>,
+}
+
+impl std::ops::Deref for Lease {
+    type Target = ModelWorker;
+    fn deref(&self) -> &ModelWorker {
+        &self.worker
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = state.entries.get_mut(&self.version_id) {
+            entry.leases = entry.leases.saturating_sub(1);
+            entry.last_used = Instant::now();
+        }
+        drop(state);
+        self.inner.changed.notify_waiters();
+    }
+}
+
 impl ModelCache {
     pub fn new(artifacts: ArtifactCache, device: Device, budget_bytes: u64, limits: BatchLimits) -> Self {
-        let counters = Arc::new(CacheCounters::default());
-        let evictions = counters.clone();
-        let models = Cache::builder()
-            .max_capacity(budget_bytes / KIB)
-            .weigher(|_, worker: &Arc<ModelWorker>| {
-                u32::try_from(worker.memory_bytes.div_ceil(KIB)).unwrap_or(u32::MAX)
-            })
-            .eviction_listener(move |version, worker, cause| {
-                if cause.was_evicted() {
-                    evictions.evictions.fetch_add(1, Ordering::Relaxed);
+        let inner = Inner {
+            state: Mutex::default(),
+            changed: tokio::sync::Notify::new(),
+            loading: Mutex::default(),
+            artifacts,
+            device,
+            limits,
+            budget_bytes,
+            loads: AtomicU64::new(0),
+            counters: CacheCounters::default(),
+        };
+        Self { inner: Arc::new(inner) }
+    }
+
+    pub fn counters(&self) -> &CacheCounters {
+        &self.inner.counters
+    }
+
+    /// The loaded model for `spec`, loading it first if needed.
+    pub async fn get(&self, spec: &ModelSpec) -> Result<Lease, Arc<Error>> {
+        if let Some(lease) = self.lease(&spec.version_id) {
+            self.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(lease);
+        }
+        self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+        loop {
+            self.load_shared(spec).await?;
+            // Loaded (by this call or another); it may have gone again before we lease it,
+            // when the budget is tight: then load again.
+            if let Some(lease) = self.lease(&spec.version_id) {
+                return Ok(lease);
+            }
+        }
+    }
+
+    fn lease(&self, version_id: &str) -> Option<Lease> {
+        let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = state.entries.get_mut(version_id)?;
+        entry.leases += 1;
+        entry.last_used = Instant::now();
+        Some(Lease { worker: entry.worker.clone(), version_id: version_id.to_owned(), inner: self.inner.clone() })
+    }
+
+    /// One load per version at a time, shared by everyone who asks meanwhile.
+    async fn load_shared(&self, spec: &ModelSpec) -> Result<(), Arc<Error>> {
+        let load = {
+            let mut loading = self.inner.loading.lock().unwrap_or_else(PoisonError::into_inner);
+            loading
+                .entry(spec.version_id.clone())
+                .or_insert_with(|| {
+                    let (cache, spec) = (self.clone(), spec.clone());
+                    async move {
+                        let result = cache.load(&spec).await.map_err(Arc::new);
+                        cache.inner.loading.lock().unwrap_or_else(PoisonError::into_inner).remove(&spec.version_id);
+                        result
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        load.await
+    }
+
+    async fn load(&self, spec: &ModelSpec) -> Result<()> {
+        let estimate: u64 = spec
+            .files
+            .iter()
+            .filter(|f| f.path.ends_with(".safetensors") || f.path.ends_with(".gguf"))
+            .map(|f| f.size)
+            .sum();
+        self.make_room(&spec.version_id, &spec.display_name, estimate).await?;
+        let loaded = async {
+            self.inner.loads.fetch_add(1, Ordering::Relaxed);
+            let local = self.inner.artifacts.fetch_all(&spec.display_name, &spec.files).await?;
+            let paths = spec.files.iter().map(|f| f.path.clone()).zip(local).collect();
+            let files = ModelFiles { model: spec.display_name.clone(), paths };
+            let limits = self.inner.limits;
+            ModelWorker::start(spec.display_name.clone(), spec.task.clone(), files, self.inner.device.clone(), limits)
+                .await
+        }
+        .await;
+        let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.reserved.remove(&spec.version_id);
+        let worker = match loaded {
+            Ok(worker) => worker,
+            Err(e) => {
+                drop(state);
+                self.inner.changed.notify_waiters();
+                return Err(e);
+            }
+        };
+        if worker.memory_bytes > self.inner.budget_bytes {
+            return Err(self.too_large(&spec.display_name, worker.memory_bytes));
+        }
+        // The real cost replaces the estimate; make room again if it is larger.
+        self.evict_idle(&mut state, worker.memory_bytes);
+        let entry = Entry { worker: Arc::new(worker), leases: 0, pinned: false, last_used: Instant::now() };
+        state.entries.insert(spec.version_id.clone(), entry);
+        Ok(())
+    }
+
+    /// Reserves `bytes` for a load, evicting idle models (least recently used first) and,
+    /// if busy ones leave too little, waiting for them.
+    async fn make_room(&self, version_id: &str, name: &str, bytes: u64) -> Result<()> {
+        if bytes > self.inner.budget_bytes {
+            return Err(self.too_large(name, bytes));
+        }
+        let deadline = Instant::now() + ROOM_WAIT;
+        loop {
+            let changed = self.inner.changed.notified();
+            {
+                let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+                if self.evict_idle(&mut state, bytes) {
+                    state.reserved.insert(version_id.to_owned(), bytes);
+                    return Ok(());
                 }
-                tracing::info!(model.version_id = %version, model.name = %worker.display_name, ?cause, "model evicted");
-            })
-            .build();
-        Self { models, artifacts, device, limits, budget_bytes, loads: Arc::default(), counters }
-    }
-
-    /// The loaded model for `spec`, loading it first if needed (one load for all waiters;
-    /// a failed load is reported to each of them and not cached).
-    pub async fn get(&self, spec: &ModelSpec) -> Result<Arc<ModelWorker>, Arc<Error>> {
-        if let Some(worker) = self.models.get(&spec.version_id).await {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(worker);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, changed).await.is_err() {
+                return Err(Error::Overloaded(format!(
+                    "{name} (the runner's memory is held by busy or pinned models)"
+                )));
+            }
         }
-        self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        self.models.try_get_with(spec.version_id.clone(), self.load(spec)).await
     }
 
-    async fn load(&self, spec: &ModelSpec) -> Result<Arc<ModelWorker>> {
-        self.loads.fetch_add(1, Ordering::Relaxed);
-        let local = self.artifacts.fetch_all(&spec.display_name, &spec.files).await?;
-        let paths = spec.files.iter().map(|f| f.path.clone()).zip(local).collect();
-        let files = ModelFiles { model: spec.display_name.clone(), paths };
-        let worker =
-            ModelWorker::start(spec.display_name.clone(), spec.task.clone(), files, self.device.clone(), self.limits)
-                .await?;
-        if worker.memory_bytes > self.budget_bytes {
-            return Err(Error::TooLarge {
-                model: spec.display_name.clone(),
-                needed_mib: worker.memory_bytes.div_ceil(KIB * KIB),
-                budget_mib: self.budget_bytes / (KIB * KIB),
-            });
+    /// Evicts idle, unpinned models, least recently used first, until `bytes` more fit;
+    /// answers whether they do.
+    fn evict_idle(&self, state: &mut State, bytes: u64) -> bool {
+        while state.used() + bytes > self.inner.budget_bytes {
+            let victim = state
+                .entries
+                .iter()
+                .filter(|(_, e)| e.leases == 0 && !e.pinned)
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone());
+            let Some(victim) = victim else { return false };
+            if let Some(entry) = state.entries.remove(&victim) {
+                self.inner.counters.evictions.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(model.name = %entry.worker.display_name, memory_bytes = entry.worker.memory_bytes, "model evicted");
+            }
         }
-        Ok(Arc::new(worker))
+        true
     }
 
-    pub async fn loaded(&self) -> Vec<(String, Arc<ModelWorker>)> {
-        self.models.run_pending_tasks().await;
-        self.models.iter().map(|(k, v)| (k.as_ref().clone(), v)).collect()
+    fn too_large(&self, name: &str, bytes: u64) -> Error {
+        Error::TooLarge {
+            model: name.to_owned(),
+            needed_mib: bytes.div_ceil(MIB),
+            budget_mib: self.inner.budget_bytes / MIB,
+        }
+    }
+
+    /// Loads a model now (if needed) and optionally pins it.
+    pub async fn preload(&self, spec: &ModelSpec, pin: bool) -> Result<(), Arc<Error>> {
+        let lease = self.get(spec).await?;
+        if pin {
+            self.set_pinned(&spec.version_id, true);
+        }
+        drop(lease);
+        Ok(())
+    }
+
+    /// Pins or unpins a loaded model; answers whether it is loaded.
+    pub fn set_pinned(&self, version_id: &str, pinned: bool) -> bool {
+        let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = state.entries.get_mut(version_id).map(|e| e.pinned = pinned).is_some();
+        drop(state);
+        self.inner.changed.notify_waiters();
+        found
+    }
+
+    /// Unloads a model that serves no request now; answers whether it was loaded, or an
+    /// error while it is busy.
+    pub fn unload(&self, version_id: &str) -> Result<bool> {
+        let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match state.entries.get(version_id) {
+            None => return Ok(false),
+            Some(e) if e.leases > 0 => {
+                return Err(Error::InvalidRequest(format!(
+                    "{} is serving requests; unload it when idle",
+                    e.worker.display_name
+                )));
+            }
+            Some(_) => {}
+        }
+        state.entries.remove(version_id);
+        drop(state);
+        self.inner.changed.notify_waiters();
+        Ok(true)
+    }
+
+    /// Unloads idle, unpinned models unused for `ttl`; runs until dropped.
+    pub async fn expire_idle(self, ttl: Duration) {
+        let mut every = tokio::time::interval(ttl.min(Duration::from_secs(1)).max(Duration::from_millis(50)));
+        loop {
+            every.tick().await;
+            let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let idle: Vec<String> = state
+                .entries
+                .iter()
+                .filter(|(_, e)| e.leases == 0 && !e.pinned && e.last_used.elapsed() >= ttl)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for version in idle {
+                if let Some(entry) = state.entries.remove(&version) {
+                    tracing::info!(model.name = %entry.worker.display_name, "model unloaded after its idle time");
+                }
+            }
+            drop(state);
+            self.inner.changed.notify_waiters();
+        }
+    }
+
+    /// Loaded models: version id, worker, whether pinned, and requests in flight.
+    pub fn loaded(&self) -> Vec<(String, Arc<ModelWorker>, bool, usize)> {
+        let state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.entries.iter().map(|(k, e)| (k.clone(), e.worker.clone(), e.pinned, e.leases)).collect()
     }
 
     /// Loads started so far; concurrent first requests for one version count once.
     pub fn loads_total(&self) -> u64 {
-        self.loads.load(Ordering::Relaxed)
+        self.inner.loads.load(Ordering::Relaxed)
     }
 
     pub fn budget_bytes(&self) -> u64 {
-        self.budget_bytes
+        self.inner.budget_bytes
     }
 
     pub fn device(&self) -> &Device {
-        &self.device
+        &self.inner.device
     }
 }

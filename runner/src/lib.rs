@@ -20,7 +20,8 @@ pub use models::Embedded;
 use proto::v1::runner_server::{Runner as RunnerRpc, RunnerServer};
 use proto::v1::{
     Classification, ClassifyRequest, ClassifyResponse, EmbedRequest, EmbedResponse, Embedding, GenerateChunk,
-    GenerateRequest, LabelScore, LoadedModel, StatusRequest, StatusResponse,
+    GenerateRequest, LabelScore, LoadRequest, LoadResponse, LoadedModel, PinRequest, PinResponse, StatusRequest,
+    StatusResponse, UnloadRequest, UnloadResponse,
 };
 
 /// Inputs in one embedding request at most.
@@ -37,6 +38,10 @@ pub struct RunnerConfig {
     pub cache_max_bytes: u64,
     /// Memory the loaded models may take together.
     pub memory_budget_mib: u64,
+    /// The same in bytes, when set (it wins over `memory_budget_mib`).
+    pub memory_budget_bytes: Option<u64>,
+    /// Models without a request for this long are unloaded (0: never), unless pinned.
+    pub idle_ttl_secs: u64,
     /// Requests waiting per model before new ones are refused with RESOURCE_EXHAUSTED.
     pub queue_depth: usize,
     /// Inputs run together in one batch at most.
@@ -53,6 +58,8 @@ impl Default for RunnerConfig {
             cache_dir: None,
             cache_max_bytes: 50 * 1024 * 1024 * 1024,
             memory_budget_mib: 4096,
+            memory_budget_bytes: None,
+            idle_ttl_secs: 0,
             queue_depth: 64,
             max_batch_inputs: 256,
             max_batch_wait_us: 0,
@@ -78,7 +85,11 @@ impl Runner {
             max_batch_inputs: config.max_batch_inputs.max(1),
             max_batch_wait: std::time::Duration::from_micros(config.max_batch_wait_us),
         };
-        let models = cache::ModelCache::new(artifacts, device, config.memory_budget_mib * 1024 * 1024, limits);
+        let budget = config.memory_budget_bytes.unwrap_or(config.memory_budget_mib * 1024 * 1024);
+        let models = cache::ModelCache::new(artifacts, device, budget, limits);
+        if config.idle_ttl_secs > 0 {
+            tokio::spawn(models.clone().expire_idle(std::time::Duration::from_secs(config.idle_ttl_secs)));
+        }
         Ok(Self { models })
     }
 
@@ -188,10 +199,11 @@ impl RunnerRpc for Runner {
             repetition_penalty: request.repetition_penalty,
             stop: request.stop,
         };
-        let worker = self.models.get(&spec).await.map_err(|e| e.status())?;
-        let pieces = worker.generate(params)?;
-        // The worker stops once this stream (and so its receiver) is dropped.
-        let stream = futures::stream::unfold(pieces, |mut pieces| async move {
+        let lease = self.models.get(&spec).await.map_err(|e| e.status())?;
+        let pieces = lease.generate(params)?;
+        // The worker stops once this stream (and so its receiver) is dropped; the stream holds
+        // the lease, so the model is not evicted while it generates.
+        let stream = futures::stream::unfold((pieces, lease), |(mut pieces, lease)| async move {
             let piece = pieces.recv().await?;
             let chunk = piece
                 .map(|p| GenerateChunk {
@@ -201,18 +213,40 @@ impl RunnerRpc for Runner {
                     completion_tokens: p.completion_tokens,
                 })
                 .map_err(|e| e.status());
-            Some((chunk, pieces))
+            Some((chunk, (pieces, lease)))
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn load(&self, request: Request<LoadRequest>) -> Result<Response<LoadResponse>, Status> {
+        let request = request.into_inner();
+        let spec = request.model.ok_or_else(|| Status::invalid_argument("model is required"))?;
+        self.models.preload(&spec, request.pin).await.map_err(|e| e.status())?;
+        let memory_bytes = self
+            .models
+            .loaded()
+            .into_iter()
+            .find(|(v, ..)| *v == spec.version_id)
+            .map_or(0, |(_, w, ..)| w.memory_bytes);
+        Ok(Response::new(LoadResponse { memory_bytes }))
+    }
+
+    async fn unload(&self, request: Request<UnloadRequest>) -> Result<Response<UnloadResponse>, Status> {
+        let unloaded = self.models.unload(&request.into_inner().version_id)?;
+        Ok(Response::new(UnloadResponse { unloaded }))
+    }
+
+    async fn pin(&self, request: Request<PinRequest>) -> Result<Response<PinResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(PinResponse { loaded: self.models.set_pinned(&request.version_id, request.pinned) }))
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let loaded: Vec<LoadedModel> = self
             .models
             .loaded()
-            .await
             .into_iter()
-            .map(|(version_id, w)| {
+            .map(|(version_id, w, pinned, in_flight)| {
                 let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
                 LoadedModel {
                     version_id,
@@ -224,10 +258,12 @@ impl RunnerRpc for Runner {
                     batches_total: read(&w.stats.batches),
                     queue_us_total: read(&w.stats.queue_us),
                     compute_us_total: read(&w.stats.compute_us),
+                    pinned,
+                    in_flight: in_flight as u64,
                 }
             })
             .collect();
-        let counters = &self.models.counters;
+        let counters = self.models.counters();
         let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         Ok(Response::new(StatusResponse {
             memory_used_bytes: loaded.iter().map(|m| m.memory_bytes).sum(),

@@ -196,7 +196,7 @@ async fn quantized_gguf_models_stay_close_to_f32_and_generate_through_the_gatewa
     let cases = [
         ("f32", tiny_llama::TINY, GgmlDType::F32, F32_TOLERANCE),
         ("q8", tiny_llama::TINY, GgmlDType::Q8_0, Q8_0_TOLERANCE),
-        ("q4k", tiny_llama::Size { hidden: 256, intermediate: 512 }, GgmlDType::Q4K, Q4_K_TOLERANCE),
+        ("q4k", tiny_llama::WIDE, GgmlDType::Q4K, Q4_K_TOLERANCE),
     ];
     for (name, size, dtype, tolerance) in cases {
         let f32_dir = app.dir.path().join(format!("{name}-f32"));

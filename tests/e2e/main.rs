@@ -17,6 +17,7 @@ mod isolation;
 mod limits;
 mod lstm;
 mod minilm;
+mod model_cache;
 mod pagination;
 mod presigned;
 mod registry;

@@ -51,9 +51,17 @@ pub const CHAT_TEMPLATE: &str = "{% for m in messages %}<{{ m.role }}> {{ m.cont
 pub struct Size {
     pub hidden: usize,
     pub intermediate: usize,
+    /// Tokens of context.
+    pub context: usize,
+    /// The end-of-sequence id; one outside the vocabulary never ends a generation early.
+    pub eos: u32,
 }
 
-pub const TINY: Size = Size { hidden: 32, intermediate: 64 };
+pub const TINY: Size = Size { hidden: 32, intermediate: 64, context: 128, eos: 2 };
+/// Wide enough for Q4_K's 256-element rows.
+pub const WIDE: Size = Size { hidden: 256, intermediate: 512, context: 128, eos: 2 };
+/// Slow and never done early: a generation of thousands of tokens takes seconds.
+pub const LONG: Size = Size { hidden: 256, intermediate: 512, context: 4096, eos: 9999 };
 const HEADS: usize = 4;
 const KV_HEADS: usize = 2;
 
@@ -69,9 +77,9 @@ fn config_json(size: Size) -> Value {
         "num_key_value_heads": KV_HEADS,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
-        "max_position_embeddings": 128,
+        "max_position_embeddings": size.context,
         "bos_token_id": 1,
-        "eos_token_id": 2,
+        "eos_token_id": size.eos,
         "tie_word_embeddings": false
     })
 }
