@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use proto::v1::runner_client::RunnerClient;
 use proto::v1::{
-    ClassifyRequest, ClassifyResponse, EmbedRequest, EmbedResponse, GenerateChunk, GenerateRequest, ModelSpec,
-    StatusRequest, StatusResponse,
+    ClassifyRequest, ClassifyResponse, EmbedRequest, EmbedResponse, GenerateChunk, GenerateRequest, LoadRequest,
+    ModelSpec, PinRequest, StatusRequest, StatusResponse, UnloadRequest,
 };
 use sha2::{Digest as _, Sha256};
 use tonic::transport::{Channel, Endpoint};
@@ -125,6 +125,43 @@ impl RunnerPool {
                 .with_source(status),
             None => ApiError::unavailable("runner_unavailable", "no runners are configured"),
         })
+    }
+
+    /// Loads (and optionally pins) a version on the runner its traffic goes to; answers that
+    /// runner's address and the model's cost there.
+    pub async fn load(&self, spec: ModelSpec, pin: bool) -> Result<(String, u64), ApiError> {
+        let version_id = spec.version_id.clone();
+        let address = self.ranked(&version_id).first().map(|r| r.address.clone()).unwrap_or_default();
+        let request = LoadRequest { model: Some(spec), pin };
+        let answer = self
+            .call(&version_id, |mut client| {
+                let mut call = tonic::Request::new(request.clone());
+                call.set_timeout(INFERENCE_TIMEOUT);
+                async move { client.load(call).await }
+            })
+            .await?;
+        Ok((address, answer.memory_bytes))
+    }
+
+    /// Unloads a version from every runner that has it idle; answers, per runner, whether
+    /// it did (or why not).
+    pub async fn unload(&self, version_id: &str) -> Vec<(String, Result<bool, tonic::Status>)> {
+        let calls = self.runners.iter().map(|r| async move {
+            let mut request = tonic::Request::new(UnloadRequest { version_id: version_id.to_owned() });
+            request.set_timeout(STATUS_TIMEOUT);
+            (r.address.clone(), r.client.clone().unload(request).await.map(|a| a.into_inner().unloaded))
+        });
+        futures::future::join_all(calls).await
+    }
+
+    /// Pins or unpins a version on every runner; answers, per runner, whether it has it loaded.
+    pub async fn pin(&self, version_id: &str, pinned: bool) -> Vec<(String, Result<bool, tonic::Status>)> {
+        let calls = self.runners.iter().map(|r| async move {
+            let mut request = tonic::Request::new(PinRequest { version_id: version_id.to_owned(), pinned });
+            request.set_timeout(STATUS_TIMEOUT);
+            (r.address.clone(), r.client.clone().pin(request).await.map(|a| a.into_inner().loaded))
+        });
+        futures::future::join_all(calls).await
     }
 
     /// The status of every runner that answers.

@@ -140,3 +140,41 @@ async fn a_failed_load_reaches_every_waiter_and_is_tried_again_next_time() {
     assert_eq!(status(&app).await.loads_total, failed_loads + 1, "the next request loads again");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn platform_admins_load_pin_and_unload_models_through_the_api() {
+    let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    let admin = app.tenant("acme").await;
+    let dir = app.dir.path().join("m");
+    tiny_bert::write(&dir);
+    app.upload_model(&admin, "acme", "m", &dir).await;
+    let base = "/api/v1/admin/tenants/acme/models/m/versions/1";
+    let runners = || async { app.call(Method::GET, "/api/v1/admin/runners", &app.admin_key, None).await.1 };
+    let models = |runners: &serde_json::Value| runners["data"][0]["models"].as_array().cloned().unwrap_or_default();
+    assert!(models(&runners().await).is_empty(), "nothing is loaded before");
+
+    let (status, body) =
+        app.call(Method::POST, &format!("{base}/load"), &app.admin_key, Some(json!({"pin": true}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["memory_bytes"].as_u64().is_some_and(|n| n > 0), "{body}");
+    let now = runners().await;
+    assert_eq!(now["data"][0]["healthy"], true);
+    assert_eq!(models(&now)[0]["name"], "acme/m@1", "preloaded before any request: {now}");
+    assert_eq!(models(&now)[0]["pinned"], true);
+    assert_eq!(now["data"][0]["loads_total"], 1);
+    assert_eq!(app.embed(&admin, "m", json!("hello")).await.0, 200);
+    assert_eq!(runners().await["data"][0]["loads_total"], 1, "the request found it loaded");
+
+    let (status, body) =
+        app.call(Method::POST, &format!("{base}/pin"), &app.admin_key, Some(json!({"pinned": false}))).await;
+    assert_eq!((status, body["data"][0]["loaded"].as_bool()), (200, Some(true)), "{body}");
+    let (status, body) = app.call(Method::POST, &format!("{base}/unload"), &app.admin_key, None).await;
+    assert_eq!((status, body["data"][0]["unloaded"].as_bool()), (200, Some(true)), "{body}");
+    assert!(models(&runners().await).is_empty(), "unloaded");
+    let (status, _) = app.call(Method::POST, &format!("{base}/load"), &admin, None).await;
+    assert_eq!(status, 403, "a tenant admin manages no runner");
+    let (status, _) =
+        app.call(Method::POST, "/api/v1/admin/tenants/acme/models/m/versions/9/load", &app.admin_key, None).await;
+    assert_eq!(status, 404);
+    app.stop().await;
+}

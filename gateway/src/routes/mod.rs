@@ -23,6 +23,7 @@ pub(crate) mod hf;
 mod keys;
 mod models;
 mod openai;
+mod runners;
 pub mod table;
 mod tenants;
 mod uploads;
@@ -40,6 +41,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(auth_token::jwks)
         .service(auth_token::whoami)
         .service(admin::gc)
+        .service(runners::list)
+        .service(runners::load)
+        .service(runners::unload)
+        .service(runners::pin)
         .service(tenants::create)
         .service(tenants::list)
         .service(tenants::quotas)
