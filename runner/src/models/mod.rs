@@ -3,7 +3,7 @@
 
 mod bert_classification;
 mod bert_embedding;
-mod llama_generation;
+mod generation;
 mod lstm_classifier;
 
 use std::collections::HashMap;
@@ -13,7 +13,7 @@ use candle_core::Device;
 use serde::Deserialize;
 
 pub use bert_embedding::BertEmbedder;
-pub use llama_generation::{GenerateParams, LlamaGenerator, Piece};
+pub use generation::{GenerateParams, Piece, TextGenerator};
 
 use crate::error::{Error, Result};
 
@@ -62,7 +62,7 @@ pub struct Embedded {
 /// A model loaded on its device, owned by its worker thread.
 pub enum LoadedModel {
     BertEmbedding(Box<BertEmbedder>),
-    LlamaGeneration(Box<LlamaGenerator>),
+    Generation(Box<TextGenerator>),
     LstmClassification(Box<lstm_classifier::LstmClassifier>),
 }
 
@@ -85,12 +85,12 @@ impl LoadedModel {
                 Ok((LoadedModel::LstmClassification(Box::new(model)), bytes))
             }
             ("generation", ModelConfig::Llama(config)) => {
-                let (model, bytes) = LlamaGenerator::load(config, files, device)?;
-                Ok((LoadedModel::LlamaGeneration(Box::new(model)), bytes))
+                let (model, bytes) = TextGenerator::load(config, files, device)?;
+                Ok((LoadedModel::Generation(Box::new(model)), bytes))
             }
             ("generation", ModelConfig::Qwen2(config)) => {
-                let (model, bytes) = LlamaGenerator::load_qwen2(config, files, device)?;
-                Ok((LoadedModel::LlamaGeneration(Box::new(model)), bytes))
+                let (model, bytes) = TextGenerator::load_qwen2(config, files, device)?;
+                Ok((LoadedModel::Generation(Box::new(model)), bytes))
             }
             (task, _) => Err(files.invalid(format!("no model family serves task {task:?} for this architecture"))),
         }
@@ -100,7 +100,7 @@ impl LoadedModel {
         match self {
             LoadedModel::BertEmbedding(m) => m.embed(inputs),
             LoadedModel::LstmClassification(m) => m.classify(inputs),
-            LoadedModel::LlamaGeneration(_) => {
+            LoadedModel::Generation(_) => {
                 Err(Error::InvalidRequest("this model generates text; it does not embed".into()))
             }
         }
@@ -111,14 +111,14 @@ impl LoadedModel {
         match self {
             LoadedModel::BertEmbedding(m) => m.labels().map(<[String]>::to_vec),
             LoadedModel::LstmClassification(m) => Some(m.labels().to_vec()),
-            LoadedModel::LlamaGeneration(_) => None,
+            LoadedModel::Generation(_) => None,
         }
     }
 
     /// Generates text, handing each piece to `emit` (which answers false to stop early).
     pub fn generate(&mut self, params: &GenerateParams, emit: impl FnMut(Piece) -> bool) -> Result<()> {
         match self {
-            LoadedModel::LlamaGeneration(m) => m.generate(params, emit),
+            LoadedModel::Generation(m) => m.generate(params, emit),
             LoadedModel::BertEmbedding(_) | LoadedModel::LstmClassification(_) => {
                 Err(Error::InvalidRequest("this model does not generate text".into()))
             }

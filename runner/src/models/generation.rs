@@ -76,7 +76,7 @@ enum Backbone {
     GgufQwen2 { model: Box<quantized_qwen2::ModelWeights> },
 }
 
-pub struct LlamaGenerator {
+pub struct TextGenerator {
     backbone: Backbone,
     /// Tokens the model can attend to (prompt and generated).
     context: usize,
@@ -88,7 +88,7 @@ pub struct LlamaGenerator {
     device: Device,
 }
 
-impl LlamaGenerator {
+impl TextGenerator {
     pub fn load(config: LlamaConfig, files: &ModelFiles, device: &Device) -> Result<(Self, u64)> {
         let eos = match &config.eos_token_id {
             Some(LlamaEosToks::Single(id)) => vec![*id],
