@@ -5,10 +5,11 @@
 
 use std::path::Path;
 
-use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::llama::{Llama, LlamaConfig};
+use runner::convert::{LlamaShape, llama_to_gguf};
 use serde_json::json;
 
 const VOCAB: usize = 32_000;
@@ -58,52 +59,17 @@ fn main() -> anyhow::Result<()> {
     }
     varmap.save(out.join("f32/model.safetensors"))?;
 
-    // GGUF: llama.cpp's names, q and k rows interleaved per head, matrices in Q8_0.
+    // GGUF: llama.cpp's names and layout, matrices in Q8_0.
     let tensors = candle_core::safetensors::load(out.join("f32/model.safetensors"), &Device::Cpu)?;
-    let permute = |t: &Tensor, heads: usize| -> candle_core::Result<Tensor> {
-        let (rows, cols) = t.dims2()?;
-        t.reshape((heads, 2, rows / heads / 2, cols))?.transpose(1, 2)?.reshape((rows, cols))
+    let shape = LlamaShape {
+        heads: HEADS,
+        kv_heads: KV_HEADS,
+        layers: LAYERS,
+        hidden: HIDDEN,
+        context: 2048,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
     };
-    let mut named = vec![
-        ("token_embd.weight".to_owned(), tensors["model.embed_tokens.weight"].clone()),
-        ("output_norm.weight".to_owned(), tensors["model.norm.weight"].clone()),
-        ("output.weight".to_owned(), tensors["lm_head.weight"].clone()),
-    ];
-    for i in 0..LAYERS {
-        let hf = |n: &str| tensors[&format!("model.layers.{i}.{n}.weight")].clone();
-        for (gguf, t) in [
-            ("attn_q", permute(&hf("self_attn.q_proj"), HEADS)?),
-            ("attn_k", permute(&hf("self_attn.k_proj"), KV_HEADS)?),
-            ("attn_v", hf("self_attn.v_proj")),
-            ("attn_output", hf("self_attn.o_proj")),
-            ("ffn_gate", hf("mlp.gate_proj")),
-            ("ffn_down", hf("mlp.down_proj")),
-            ("ffn_up", hf("mlp.up_proj")),
-            ("attn_norm", hf("input_layernorm")),
-            ("ffn_norm", hf("post_attention_layernorm")),
-        ] {
-            named.push((format!("blk.{i}.{gguf}.weight"), t));
-        }
-    }
-    let quantized = named
-        .iter()
-        .map(|(n, t)| {
-            Ok((n.clone(), QTensor::quantize(t, if t.rank() == 1 { GgmlDType::F32 } else { GgmlDType::Q8_0 })?))
-        })
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let u = |n: usize| gguf_file::Value::U32(n as u32);
-    let metadata = [
-        ("general.architecture", gguf_file::Value::String("llama".into())),
-        ("llama.attention.head_count", u(HEADS)),
-        ("llama.attention.head_count_kv", u(KV_HEADS)),
-        ("llama.block_count", u(LAYERS)),
-        ("llama.embedding_length", u(HIDDEN)),
-        ("llama.rope.dimension_count", u(HIDDEN / HEADS)),
-        ("llama.attention.layer_norm_rms_epsilon", gguf_file::Value::F32(1e-5)),
-        ("llama.context_length", u(2048)),
-    ];
-    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
-    let qtensors: Vec<(&str, &QTensor)> = quantized.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut std::fs::File::create(out.join("q8/model.gguf"))?, &metadata, &qtensors)?;
+    llama_to_gguf(&tensors, &shape, GgmlDType::Q8_0, &out.join("q8/model.gguf"))?;
     Ok(())
 }

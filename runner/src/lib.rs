@@ -2,6 +2,7 @@
 
 mod artifacts;
 mod cache;
+pub mod convert;
 mod error;
 mod models;
 mod worker;

@@ -150,68 +150,22 @@ pub fn greedy_without_kv_cache(dir: &Path, prompt: &str, max_tokens: usize) -> (
     (text, generated.len())
 }
 
-/// Writes `dir`'s weights to `out` as a GGUF file quantized to `dtype` (norms stay f32), with
-/// the tensor names, metadata and q/k row order of llama.cpp's converter.
+/// Writes `dir`'s weights to `out` as a GGUF file quantized to `dtype` (norms stay f32), as
+/// llama.cpp's converter writes them.
 pub fn write_gguf(dir: &Path, out: &Path, dtype: candle_core::quantized::GgmlDType) {
-    use candle_core::quantized::{QTensor, gguf_file};
     let config: Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).expect("config")).expect("json");
-    let hidden = config["hidden_size"].as_u64().expect("hidden") as usize;
-    let layers = config["num_hidden_layers"].as_u64().expect("layers") as usize;
-    let head_dim = hidden / HEADS;
+    let size = |k: &str| config[k].as_u64().expect("a size") as usize;
     let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).expect("weights");
-    // llama.cpp stores q and k rows interleaved per head for its rotary embedding.
-    let permute = |t: &Tensor, heads: usize| {
-        let (rows, cols) = t.dims2().expect("2-D");
-        t.reshape((heads, 2, rows / heads / 2, cols))
-            .and_then(|t| t.transpose(1, 2))
-            .and_then(|t| t.reshape((rows, cols)))
-            .expect("permuted")
+    let shape = runner::convert::LlamaShape {
+        heads: HEADS,
+        kv_heads: KV_HEADS,
+        layers: size("num_hidden_layers"),
+        hidden: size("hidden_size"),
+        context: size("max_position_embeddings"),
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
     };
-    let mut named: Vec<(String, Tensor)> = vec![
-        ("token_embd.weight".into(), tensors["model.embed_tokens.weight"].clone()),
-        ("output_norm.weight".into(), tensors["model.norm.weight"].clone()),
-        ("output.weight".into(), tensors["lm_head.weight"].clone()),
-    ];
-    for i in 0..layers {
-        let hf = |name: &str| tensors[&format!("model.layers.{i}.{name}.weight")].clone();
-        for (gguf, tensor) in [
-            ("attn_q", permute(&hf("self_attn.q_proj"), HEADS)),
-            ("attn_k", permute(&hf("self_attn.k_proj"), KV_HEADS)),
-            ("attn_v", hf("self_attn.v_proj")),
-            ("attn_output", hf("self_attn.o_proj")),
-            ("ffn_gate", hf("mlp.gate_proj")),
-            ("ffn_down", hf("mlp.down_proj")),
-            ("ffn_up", hf("mlp.up_proj")),
-            ("attn_norm", hf("input_layernorm")),
-            ("ffn_norm", hf("post_attention_layernorm")),
-        ] {
-            named.push((format!("blk.{i}.{gguf}.weight"), tensor));
-        }
-    }
-    let quantized: Vec<(String, QTensor)> = named
-        .into_iter()
-        .map(|(name, t)| {
-            let kind = if t.rank() == 1 { candle_core::quantized::GgmlDType::F32 } else { dtype };
-            let q = QTensor::quantize(&t, kind).unwrap_or_else(|e| panic!("quantizing {name}: {e}"));
-            (name, q)
-        })
-        .collect();
-    let u32v = |n: usize| gguf_file::Value::U32(n as u32);
-    let metadata = [
-        ("general.architecture", gguf_file::Value::String("llama".into())),
-        ("llama.attention.head_count", u32v(HEADS)),
-        ("llama.attention.head_count_kv", u32v(KV_HEADS)),
-        ("llama.block_count", u32v(layers)),
-        ("llama.embedding_length", u32v(hidden)),
-        ("llama.rope.dimension_count", u32v(head_dim)),
-        ("llama.attention.layer_norm_rms_epsilon", gguf_file::Value::F32(1e-5)),
-        ("llama.rope.freq_base", gguf_file::Value::F32(10_000.0)),
-        ("llama.context_length", u32v(128)),
-    ];
-    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
-    let tensors: Vec<(&str, &QTensor)> = quantized.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut file = std::fs::File::create(out).expect("GGUF file");
-    gguf_file::write(&mut file, &metadata, &tensors).expect("GGUF written");
+    runner::convert::llama_to_gguf(&tensors, &shape, dtype, out).expect("GGUF written");
 }
 
 /// The last position's logits for `prompt`, from the f32 safetensors and from a GGUF file.
