@@ -178,3 +178,49 @@ async fn platform_admins_load_pin_and_unload_models_through_the_api() {
     assert_eq!(status, 404);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_models_unload_after_their_ttl_unless_pinned() {
+    let mut app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    app.config_mut().runner.idle_ttl_secs = 1;
+    app.restart().await;
+    let admin = app.tenant("acme").await;
+    for name in ["kept", "idle"] {
+        let dir = app.dir.path().join(name);
+        tiny_bert::write(&dir);
+        app.upload_model(&admin, "acme", name, &dir).await;
+        assert_eq!(app.embed(&admin, name, json!("hello")).await.0, 200);
+    }
+    let kept = status(&app).await.loaded.into_iter().find(|m| m.display_name == "acme/kept@1").expect("loaded");
+    let mut runner = app.runner_client().await;
+    runner.pin(PinRequest { version_id: kept.version_id, pinned: true }).await.expect("pin");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(loaded(&status(&app).await), ["acme/kept@1"], "the idle model went, the pinned one stayed");
+    assert_eq!(app.embed(&admin, "idle", json!("hello")).await.0, 200, "and comes back on demand");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_mid_stream_stops_its_generation() {
+    let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    let admin = app.tenant("acme").await;
+    let dir = app.dir.path().join("long");
+    tiny_llama::write_sized(&dir, tiny_llama::LONG);
+    app.upload_task_model(&admin, "acme", "long", "generation", &dir).await;
+    let long = json!({"model": "long", "prompt": "the cat", "max_tokens": 3000, "stream": true});
+    let response = app.req(Method::POST, "/v1/completions", Some(&admin)).json(&long).send().await.expect("sent");
+    let mut stream = response.bytes_stream();
+    stream.next().await.expect("a first chunk").expect("bytes");
+    // The model's thread counts a generation when it returns.
+    let finished = |s: &StatusResponse| s.loaded.iter().map(|m| m.requests_total).sum::<u64>();
+    assert_eq!(finished(&status(&app).await), 0, "generating");
+    drop(stream);
+    // 3,000 tokens take many seconds; the thread stops at its next token once the client left.
+    let started = std::time::Instant::now();
+    while finished(&status(&app).await) == 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(3), "the generation stopped when its client left");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(&app).await.loaded[0].in_flight, 0);
+    app.stop().await;
+}
