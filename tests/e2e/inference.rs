@@ -117,3 +117,25 @@ async fn concurrent_requests_share_batches_and_a_full_queue_answers_429_at_once(
     assert!(fastest_refusal < slowest_ok, "a refusal does not wait for the queue");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dimensions_shortens_embeddings_to_unit_length() {
+    let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    let key = app.tenant("acme").await;
+    let dir = app.dir.path().join("tiny");
+    tiny_bert::write(&dir);
+    app.upload_model(&key, "acme", "tiny", &dir).await;
+    let (_, full) = app.embed(&key, "tiny", json!("hello world")).await;
+    let full = embedding(&full, 0);
+    let body = json!({"model": "tiny", "input": "hello world", "dimensions": 8});
+    let (status, short) = app.call(reqwest::Method::POST, "/v1/embeddings", &key, Some(body)).await;
+    assert_eq!(status, 200, "{short}");
+    let short = embedding(&short, 0);
+    assert_eq!(short.len(), 8);
+    let norm = full[..8].iter().map(|v| v * v).sum::<f32>().sqrt();
+    let expected: Vec<f32> = full[..8].iter().map(|v| v / norm).collect();
+    assert!(crate::helpers::max_abs_diff(&short, &expected) < 1e-6, "the first 8 values, at unit length");
+    let body = json!({"model": "tiny", "input": "hello", "dimensions": full.len() + 1});
+    assert_eq!(app.call(reqwest::Method::POST, "/v1/embeddings", &key, Some(body)).await.0, 400);
+    app.stop().await;
+}

@@ -204,23 +204,34 @@ async fn embed(
     served: &mut Served,
 ) -> Result<HttpResponse, ApiError> {
     let texts = parse_input(body.input)?;
-    if body.dimensions.is_some() {
-        return Err(ApiError::bad_request("invalid_request", "dimensions is not supported by this model"));
+    if body.dimensions == Some(0) {
+        return Err(ApiError::bad_request("invalid_request", "dimensions must be at least 1"));
     }
     let spec = model_spec(state, tenant, &body.model, Task::Embedding, served).await?;
     let display_name = spec.display_name.clone();
     let answer = state.runners.embed(spec, texts).await?;
     let prompt_tokens: u64 = answer.embeddings.iter().map(|e| u64::from(e.tokens)).sum();
     served.input_tokens = i64::try_from(prompt_tokens).unwrap_or(i64::MAX);
+    let width = answer.embeddings.first().map_or(0, |e| e.values.len());
+    if let Some(dimensions) = body.dimensions.filter(|d| *d as usize > width) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("dimensions is {dimensions}; this model's embeddings have {width}"),
+        ));
+    }
     let data: Vec<Value> = answer
         .embeddings
         .into_iter()
         .enumerate()
         .map(|(index, e)| {
+            let values = match body.dimensions {
+                Some(d) => shorten(e.values, d as usize),
+                None => e.values,
+            };
             let embedding = match body.encoding_format {
-                EncodingFormat::Float => json!(e.values),
+                EncodingFormat::Float => json!(values),
                 EncodingFormat::Base64 => {
-                    let bytes: Vec<u8> = e.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
                     json!(base64::engine::general_purpose::STANDARD.encode(bytes))
                 }
             };
@@ -235,9 +246,26 @@ async fn embed(
     })))
 }
 
+/// The first `dimensions` values, scaled back to unit length (as OpenAI shortens its
+/// embeddings).
+fn shorten(mut values: Vec<f32>, dimensions: usize) -> Vec<f32> {
+    values.truncate(dimensions);
+    let norm = values.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        values.iter_mut().for_each(|v| *v /= norm);
+    }
+    values
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shortened_embeddings_keep_their_direction_at_unit_length() {
+        let short = shorten(vec![3.0, 4.0, 12.0], 2);
+        assert_eq!(short, vec![0.6, 0.8]);
+    }
 
     #[test]
     fn input_takes_strings_and_refuses_the_rest_clearly() {
