@@ -190,7 +190,10 @@ async fn authorize(
         Err(e) => {
             // The Hub's clients read a missing repository from this header.
             let e = if req.path().starts_with("/hf/") { routes::hf::hub_error("RepoNotFound")(e) } else { e };
-            Ok(req.into_response(e.error_response()).map_into_right_body())
+            // The Open Inference Protocol's clients read `{"error": "…"}`.
+            let response =
+                if req.path().starts_with("/v2") { routes::kserve::kserve_error(&e) } else { e.error_response() };
+            Ok(req.into_response(response).map_into_right_body())
         }
     }
 }

@@ -14,6 +14,7 @@ mod helpers;
 mod hf;
 mod inference;
 mod isolation;
+mod kserve;
 mod limits;
 mod lstm;
 mod minilm;

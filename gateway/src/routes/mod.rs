@@ -21,6 +21,7 @@ pub(crate) mod files;
 mod health;
 pub(crate) mod hf;
 mod keys;
+pub(crate) mod kserve;
 mod models;
 mod openai;
 mod runners;
@@ -84,6 +85,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(hf::info)
         .service(hf::info_main)
         .service(hf::tree)
+        .service(kserve::live)
+        .service(kserve::ready)
+        .service(kserve::server)
+        .service(kserve::model_metadata)
+        .service(kserve::version_metadata)
+        .service(kserve::model_ready)
+        .service(kserve::version_ready)
+        .service(kserve::model_infer)
+        .service(kserve::version_infer)
         .service(openai::models)
         .service(openai::embeddings)
         .service(classifications::classifications)

@@ -1,0 +1,279 @@
+//! KServe's Open Inference Protocol (v2) over REST, for the caller's own tenant: health,
+//! server and model metadata, readiness, and `infer` for embedding and classification models
+//! (BYTES text inputs; FP32 outputs, and BYTES labels for classifiers). Errors answer
+//! `{"error": "…"}`, the protocol's shape. `{model}` is a model name; `versions/{v}` a number.
+
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, get, post, web};
+use registry::aliases::ModelRef;
+use registry::names::{ModelName, Role, Task};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::openai::{Served, model_spec};
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::ApiError;
+
+/// The protocol's error shape: `{"error": "message"}`, with the status the error has.
+pub(crate) fn kserve_error(e: &ApiError) -> HttpResponse {
+    let message = e.to_string();
+    let message = message.split_once("): ").map_or(message.as_str(), |(_, m)| m).to_owned();
+    HttpResponse::build(e.status()).json(json!({ "error": message }))
+}
+
+fn answer(result: Result<HttpResponse, ApiError>) -> HttpResponse {
+    result.unwrap_or_else(|e| kserve_error(&e))
+}
+
+/// Requires: nothing.
+#[get("/v2/health/live")]
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "live": true }))
+}
+
+/// Ready when the metadata database answers. Requires: nothing.
+#[get("/v2/health/ready")]
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    match state.registry.db().ping().await {
+        Ok(()) => HttpResponse::Ok().json(json!({ "ready": true })),
+        Err(_) => HttpResponse::ServiceUnavailable().json(json!({ "ready": false })),
+    }
+}
+
+/// Server metadata. Requires: nothing.
+#[get("/v2")]
+async fn server() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "name": "modelgate", "version": env!("CARGO_PKG_VERSION"), "extensions": [] }))
+}
+
+/// `model` or `model@version`, as the registry resolves references.
+fn reference(model: &str, version: Option<&str>) -> String {
+    match version {
+        Some(v) => format!("{model}@{v}"),
+        None => model.to_owned(),
+    }
+}
+
+fn tensors(task: Task) -> (Value, Value) {
+    let text = json!([{ "name": "text", "datatype": "BYTES", "shape": [-1] }]);
+    match task {
+        Task::Embedding => (text, json!([{ "name": "embedding", "datatype": "FP32", "shape": [-1, -1] }])),
+        Task::Classification => (
+            text,
+            json!([
+                { "name": "scores", "datatype": "FP32", "shape": [-1, -1] },
+                { "name": "label", "datatype": "BYTES", "shape": [-1] }
+            ]),
+        ),
+        Task::Generation => (text, json!([{ "name": "text_output", "datatype": "BYTES", "shape": [-1] }])),
+    }
+}
+
+async fn metadata(
+    state: &AppState,
+    principal: &Principal,
+    model: &str,
+    version: Option<&str>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = principal.own_tenant(Role::Invoker)?;
+    let not_found = || ApiError::not_found(format!("model {model:?} not found"));
+    let name = ModelName::parse(model).map_err(|_| not_found())?;
+    let reference = ModelRef::parse(&reference(model, version)).map_err(|_| not_found())?;
+    let (found, resolved) = state.registry.resolve(&tenant.id, &reference).await.map_err(|e| match e {
+        registry::Error::NotFound { .. } => not_found(),
+        e => e.into(),
+    })?;
+    let (inputs, outputs) = tensors(found.task);
+    Ok(HttpResponse::Ok().json(json!({
+        "name": name.as_str(),
+        "versions": [resolved.number.to_string()],
+        "platform": "modelgate",
+        "inputs": inputs,
+        "outputs": outputs,
+    })))
+}
+
+/// Model metadata (the newest ready version). Requires: invoker.
+#[get("/v2/models/{model}")]
+async fn model_metadata(state: web::Data<AppState>, principal: Principal, path: web::Path<String>) -> HttpResponse {
+    answer(metadata(&state, &principal, &path, None).await)
+}
+
+/// Model metadata of one version. Requires: invoker.
+#[get("/v2/models/{model}/versions/{version}")]
+async fn version_metadata(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    let (model, version) = path.into_inner();
+    answer(metadata(&state, &principal, &model, Some(&version)).await)
+}
+
+async fn readiness(state: &AppState, principal: &Principal, model: &str, version: Option<&str>) -> HttpResponse {
+    match metadata(state, principal, model, version).await {
+        Ok(_) => HttpResponse::Ok().json(json!({ "name": model, "ready": true })),
+        Err(e) => kserve_error(&e),
+    }
+}
+
+/// Ready when a ready version answers to the name. Requires: invoker.
+#[get("/v2/models/{model}/ready")]
+async fn model_ready(state: web::Data<AppState>, principal: Principal, path: web::Path<String>) -> HttpResponse {
+    readiness(&state, &principal, &path, None).await
+}
+
+/// Requires: invoker.
+#[get("/v2/models/{model}/versions/{version}/ready")]
+async fn version_ready(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    let (model, version) = path.into_inner();
+    readiness(&state, &principal, &model, Some(&version)).await
+}
+
+#[derive(Deserialize)]
+struct InferRequest {
+    id: Option<String>,
+    inputs: Vec<InferInput>,
+}
+
+#[derive(Deserialize)]
+struct InferInput {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    data: Value,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_request", message)
+}
+
+/// The texts of the one BYTES input, its shape checked against its data.
+fn texts(request: &InferRequest) -> Result<Vec<String>, ApiError> {
+    let [input] = request.inputs.as_slice() else {
+        return Err(invalid("send exactly one input: the texts, as BYTES"));
+    };
+    if input.datatype != "BYTES" {
+        return Err(invalid(format!("input {:?} must be BYTES, not {}", input.name, input.datatype)));
+    }
+    let data = input.data.as_array().ok_or_else(|| invalid(format!("input {:?} data must be an array", input.name)))?;
+    let texts: Vec<String> = data
+        .iter()
+        .map(|v| {
+            v.as_str().map(str::to_owned).ok_or_else(|| invalid(format!("input {:?} holds a non-string", input.name)))
+        })
+        .collect::<Result<_, _>>()?;
+    let elements: i64 = input.shape.iter().product();
+    if input.shape.iter().any(|d| *d < 0) || elements != texts.len() as i64 || texts.is_empty() {
+        return Err(invalid(format!(
+            "input {:?} has shape {:?} but {} elements",
+            input.name,
+            input.shape,
+            texts.len()
+        )));
+    }
+    Ok(texts)
+}
+
+async fn infer(
+    state: &web::Data<AppState>,
+    principal: &Principal,
+    model: &str,
+    version: Option<&str>,
+    request: &InferRequest,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = principal.own_tenant(Role::Invoker)?;
+    let started = Instant::now();
+    let mut served = Served { model: model.to_owned(), version: 0, input_tokens: 0 };
+    let result = async {
+        let texts = texts(request)?;
+        let n = texts.len();
+        let reference = reference(model, version);
+        let (found, _) = state
+            .registry
+            .resolve(
+                &tenant.id,
+                &ModelRef::parse(&reference).map_err(|_| ApiError::not_found(format!("model {model:?} not found")))?,
+            )
+            .await
+            .map_err(|e| match e {
+                registry::Error::NotFound { .. } => ApiError::not_found(format!("model {model:?} not found")),
+                e => e.into(),
+            })?;
+        let spec = model_spec(state, tenant, &reference, found.task, &mut served).await?;
+        let outputs = match found.task {
+            Task::Embedding => {
+                let answer = state.runners.embed(spec, texts).await?;
+                served.input_tokens = answer.embeddings.iter().map(|e| i64::from(e.tokens)).sum();
+                let width = answer.embeddings.first().map_or(0, |e| e.values.len());
+                let data: Vec<f32> = answer.embeddings.into_iter().flat_map(|e| e.values).collect();
+                json!([{ "name": "embedding", "datatype": "FP32", "shape": [n, width], "data": data }])
+            }
+            Task::Classification => {
+                let results = state.runners.classify(spec, texts).await?.results;
+                served.input_tokens = results.iter().map(|r| i64::from(r.tokens)).sum();
+                let width = results.first().map_or(0, |r| r.scores.len());
+                let labels: Vec<String> = results
+                    .iter()
+                    .map(|r| {
+                        r.scores
+                            .iter()
+                            .max_by(|a, b| a.score.total_cmp(&b.score))
+                            .map(|s| s.label.clone())
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                let scores: Vec<f32> = results.iter().flat_map(|r| r.scores.iter().map(|s| s.score)).collect();
+                json!([
+                    { "name": "scores", "datatype": "FP32", "shape": [n, width], "data": scores },
+                    { "name": "label", "datatype": "BYTES", "shape": [n], "data": labels }
+                ])
+            }
+            Task::Generation => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "generation models answer /v1/completions and /v1/chat/completions",
+                ));
+            }
+        };
+        let mut body = json!({ "model_name": model, "model_version": served.version.to_string(), "outputs": outputs });
+        if let Some(id) = &request.id {
+            body["id"] = json!(id);
+        }
+        Ok(HttpResponse::Ok().json(body))
+    }
+    .await;
+    served.record(state, principal, result.is_ok(), started);
+    result
+}
+
+/// Inference with the newest ready version. Requires: invoker.
+#[post("/v2/models/{model}/infer")]
+async fn model_infer(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+    body: web::Json<InferRequest>,
+) -> HttpResponse {
+    answer(infer(&state, &principal, &path, None, &body).await)
+}
+
+/// Inference with one version. Requires: invoker.
+#[post("/v2/models/{model}/versions/{version}/infer")]
+async fn version_infer(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(String, String)>,
+    body: web::Json<InferRequest>,
+) -> HttpResponse {
+    let (model, version) = path.into_inner();
+    answer(infer(&state, &principal, &model, Some(&version), &body).await)
+}

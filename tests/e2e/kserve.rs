@@ -1,0 +1,80 @@
+//! KServe's Open Inference Protocol (v2): health, metadata, readiness and infer for embedding
+//! and classification models, with the protocol's error shape.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{AppOptions, Database, TestApp, embedding, max_abs_diff};
+use crate::tiny_bert;
+
+fn texts(data: &[&str]) -> Value {
+    json!({"id": "r1", "inputs": [{"name": "text", "shape": [data.len()], "datatype": "BYTES", "data": data}]})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_open_inference_protocol_serves_embeddings_and_classifiers() {
+    let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    let admin = app.tenant("acme").await;
+    let (embedder, classifier) = (app.dir.path().join("e"), app.dir.path().join("c"));
+    tiny_bert::write(&embedder);
+    tiny_bert::write_classifier(&classifier, &["negative", "positive"]);
+    app.upload_model(&admin, "acme", "minilm", &embedder).await;
+    app.upload_task_model(&admin, "acme", "sentiment", "classification", &classifier).await;
+    let key = app.key("acme", "invoker", &admin).await;
+
+    for path in ["/v2/health/live", "/v2/health/ready", "/v2"] {
+        assert_eq!(app.req(Method::GET, path, None).send().await.expect("sent").status(), 200, "{path}");
+    }
+    let (status, meta) = app.call(Method::GET, "/v2/models/minilm", &key, None).await;
+    assert_eq!(status, 200, "{meta}");
+    assert_eq!((meta["name"].as_str(), meta["versions"].clone()), (Some("minilm"), json!(["1"])));
+    assert_eq!(meta["inputs"][0]["datatype"], "BYTES");
+    let (status, ready) = app.call(Method::GET, "/v2/models/minilm/versions/1/ready", &key, None).await;
+    assert_eq!((status, ready["ready"].as_bool()), (200, Some(true)));
+
+    let inputs = ["hello world", "the cat sat on the mat"];
+    let (status, out) = app.call(Method::POST, "/v2/models/minilm/infer", &key, Some(texts(&inputs))).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["id"], "r1");
+    let output = &out["outputs"][0];
+    assert_eq!((output["name"].as_str(), output["datatype"].as_str()), (Some("embedding"), Some("FP32")));
+    let width = output["shape"][1].as_u64().expect("width") as usize;
+    assert_eq!(output["shape"][0], 2);
+    let flat: Vec<f32> =
+        output["data"].as_array().expect("data").iter().map(|v| v.as_f64().expect("f") as f32).collect();
+    let (_, openai) = app.embed(&key, "minilm", json!(inputs)).await;
+    for i in 0..2 {
+        assert!(max_abs_diff(&flat[i * width..(i + 1) * width], &embedding(&openai, i)) < 1e-6, "row {i}");
+    }
+
+    let (status, out) =
+        app.call(Method::POST, "/v2/models/sentiment/versions/1/infer", &key, Some(texts(&inputs))).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["outputs"][0]["shape"], json!([2, 2]));
+    let scores: Vec<f32> =
+        out["outputs"][0]["data"].as_array().expect("scores").iter().map(|v| v.as_f64().expect("f") as f32).collect();
+    let reference = tiny_bert::reference_scores(&classifier, inputs[0]);
+    assert!(max_abs_diff(&scores[..2], &reference) < 1e-5);
+    let best = if reference[0] > reference[1] { "negative" } else { "positive" };
+    assert_eq!(out["outputs"][1]["data"][0], best);
+
+    // Errors: the protocol's shape, a clear message.
+    let mut bad_shape = texts(&inputs);
+    bad_shape["inputs"][0]["shape"] = json!([3]);
+    let mut not_bytes = texts(&inputs);
+    not_bytes["inputs"][0]["datatype"] = json!("FP32");
+    for (path, body, status) in [
+        ("/v2/models/minilm/infer", bad_shape, 400),
+        ("/v2/models/minilm/infer", not_bytes, 400),
+        ("/v2/models/nope/infer", texts(&inputs), 404),
+        ("/v2/models/minilm/versions/7/infer", texts(&inputs), 404),
+    ] {
+        let (got, answer) = app.call(Method::POST, path, &key, Some(body)).await;
+        assert_eq!(got, status, "{path}: {answer}");
+        assert!(answer["error"].is_string(), "{{\"error\": \"…\"}}: {answer}");
+    }
+    let other = app.tenant("globex").await;
+    let (status, answer) = app.call(Method::GET, "/v2/models/minilm", &other, None).await;
+    assert_eq!(status, 404, "another tenant's model does not exist for it: {answer}");
+    app.stop().await;
+}
