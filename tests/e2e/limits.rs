@@ -78,6 +78,7 @@ async fn limits_on(database: Database) {
     let (status, body) = app.call(Method::PATCH, &format!("/api/v1/tenants/acme/keys/{id}"), &admin, Some(patch)).await;
     assert_eq!(status, 200, "{body}");
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    away_from_the_minute_boundary().await;
     let (admitted, refused) = hammer([&app, &other], "acme", &limited, 12).await;
     assert_eq!(admitted, 6, "exactly the key's limit");
     let body = refused.expect("refusals").2;
@@ -99,6 +100,7 @@ async fn limits_on(database: Database) {
     let free = app.key("globex", "viewer", &globex).await;
     set_tenant_limits(&app, "globex", json!({"requests_per_minute": 12})).await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    away_from_the_minute_boundary().await;
     let (admitted, refused) = hammer([&app, &other], "globex", &fresh, 10).await;
     assert_eq!(admitted, 5, "the key's 5 is tighter than the tenant's 12");
     assert!(refused.expect("refused").2.to_string().contains("the key's requests_per_minute"));
