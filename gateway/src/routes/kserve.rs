@@ -12,7 +12,7 @@ use registry::names::{ModelName, Role, Task};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::openai::{Served, model_spec};
+use super::openai::{Served, resolve_spec};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -196,19 +196,14 @@ async fn infer(
         let texts = texts(request)?;
         let n = texts.len();
         let reference = reference(model, version);
-        let (found, _) = state
-            .registry
-            .resolve(
-                &tenant.id,
-                &ModelRef::parse(&reference).map_err(|_| ApiError::not_found(format!("model {model:?} not found")))?,
-            )
-            .await
-            .map_err(|e| match e {
-                registry::Error::NotFound { .. } => ApiError::not_found(format!("model {model:?} not found")),
-                e => e.into(),
-            })?;
-        let spec = model_spec(state, tenant, &reference, found.task, &mut served).await?;
-        let outputs = match found.task {
+        let (spec, task) = resolve_spec(state, tenant, &reference, &mut served).await.map_err(|e| {
+            if e.status() == StatusCode::NOT_FOUND {
+                ApiError::not_found(format!("model {model:?} not found"))
+            } else {
+                e
+            }
+        })?;
+        let outputs = match task {
             Task::Embedding => {
                 let answer = state.runners.embed(spec, texts).await?;
                 served.input_tokens = answer.embeddings.iter().map(|e| i64::from(e.tokens)).sum();

@@ -154,6 +154,27 @@ pub(super) async fn model_spec(
     task: Task,
     served: &mut Served,
 ) -> Result<ModelSpec, ApiError> {
+    let (spec, actual) = resolve_spec(state, tenant, requested, served).await?;
+    if actual != task {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "model {requested:?} is a {} model; this endpoint serves {} models",
+                actual.as_str(),
+                task.as_str()
+            ),
+        ));
+    }
+    Ok(spec)
+}
+
+/// The same for a model of any task; answers its task too.
+pub(super) async fn resolve_spec(
+    state: &AppState,
+    tenant: &Tenant,
+    requested: &str,
+    served: &mut Served,
+) -> Result<(ModelSpec, Task), ApiError> {
     let not_found = || {
         ApiError::new(
             actix_web::http::StatusCode::NOT_FOUND,
@@ -168,18 +189,8 @@ pub(super) async fn model_spec(
     })?;
     served.model = model.name.to_string();
     served.version = version.number;
-    if model.task != task {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            format!(
-                "model {requested:?} is a {} model; this endpoint serves {} models",
-                model.task.as_str(),
-                task.as_str()
-            ),
-        ));
-    }
     let storage = state.registry.storage();
-    Ok(ModelSpec {
+    let spec = ModelSpec {
         version_id: version.id.clone(),
         display_name: format!("{}/{}@{}", tenant.name, model.name, version.number),
         architecture: version.architecture.clone().unwrap_or_default(),
@@ -194,7 +205,8 @@ pub(super) async fn model_spec(
                 object_path: storage.blob_path(&tenant.id, &f.digest).to_string(),
             })
             .collect(),
-    })
+    };
+    Ok((spec, model.task))
 }
 
 async fn embed(
