@@ -7,6 +7,7 @@ mod error;
 mod models;
 mod worker;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::models::GenerateParams;
 pub use error::Error;
@@ -47,6 +49,9 @@ pub struct RunnerConfig {
     pub queue_depth: usize,
     /// Inputs run together in one batch at most.
     pub max_batch_inputs: usize,
+    /// Tokens (all inputs' together, before padding) run in one batch at most; a single
+    /// request over it runs alone.
+    pub max_batch_tokens: usize,
     /// How long (µs) a batch waits for more requests once one arrives; 0 takes only what is
     /// already queued.
     pub max_batch_wait_us: u64,
@@ -63,6 +68,7 @@ impl Default for RunnerConfig {
             idle_ttl_secs: 0,
             queue_depth: 64,
             max_batch_inputs: 256,
+            max_batch_tokens: 16_384,
             max_batch_wait_us: 0,
         }
     }
@@ -84,6 +90,7 @@ impl Runner {
         let limits = worker::BatchLimits {
             queue_depth: config.queue_depth.max(1),
             max_batch_inputs: config.max_batch_inputs.max(1),
+            max_batch_tokens: config.max_batch_tokens.max(1),
             max_batch_wait: std::time::Duration::from_micros(config.max_batch_wait_us),
         };
         let budget = config.memory_budget_bytes.unwrap_or(config.memory_budget_mib * 1024 * 1024);
@@ -135,101 +142,139 @@ fn device() -> candle_core::Device {
     candle_core::Device::Cpu
 }
 
+/// The gateway's request id and trace id (from the call's metadata) on this call's log lines.
+fn call_span<T>(rpc: &'static str, request: &Request<T>) -> tracing::Span {
+    let meta = |name| request.metadata().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let trace_id = meta("traceparent").split('-').nth(1).unwrap_or_default();
+    tracing::info_span!("rpc", rpc, request.id = %meta("x-request-id"), trace.id = %trace_id)
+}
+
+/// Runs a call inside its span and logs how it ended.
+async fn traced<T>(span: tracing::Span, call: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+    let started = std::time::Instant::now();
+    let result = call.instrument(span.clone()).await;
+    let duration_ms = started.elapsed().as_millis() as u64;
+    span.in_scope(|| match &result {
+        Ok(_) => tracing::info!(duration_ms, "call done"),
+        Err(status) => {
+            tracing::info!(duration_ms, grpc.code = ?status.code(), error = %status.message(), "call failed")
+        }
+    });
+    result
+}
+
 #[tonic::async_trait]
 impl RunnerRpc for Runner {
     async fn embed(&self, request: Request<EmbedRequest>) -> Result<Response<EmbedResponse>, Status> {
-        let request = request.into_inner();
-        let spec = request.model.ok_or_else(|| Status::invalid_argument("model is required"))?;
-        if request.inputs.is_empty() {
-            return Err(Status::invalid_argument("inputs must not be empty"));
-        }
-        if request.inputs.len() > MAX_INPUTS {
-            return Err(Status::invalid_argument(format!("at most {MAX_INPUTS} inputs per request")));
-        }
-        let worker = self.models.get(&spec).await.map_err(|e| e.status())?;
-        if worker.labels.is_some() {
-            return Err(Status::invalid_argument("this model classifies; it does not embed"));
-        }
-        let embedded = worker.embed(request.inputs).await?;
-        let embeddings = embedded.into_iter().map(|e| Embedding { values: e.values, tokens: e.tokens }).collect();
-        Ok(Response::new(EmbedResponse { embeddings }))
+        let span = call_span("embed", &request);
+        traced(span, async move {
+            let request = request.into_inner();
+            let spec = request.model.ok_or_else(|| Status::invalid_argument("model is required"))?;
+            if request.inputs.is_empty() {
+                return Err(Status::invalid_argument("inputs must not be empty"));
+            }
+            if request.inputs.len() > MAX_INPUTS {
+                return Err(Status::invalid_argument(format!("at most {MAX_INPUTS} inputs per request")));
+            }
+            let worker = self.models.get(&spec).await.map_err(|e| e.status())?;
+            if worker.labels.is_some() {
+                return Err(Status::invalid_argument("this model classifies; it does not embed"));
+            }
+            let embedded = worker.embed(request.inputs).await?;
+            let embeddings = embedded.into_iter().map(|e| Embedding { values: e.values, tokens: e.tokens }).collect();
+            Ok(Response::new(EmbedResponse { embeddings }))
+        })
+        .await
     }
 
     async fn classify(&self, request: Request<ClassifyRequest>) -> Result<Response<ClassifyResponse>, Status> {
-        let request = request.into_inner();
-        let spec = request.model.ok_or_else(|| Status::invalid_argument("model is required"))?;
-        if request.inputs.is_empty() || request.inputs.len() > MAX_INPUTS {
-            return Err(Status::invalid_argument(format!("send 1 to {MAX_INPUTS} inputs")));
-        }
-        let worker = self.models.get(&spec).await.map_err(|e| e.status())?;
-        let labels = worker.labels.clone().ok_or_else(|| Status::invalid_argument("this model does not classify"))?;
-        let scored = worker.embed(request.inputs).await?;
-        let results = scored
-            .into_iter()
-            .map(|e| Classification {
-                scores: labels
-                    .iter()
-                    .zip(e.values)
-                    .map(|(label, score)| LabelScore { label: label.clone(), score })
-                    .collect(),
-                tokens: e.tokens,
-            })
-            .collect();
-        Ok(Response::new(ClassifyResponse { results }))
+        let span = call_span("classify", &request);
+        traced(span, async move {
+            let request = request.into_inner();
+            let spec = request.model.ok_or_else(|| Status::invalid_argument("model is required"))?;
+            if request.inputs.is_empty() || request.inputs.len() > MAX_INPUTS {
+                return Err(Status::invalid_argument(format!("send 1 to {MAX_INPUTS} inputs")));
+            }
+            let worker = self.models.get(&spec).await.map_err(|e| e.status())?;
+            let labels =
+                worker.labels.clone().ok_or_else(|| Status::invalid_argument("this model does not classify"))?;
+            let scored = worker.embed(request.inputs).await?;
+            let results = scored
+                .into_iter()
+                .map(|e| Classification {
+                    scores: labels
+                        .iter()
+                        .zip(e.values)
+                        .map(|(label, score)| LabelScore { label: label.clone(), score })
+                        .collect(),
+                    tokens: e.tokens,
+                })
+                .collect();
+            Ok(Response::new(ClassifyResponse { results }))
+        })
+        .await
     }
 
     type GenerateStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<GenerateChunk, Status>> + Send>>;
 
     async fn generate(&self, request: Request<GenerateRequest>) -> Result<Response<Self::GenerateStream>, Status> {
-        let request = request.into_inner();
-        let spec = request.model.ok_or_else(|| Status::invalid_argument("model is required"))?;
-        if request.prompt.is_empty() == request.messages.is_empty() {
-            return Err(Status::invalid_argument("send either a prompt or messages"));
-        }
-        if request.max_tokens == 0 {
-            return Err(Status::invalid_argument("max_tokens must be at least 1"));
-        }
-        let params = GenerateParams {
-            prompt: (!request.prompt.is_empty()).then_some(request.prompt),
-            messages: request.messages.into_iter().map(|m| (m.role, m.content)).collect(),
-            max_tokens: request.max_tokens as usize,
-            temperature: request.temperature.map(f64::from),
-            top_p: request.top_p.map(f64::from),
-            top_k: request.top_k.map(|k| k as usize),
-            seed: request.seed.unwrap_or_else(rand_seed),
-            repetition_penalty: request.repetition_penalty,
-            stop: request.stop,
-        };
-        let lease = self.models.get(&spec).await.map_err(|e| e.status())?;
-        let pieces = lease.generate(params)?;
-        // The worker stops once this stream (and so its receiver) is dropped; the stream holds
-        // the lease, so the model is not evicted while it generates.
-        let stream = futures::stream::unfold((pieces, lease), |(mut pieces, lease)| async move {
-            let piece = pieces.recv().await?;
-            let chunk = piece
-                .map(|p| GenerateChunk {
-                    text: p.text,
-                    finish_reason: p.finish_reason.unwrap_or_default().to_owned(),
-                    prompt_tokens: p.prompt_tokens,
-                    completion_tokens: p.completion_tokens,
-                })
-                .map_err(|e| e.status());
-            Some((chunk, (pieces, lease)))
-        });
-        Ok(Response::new(Box::pin(stream)))
+        let span = call_span("generate", &request);
+        traced(span, async move {
+            let request = request.into_inner();
+            let spec = request.model.ok_or_else(|| Status::invalid_argument("model is required"))?;
+            if request.prompt.is_empty() == request.messages.is_empty() {
+                return Err(Status::invalid_argument("send either a prompt or messages"));
+            }
+            if request.max_tokens == 0 {
+                return Err(Status::invalid_argument("max_tokens must be at least 1"));
+            }
+            let params = GenerateParams {
+                prompt: (!request.prompt.is_empty()).then_some(request.prompt),
+                messages: request.messages.into_iter().map(|m| (m.role, m.content)).collect(),
+                max_tokens: request.max_tokens as usize,
+                temperature: request.temperature.map(f64::from),
+                top_p: request.top_p.map(f64::from),
+                top_k: request.top_k.map(|k| k as usize),
+                seed: request.seed.unwrap_or_else(rand_seed),
+                repetition_penalty: request.repetition_penalty,
+                stop: request.stop,
+            };
+            let lease = self.models.get(&spec).await.map_err(|e| e.status())?;
+            let pieces = lease.generate(params)?;
+            // The worker stops once this stream (and so its receiver) is dropped; the stream holds
+            // the lease, so the model is not evicted while it generates.
+            let stream = futures::stream::unfold((pieces, lease), |(mut pieces, lease)| async move {
+                let piece = pieces.recv().await?;
+                let chunk = piece
+                    .map(|p| GenerateChunk {
+                        text: p.text,
+                        finish_reason: p.finish_reason.unwrap_or_default().to_owned(),
+                        prompt_tokens: p.prompt_tokens,
+                        completion_tokens: p.completion_tokens,
+                    })
+                    .map_err(|e| e.status());
+                Some((chunk, (pieces, lease)))
+            });
+            Ok(Response::new(Box::pin(stream) as Self::GenerateStream))
+        })
+        .await
     }
 
     async fn load(&self, request: Request<LoadRequest>) -> Result<Response<LoadResponse>, Status> {
-        let request = request.into_inner();
-        let spec = request.model.ok_or_else(|| Status::invalid_argument("model is required"))?;
-        self.models.preload(&spec, request.pin).await.map_err(|e| e.status())?;
-        let memory_bytes = self
-            .models
-            .loaded()
-            .into_iter()
-            .find(|(v, ..)| *v == spec.version_id)
-            .map_or(0, |(_, w, ..)| w.memory_bytes);
-        Ok(Response::new(LoadResponse { memory_bytes }))
+        let span = call_span("load", &request);
+        traced(span, async move {
+            let request = request.into_inner();
+            let spec = request.model.ok_or_else(|| Status::invalid_argument("model is required"))?;
+            self.models.preload(&spec, request.pin).await.map_err(|e| e.status())?;
+            let memory_bytes = self
+                .models
+                .loaded()
+                .into_iter()
+                .find(|(v, ..)| *v == spec.version_id)
+                .map_or(0, |(_, w, ..)| w.memory_bytes);
+            Ok(Response::new(LoadResponse { memory_bytes }))
+        })
+        .await
     }
 
     async fn unload(&self, request: Request<UnloadRequest>) -> Result<Response<UnloadResponse>, Status> {

@@ -32,6 +32,9 @@ pub struct BatchLimits {
     pub queue_depth: usize,
     /// Inputs run in one batch at most.
     pub max_batch_inputs: usize,
+    /// Tokens (of all its inputs, before padding) in one batch at most; a single request
+    /// over it still runs, alone.
+    pub max_batch_tokens: usize,
     /// How long a batch may wait for more requests once one arrives (0: it takes only what
     /// is already queued).
     pub max_batch_wait: std::time::Duration,
@@ -129,7 +132,9 @@ impl ModelWorker {
 }
 
 fn serve(name: &str, model: &mut LoadedModel, jobs: &Receiver<Job>, limits: BatchLimits, stats: &WorkerStats) {
-    while let Ok(first) = jobs.recv() {
+    // A request that did not fit the last batch starts the next one.
+    let mut held: Option<Job> = None;
+    while let Some(first) = held.take().or_else(|| jobs.recv().ok()) {
         let (inputs, reply, queued) = match first {
             Job::Embed { inputs, reply, queued } => (inputs, reply, queued),
             Job::Generate { params, pieces } => {
@@ -137,23 +142,29 @@ fn serve(name: &str, model: &mut LoadedModel, jobs: &Receiver<Job>, limits: Batc
                 continue;
             }
         };
-        // Take the embeddings queued meanwhile, up to the batch limit, waiting at most
+        // Take the embeddings queued meanwhile, up to the batch limits, waiting at most
         // `max_batch_wait` for more. A generation met on the way runs after the batch.
         let deadline = Instant::now() + limits.max_batch_wait;
+        let mut count = inputs.len();
+        let mut tokens = model.count_tokens(&inputs);
         let mut batch = vec![(inputs, reply, queued)];
-        let mut count = batch[0].0.len();
-        let mut generation = None;
-        while count < limits.max_batch_inputs && generation.is_none() {
+        while count < limits.max_batch_inputs && tokens < limits.max_batch_tokens && held.is_none() {
             let next = match deadline.checked_duration_since(Instant::now()) {
                 Some(left) if !left.is_zero() => jobs.recv_timeout(left).ok(),
                 _ => jobs.try_recv().ok(),
             };
             match next {
                 Some(Job::Embed { inputs, reply, queued }) => {
-                    count += inputs.len();
-                    batch.push((inputs, reply, queued));
+                    let more = model.count_tokens(&inputs);
+                    if count + inputs.len() > limits.max_batch_inputs || tokens + more > limits.max_batch_tokens {
+                        held = Some(Job::Embed { inputs, reply, queued });
+                    } else {
+                        count += inputs.len();
+                        tokens += more;
+                        batch.push((inputs, reply, queued));
+                    }
                 }
-                Some(Job::Generate { params, pieces }) => generation = Some((params, pieces)),
+                Some(generation @ Job::Generate { .. }) => held = Some(generation),
                 None => break,
             }
         }
@@ -163,9 +174,6 @@ fn serve(name: &str, model: &mut LoadedModel, jobs: &Receiver<Job>, limits: Batc
         }
         let batch = batch.into_iter().map(|(inputs, reply, _)| (inputs, reply)).collect();
         embed_batch(name, model, batch, stats);
-        if let Some((params, pieces)) = generation {
-            generate(name, model, &params, &pieces, stats);
-        }
     }
 }
 

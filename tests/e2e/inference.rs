@@ -139,3 +139,39 @@ async fn dimensions_shortens_embeddings_to_unit_length() {
     assert_eq!(app.call(reqwest::Method::POST, "/v1/embeddings", &key, Some(body)).await.0, 400);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_holds_no_more_tokens_than_its_limit() {
+    let mut app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    let key = app.tenant("acme").await;
+    let dir = app.dir.path().join("tiny");
+    tiny_bert::write(&dir);
+    app.upload_model(&key, "acme", "tiny", &dir).await;
+    // Each request counts 8 tokens ([CLS], six words, [SEP]); a limit of 12 fits one per batch.
+    let (status, body) = app.embed(&key, "tiny", json!("the cat sat on the mat")).await;
+    assert_eq!((status, body["usage"]["prompt_tokens"].as_u64()), (200, Some(8)), "{body}");
+    app.config_mut().runner.max_batch_wait_us = 20_000;
+    app.config_mut().runner.max_batch_tokens = 12;
+    app.restart().await;
+    assert!(sixteen_requests(&app, &key).await.iter().all(|(status, _)| *status == 200));
+    assert_eq!(requests_and_batches(&app).await, (16, 16), "no two 8-token requests share a 12-token batch");
+
+    app.config_mut().runner.max_batch_tokens = 64;
+    app.restart().await;
+    assert!(sixteen_requests(&app, &key).await.iter().all(|(status, _)| *status == 200));
+    let (requests, batches) = requests_and_batches(&app).await;
+    assert_eq!(requests, 16);
+    assert!((2..16).contains(&batches), "8 requests of 8 tokens fill a 64-token batch: {batches} batches");
+    app.stop().await;
+}
+
+async fn sixteen_requests(app: &TestApp, key: &str) -> Vec<(u16, serde_json::Value)> {
+    let calls = (0..16).map(|i| app.embed(key, "tiny", json!(format!("the cat {i} on the mat"))));
+    futures::future::join_all(calls).await
+}
+
+async fn requests_and_batches(app: &TestApp) -> (u64, u64) {
+    let mut runner = app.runner_client().await;
+    let status = runner.status(proto::v1::StatusRequest {}).await.expect("status").into_inner();
+    (status.loaded[0].requests_total, status.loaded[0].batches_total)
+}

@@ -3,10 +3,11 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
 use serde::Deserialize;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+use super::bert::BertEncoder;
 use super::bert_classification::ClassifierHead;
 use super::{Embedded, ModelFiles, inference};
 use crate::error::Result;
@@ -42,7 +43,7 @@ struct Module {
 }
 
 pub struct BertEmbedder {
-    model: BertModel,
+    model: BertEncoder,
     tokenizer: Tokenizer,
     pooling: Pooling,
     normalize: bool,
@@ -66,10 +67,7 @@ impl BertEmbedder {
         self.head.as_ref().map(|h| h.labels.as_slice())
     }
 
-    fn load_with(mut config: Config, files: &ModelFiles, device: &Device, classify: bool) -> Result<(Self, u64)> {
-        // The serde tag took `model_type` out of the config; candle needs it to find weights
-        // stored under a `bert.` prefix (as Hugging Face's task models store them).
-        config.model_type = Some("bert".into());
+    fn load_with(config: Config, files: &ModelFiles, device: &Device, classify: bool) -> Result<(Self, u64)> {
         // sentence-transformers layout: modules.json names the pooling folder and whether a
         // Normalize module follows. Without it: mean pooling, normalised, as all-MiniLM does.
         let modules: Option<Vec<Module>> =
@@ -118,9 +116,15 @@ impl BertEmbedder {
         let (tensors, bytes) = super::load_weights(files, device)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         let head = if classify { Some(ClassifierHead::load(&vb, files)?) } else { None };
-        let model = BertModel::load(vb, &config)
+        let model = BertEncoder::load(vb, &config)
             .map_err(|e| files.invalid(format!("weights do not match config.json: {e}")))?;
         Ok((Self { model, tokenizer, pooling, normalize, head, device: device.clone() }, bytes))
+    }
+
+    /// Tokens of `text` after truncation, special tokens included (an input the tokenizer
+    /// cannot read counts its bytes: it fails when it runs, with its own error).
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.tokenizer.encode_fast(text, true).map_or(text.len(), |e| e.len())
     }
 
     pub fn embed(&self, inputs: &[&str]) -> Result<Vec<Embedded>> {
@@ -151,7 +155,7 @@ impl BertEmbedder {
         let ids = Tensor::from_vec(ids, shape, &self.device).map_err(inference)?;
         let mask = Tensor::from_vec(mask, shape, &self.device).map_err(inference)?;
         let type_ids = ids.zeros_like().map_err(inference)?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask)).map_err(inference)?;
+        let hidden = self.model.forward(&ids, &type_ids, &mask).map_err(inference)?;
         if let Some(head) = &self.head {
             let rows: Vec<Vec<f32>> = head.scores(&hidden)?.to_vec2().map_err(inference)?;
             return Ok(rows.into_iter().zip(tokens).map(|(values, tokens)| Embedded { values, tokens }).collect());

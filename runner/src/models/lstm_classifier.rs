@@ -92,6 +92,10 @@ impl LstmClassifier {
         ids
     }
 
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.ids(text).len()
+    }
+
     /// `[1 - p, p]` per input, p the probability of the second label.
     pub fn classify(&self, inputs: &[&str]) -> Result<Vec<Embedded>> {
         inputs

@@ -1,6 +1,7 @@
 //! Model families. The version's `config.json` picks one through a serde-tagged enum;
 //! each family is a file of its own.
 
+mod bert;
 mod bert_classification;
 mod bert_embedding;
 mod generation;
@@ -103,6 +104,16 @@ impl LoadedModel {
             LoadedModel::Generation(_) => {
                 Err(Error::InvalidRequest("this model generates text; it does not embed".into()))
             }
+        }
+    }
+
+    /// The tokens each input counts after truncation (special tokens included): what the
+    /// batcher weighs a request by.
+    pub fn count_tokens(&self, inputs: &[String]) -> usize {
+        match self {
+            LoadedModel::BertEmbedding(m) => inputs.iter().map(|t| m.count_tokens(t)).sum(),
+            LoadedModel::LstmClassification(m) => inputs.iter().map(|t| m.count_tokens(t)).sum(),
+            LoadedModel::Generation(_) => 0,
         }
     }
 

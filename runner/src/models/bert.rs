@@ -1,0 +1,122 @@
+//! A BERT encoder shaped for batched inference on a CPU. It computes what Hugging Face's
+//! `BertModel` computes (and candle's port of it), with the work laid out differently:
+//! - the hidden states stay one (tokens, hidden) matrix, so every dense layer is one large
+//!   matrix product instead of one small product per sentence;
+//! - query, key and value are one product (their weights concatenated at load), with the
+//!   1/sqrt(head size) of the scores folded into the query weights;
+//! - softmax runs fused over the last dimension.
+
+use candle_core::{DType, Module as _, Result, Tensor};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_transformers::models::bert::{Config, HiddenAct};
+
+struct Layer {
+    qkv: Linear,
+    attention_out: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+}
+
+pub struct BertEncoder {
+    words: Embedding,
+    positions: Embedding,
+    token_types: Embedding,
+    embedding_norm: LayerNorm,
+    layers: Vec<Layer>,
+    heads: usize,
+    hidden: usize,
+    activation: HiddenAct,
+}
+
+fn linear(vb: VarBuilder, inputs: usize, outputs: usize) -> Result<Linear> {
+    Ok(Linear::new(vb.get((outputs, inputs), "weight")?, Some(vb.get(outputs, "bias")?)))
+}
+
+fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> Result<LayerNorm> {
+    Ok(LayerNorm::new(vb.get(size, "weight")?, vb.get(size, "bias")?, eps))
+}
+
+impl BertEncoder {
+    /// Loads weights named as `BertModel` names them, with or without a `bert.` prefix.
+    pub fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
+        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") { vb.pp("bert") } else { vb };
+        let (h, eps) = (config.hidden_size, config.layer_norm_eps);
+        if config.num_attention_heads == 0 || h % config.num_attention_heads != 0 {
+            candle_core::bail!(
+                "hidden_size {h} is not a multiple of num_attention_heads {}",
+                config.num_attention_heads
+            )
+        }
+        let head_size = h / config.num_attention_heads;
+        let scale = 1.0 / (head_size as f64).sqrt();
+        let e = vb.pp("embeddings");
+        let embedding = |name: &str, rows: usize| -> Result<Embedding> {
+            Ok(Embedding::new(e.pp(name).get((rows, h), "weight")?, h))
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let l = vb.pp(format!("encoder.layer.{i}"));
+            let a = l.pp("attention");
+            let (q, k, v) =
+                (linear(a.pp("self.query"), h, h)?, linear(a.pp("self.key"), h, h)?, linear(a.pp("self.value"), h, h)?);
+            let bias =
+                |l: &Linear| l.bias().cloned().ok_or_else(|| candle_core::Error::Msg("a bias is missing".into()));
+            let weight = Tensor::cat(&[(q.weight() * scale)?, k.weight().clone(), v.weight().clone()], 0)?;
+            let bias = Tensor::cat(&[(bias(&q)? * scale)?, bias(&k)?, bias(&v)?], 0)?;
+            layers.push(Layer {
+                qkv: Linear::new(weight, Some(bias)),
+                attention_out: linear(a.pp("output.dense"), h, h)?,
+                attention_norm: layer_norm(a.pp("output.LayerNorm"), h, eps)?,
+                intermediate: linear(l.pp("intermediate.dense"), h, config.intermediate_size)?,
+                output: linear(l.pp("output.dense"), config.intermediate_size, h)?,
+                output_norm: layer_norm(l.pp("output.LayerNorm"), h, eps)?,
+            });
+        }
+        Ok(Self {
+            words: embedding("word_embeddings", config.vocab_size)?,
+            positions: embedding("position_embeddings", config.max_position_embeddings)?,
+            token_types: embedding("token_type_embeddings", config.type_vocab_size)?,
+            embedding_norm: layer_norm(e.pp("LayerNorm"), h, eps)?,
+            layers,
+            heads: config.num_attention_heads,
+            hidden: h,
+            activation: config.hidden_act,
+        })
+    }
+
+    /// Hidden states (batch, tokens, hidden) of `ids` (batch, tokens); `mask` is 1 for a real
+    /// token and 0 for padding, which no token attends to.
+    pub fn forward(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (batch, len) = ids.dims2()?;
+        let (h, heads) = (self.hidden, self.heads);
+        let head_size = h / heads;
+        let positions = Tensor::arange(0u32, len as u32, ids.device())?;
+        let x = (self.words.forward(ids)? + self.token_types.forward(type_ids)?)?
+            .broadcast_add(&self.positions.forward(&positions)?)?;
+        let mut x = self.embedding_norm.forward(&x)?.reshape((batch * len, h))?;
+        // 0 where attended, a large negative number where padded: (batch, 1, 1, tokens).
+        let mask = ((mask.to_dtype(DType::F32)? - 1.0)? * f64::from(f32::MAX))?.reshape((batch, 1, 1, len))?;
+        // (tokens, h) -> (batch, heads, tokens, head size), contiguous for the batched product.
+        let split = |t: Tensor| t.reshape((batch, len, heads, head_size))?.transpose(1, 2)?.contiguous();
+        for layer in &self.layers {
+            let qkv = layer.qkv.forward(&x)?;
+            let q = split(qkv.narrow(1, 0, h)?)?;
+            let k = split(qkv.narrow(1, h, h)?)?;
+            let v = split(qkv.narrow(1, 2 * h, h)?)?;
+            let scores = q.matmul(&k.t()?)?.broadcast_add(&mask)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let context = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((batch * len, h))?;
+            let attended = layer.attention_norm.forward(&(layer.attention_out.forward(&context)? + &x)?)?;
+            let inner = layer.intermediate.forward(&attended)?;
+            let inner = match self.activation {
+                HiddenAct::Gelu => inner.gelu_erf()?,
+                HiddenAct::GeluApproximate => inner.gelu()?,
+                HiddenAct::Relu => inner.relu()?,
+            };
+            x = layer.output_norm.forward(&(layer.output.forward(&inner)? + attended)?)?;
+        }
+        x.reshape((batch, len, h))
+    }
+}
