@@ -142,7 +142,8 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
         let registry = Registry::new(db, storage);
         new_admin_key = bootstrap_admin_key(&registry, &config.admin_key_file()).await?;
         let auth = authenticator(config)?;
-        let runners = RunnerPool::new(&runner_addrs)?;
+        let runners = RunnerPool::new(&runner_addrs, config.gateway.routing.clone())?;
+        background.push(tokio::spawn(runners.clone().watch()));
         let listener = std::net::TcpListener::bind(config.gateway.listen)
             .with_context(|| format!("binding the gateway to {}", config.gateway.listen))?;
         let addr = listener.local_addr()?;
@@ -155,8 +156,19 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
         let usage = std::sync::Arc::new(gateway::usage::UsageMeter::default());
         let flush_every = Duration::from_millis(config.gateway.usage_flush_ms.max(10));
         background.push(tokio::spawn(usage.clone().run(registry.clone(), flush_every)));
-        let state =
-            gateway::AppState { registry, auth, limiter, usage, runners, gc_grace, upload_session_ttl, draft_ttl };
+        let resolver = gateway::resolver::Resolver::new(Duration::from_millis(config.gateway.resolve_cache_ttl_ms));
+        background.push(tokio::spawn(resolver.clone().follow(registry.clone())));
+        let state = gateway::AppState {
+            registry,
+            auth,
+            limiter,
+            usage,
+            runners,
+            resolver,
+            gc_grace,
+            upload_session_ttl,
+            draft_ttl,
+        };
         let server = gateway::serve(listener, state, &config.gateway)?;
         let handle = server.handle();
         let task = tokio::spawn(server);

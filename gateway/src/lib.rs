@@ -4,10 +4,12 @@ pub mod auth;
 pub mod error;
 pub mod limits;
 pub mod oidc;
+pub mod resolver;
 mod routes;
 pub use routes::table;
 pub mod runners;
 pub mod tokens;
+pub mod trace;
 pub mod usage;
 
 use std::net::SocketAddr;
@@ -22,9 +24,9 @@ use actix_web::error::JsonPayloadError;
 use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
 use actix_web::{App, HttpServer, web};
-use futures::FutureExt as _;
 use registry::Registry;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
 
 use crate::auth::Authenticator;
 use crate::error::ApiError;
@@ -37,6 +39,8 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// gRPC addresses of the runners (`http://host:port`).
     pub runners: Vec<String>,
+    /// Runner discovery, status polling, timeouts, failover.
+    pub routing: runners::RoutingConfig,
     /// Lifetime of tokens from `POST /api/v1/auth/token`.
     pub token_ttl_secs: i64,
     /// PKCS#8 PEM Ed25519 key that signs tokens. `dev` generates and keeps one in its data folder.
@@ -52,6 +56,9 @@ pub struct GatewayConfig {
     /// How long a key, its tenant and their state are cached: a revocation or a suspension
     /// made on another gateway takes effect within this.
     pub auth_cache_ttl_ms: u64,
+    /// How long a resolved model reference is cached. Changes reach every gateway at once
+    /// (Postgres NOTIFY); this bounds how stale one can be if an announcement is lost.
+    pub resolve_cache_ttl_ms: u64,
     /// How often metered usage is written to the database.
     pub usage_flush_ms: u64,
     /// Largest JSON body accepted (file uploads stream and are not bound by this).
@@ -71,12 +78,14 @@ impl Default for GatewayConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             runners: vec!["http://127.0.0.1:50051".into()],
+            routing: runners::RoutingConfig::default(),
             token_ttl_secs: 900,
             signing_key_file: None,
             previous_signing_key_files: Vec::new(),
             oidc: Vec::new(),
             jwks_refresh_secs: 60,
             auth_cache_ttl_ms: 1000,
+            resolve_cache_ttl_ms: 5000,
             usage_flush_ms: 1000,
             max_json_bytes: 16 * 1024 * 1024,
             gc_interval_secs: 3600,
@@ -94,6 +103,7 @@ pub struct AppState {
     pub limiter: std::sync::Arc<limits::Limiter>,
     pub usage: std::sync::Arc<usage::UsageMeter>,
     pub runners: RunnerPool,
+    pub resolver: resolver::Resolver,
     /// The default grace period of garbage collection.
     pub gc_grace: std::time::Duration,
     pub upload_session_ttl: std::time::Duration,
@@ -128,6 +138,7 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
         App::new()
             .app_data(state.clone())
             .app_data(web::JsonConfig::default().limit(max_json).error_handler(|e, _| json_error(e).into()))
+            .app_data(web::PayloadConfig::default().limit(max_json))
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
                 ApiError::bad_request("invalid_query", format!("invalid query string: {e}")).into()
             }))
@@ -136,14 +147,25 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
                 let started = Instant::now();
                 let method = req.method().clone();
                 let path = req.path().to_owned();
-                srv.call(req).map(move |res| {
-                    if let Ok(res) = &res {
-                        let status = res.status().as_u16();
-                        let duration_ms = started.elapsed().as_millis() as u64;
+                let context = trace::RequestContext::from_headers(req.headers());
+                let span = tracing::info_span!("request", request.id = %context.request_id, trace.id = %context.trace_id);
+                let (request_id, traceparent) = (context.request_id.clone(), context.traceparent());
+                let call = context.scope(srv.call(req)).instrument(span.clone());
+                async move {
+                    let mut res = call.await?;
+                    let status = res.status().as_u16();
+                    let duration_ms = started.elapsed().as_millis() as u64;
+                    span.in_scope(|| {
                         tracing::info!(http.method = %method, http.path = %path, http.status = status, duration_ms, "request");
+                    });
+                    let headers = res.headers_mut();
+                    for (name, value) in [(trace::REQUEST_ID, request_id), (trace::TRACEPARENT, traceparent)] {
+                        if let Ok(value) = actix_web::http::header::HeaderValue::try_from(value) {
+                            headers.insert(actix_web::http::header::HeaderName::from_static(name), value);
+                        }
                     }
-                    res
-                })
+                    Ok(res)
+                }
             })
             .configure(routes::configure)
             .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::not_found("no such route")) }))

@@ -65,19 +65,6 @@ fn check_targets(targets: &[AliasTarget]) -> Result<()> {
     Ok(())
 }
 
-/// Picks a target by weight; `roll` is uniform in 0..100.
-fn pick(targets: &[AliasTarget], roll: i64) -> Option<i64> {
-    let mut acc = 0;
-    targets
-        .iter()
-        .find(|t| {
-            acc += t.weight;
-            roll < acc
-        })
-        .or(targets.last())
-        .map(|t| t.version)
-}
-
 /// How a caller names a model in an inference request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelRef {
@@ -168,6 +155,7 @@ impl Registry {
         };
         self.record_move(&mut tx, actor, model, alias, before.as_ref(), Some(&after)).await?;
         tx.commit().await?;
+        self.announced(model);
         Ok(after)
     }
 
@@ -181,6 +169,7 @@ impl Registry {
             .await?;
         self.record_move(&mut tx, actor, model, alias, Some(&before), None).await?;
         tx.commit().await?;
+        self.announced(model);
         Ok(())
     }
 
@@ -206,6 +195,7 @@ impl Registry {
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
+        self.announce(tx, model).await?;
         let entry = Entry {
             tenant_id: Some(&model.tenant_id),
             action: if after.is_some() { "alias.set" } else { "alias.delete" },
@@ -317,29 +307,54 @@ impl Registry {
     /// Resolves a reference to a ready version in the tenant; anything else is "not found".
     /// An alias split over several versions picks one by weight.
     pub async fn resolve(&self, tenant_id: &str, reference: &ModelRef) -> Result<(Model, Version)> {
+        let (model, targets) = self.resolve_targets(tenant_id, reference).await?;
+        let version = pick_version(&targets, rand::random_range(0..100))
+            .ok_or_else(|| Error::not_found("ready version of model", &model.name))?;
+        Ok((model, version.clone()))
+    }
+
+    /// Every ready version a reference may resolve to, with its weight (one, weighing 100,
+    /// unless it names an alias split over several): what a resolution cache keeps.
+    pub async fn resolve_targets(&self, tenant_id: &str, reference: &ModelRef) -> Result<(Model, Vec<(i64, Version)>)> {
         let model = self.model(tenant_id, reference.model_name()).await?;
-        let number = match reference {
-            ModelRef::Version(_, n) => *n,
-            ModelRef::Alias(_, alias) => {
-                let alias = self.alias(&model, alias).await?;
-                pick(&alias.targets, rand::random_range(0..100))
-                    .ok_or_else(|| Error::not_found("alias", format!("{}:{}", model.name, alias.name)))?
-            }
+        let targets = match reference {
+            ModelRef::Version(_, n) => vec![AliasTarget { version: *n, weight: 100 }],
+            ModelRef::Alias(_, alias) => self.alias(&model, alias).await?.targets,
             ModelRef::Latest(name) => {
                 let row =
                     sqlx::query("SELECT MAX(number) AS n FROM model_versions WHERE model_id = $1 AND status = 'ready'")
                         .bind(&model.id)
                         .fetch_one(self.db.pool())
                         .await?;
-                row.try_get::<Option<i64>, _>("n")?.ok_or_else(|| Error::not_found("ready version of model", name))?
+                let n = row
+                    .try_get::<Option<i64>, _>("n")?
+                    .ok_or_else(|| Error::not_found("ready version of model", name))?;
+                vec![AliasTarget { version: n, weight: 100 }]
             }
         };
-        let version = self.version(&model, number).await?;
-        if version.status != VersionStatus::Ready {
-            return Err(Error::not_found("ready version", format!("{}@{number}", model.name)));
+        let mut versions = Vec::with_capacity(targets.len());
+        for t in targets {
+            let version = self.version(&model, t.version).await?;
+            if version.status != VersionStatus::Ready {
+                return Err(Error::not_found("ready version", format!("{}@{}", model.name, t.version)));
+            }
+            versions.push((t.weight, version));
         }
-        Ok((model, version))
+        Ok((model, versions))
     }
+}
+
+/// Picks one of weighted versions; `roll` is uniform in 0..100.
+pub fn pick_version(targets: &[(i64, Version)], roll: i64) -> Option<&Version> {
+    let mut acc = 0;
+    targets
+        .iter()
+        .find(|(weight, _)| {
+            acc += weight;
+            roll < acc
+        })
+        .or(targets.last())
+        .map(|(_, v)| v)
 }
 
 #[cfg(test)]
@@ -376,7 +391,22 @@ mod tests {
 
     #[test]
     fn weighted_picks_follow_the_weights() {
-        let targets = [AliasTarget { version: 1, weight: 90 }, AliasTarget { version: 2, weight: 10 }];
+        let version = |number| Version {
+            id: String::new(),
+            number,
+            status: VersionStatus::Ready,
+            architecture: None,
+            created_by: String::new(),
+            created_at: 0,
+            committed_at: None,
+            archived_at: None,
+            description: String::new(),
+            tags: Vec::new(),
+            derived_from: None,
+            files: Vec::new(),
+        };
+        let targets = [(90, version(1)), (10, version(2))];
+        let pick = |targets: &[(i64, Version)], roll| pick_version(targets, roll).map(|v| v.number);
         assert_eq!(pick(&targets, 0), Some(1));
         assert_eq!(pick(&targets, 89), Some(1));
         assert_eq!(pick(&targets, 90), Some(2));

@@ -2,6 +2,7 @@
 
 pub mod aliases;
 pub mod audit;
+pub mod changes;
 pub mod db;
 mod error;
 pub mod files;
@@ -42,11 +43,14 @@ impl Actor {
 pub struct Registry {
     db: Db,
     storage: Storage,
+    changes: tokio::sync::broadcast::Sender<changes::Change>,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Registry {
     pub fn new(db: Db, storage: Storage) -> Self {
-        Self { db, storage }
+        let changes = changes::local_channel(db.url());
+        Self { db, storage, changes, generation: Default::default() }
     }
 
     pub fn db(&self) -> &Db {

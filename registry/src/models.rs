@@ -278,7 +278,9 @@ impl Registry {
             after: None,
         };
         audit::record(&mut tx, actor, entry).await?;
+        self.announce(&mut tx, model).await?;
         tx.commit().await?;
+        self.announced(model);
         Ok(())
     }
 }

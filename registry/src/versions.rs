@@ -312,7 +312,9 @@ impl Registry {
             after: serde_json::to_value(&committed).ok(),
         };
         audit::record(&mut tx, actor, entry).await?;
+        self.announce(&mut tx, model).await?;
         tx.commit().await?;
+        self.announced(model);
         Ok(committed)
     }
 
@@ -351,7 +353,9 @@ impl Registry {
             after: serde_json::to_value(&after).ok(),
         };
         audit::record(&mut tx, actor, entry).await?;
+        self.announce(&mut tx, model).await?;
         tx.commit().await?;
+        self.announced(model);
         Ok(after)
     }
 

@@ -72,6 +72,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
     config: Config,
+    role: Role,
     running: Option<Running>,
 }
 
@@ -81,11 +82,13 @@ pub struct AppOptions {
     pub storage_url: Option<String>,
     pub storage_endpoint: Option<String>,
     pub storage_options: Vec<(String, String)>,
+    /// Runners elsewhere: the app runs only its gateway, routing to these.
+    pub runners: Option<Vec<String>>,
 }
 
 impl AppOptions {
     pub fn new(database: Database) -> Self {
-        Self { database, storage_url: None, storage_endpoint: None, storage_options: Vec::new() }
+        Self { database, storage_url: None, storage_endpoint: None, storage_options: Vec::new(), runners: None }
     }
 }
 
@@ -116,11 +119,19 @@ impl TestApp {
         }
         config.storage.endpoint = options.storage_endpoint;
         config.storage.options = options.storage_options.into_iter().collect();
-        let running = startup::start(&config, Role::All).await.expect("modelgate starts");
+        config.gateway.routing.poll_ms = 100;
+        let role = match options.runners {
+            Some(runners) => {
+                config.gateway.runners = runners;
+                Role::Gateway
+            }
+            None => Role::All,
+        };
+        let running = startup::start(&config, role).await.expect("modelgate starts");
         let base = format!("http://{}", running.gateway_addr.expect("the gateway runs"));
         let admin_key =
             running.new_admin_key.as_ref().expect("a fresh app creates an admin key").expose_secret().to_owned();
-        TestApp { base, admin_key, client: reqwest::Client::new(), dir, config, running: Some(running) }
+        TestApp { base, admin_key, client: reqwest::Client::new(), dir, config, role, running: Some(running) }
     }
 
     /// The app's object store, opened as the gateway opens it.
@@ -165,10 +176,18 @@ impl TestApp {
         config.database.url = Some(self.config.database_url().expect("database URL"));
         config.storage = self.config.storage().expect("storage settings");
         config.gateway.signing_key_file = Some(self.config.signing_key_file());
-        let running = startup::start(&config, Role::All).await.expect("a second gateway starts");
+        let running = startup::start(&config, self.role).await.expect("a second gateway starts");
         let base = format!("http://{}", running.gateway_addr.expect("the gateway runs"));
         let admin_key = self.admin_key.clone();
-        TestApp { base, admin_key, client: reqwest::Client::new(), dir, config, running: Some(running) }
+        TestApp {
+            base,
+            admin_key,
+            client: reqwest::Client::new(),
+            dir,
+            config,
+            role: self.role,
+            running: Some(running),
+        }
     }
 
     /// Stops every role and starts them again on the same database and store (new ports).
@@ -176,7 +195,7 @@ impl TestApp {
         if let Some(running) = self.running.take() {
             running.stop().await.expect("clean shutdown");
         }
-        let running = startup::start(&self.config, Role::All).await.expect("modelgate starts again");
+        let running = startup::start(&self.config, self.role).await.expect("modelgate starts again");
         assert!(running.new_admin_key.is_none(), "a restart keeps the admin key");
         self.base = format!("http://{}", running.gateway_addr.expect("the gateway runs"));
         self.running = Some(running);

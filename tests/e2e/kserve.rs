@@ -78,3 +78,71 @@ async fn the_open_inference_protocol_serves_embeddings_and_classifiers() {
     assert_eq!(status, 404, "another tenant's model does not exist for it: {answer}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_generate_extension_answers_whole_and_streamed_like_completions() {
+    let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    let admin = app.tenant("acme").await;
+    let (llm, embedder) = (app.dir.path().join("llm"), app.dir.path().join("e"));
+    crate::tiny_llama::write(&llm);
+    tiny_bert::write(&embedder);
+    app.upload_task_model(&admin, "acme", "llm", "generation", &llm).await;
+    app.upload_model(&admin, "acme", "minilm", &embedder).await;
+    let key = app.key("acme", "invoker", &admin).await;
+    let prompt = "the cat sat on the";
+    let (status, completion) = app
+        .call(
+            Method::POST,
+            "/v1/completions",
+            &key,
+            Some(json!({"model": "llm", "prompt": prompt, "max_tokens": 8, "temperature": 0})),
+        )
+        .await;
+    assert_eq!(status, 200, "{completion}");
+    let expected = completion["choices"][0]["text"].as_str().expect("text");
+
+    // Parameters under `parameters` or at the top level, as Triton's clients send them.
+    for body in [
+        json!({"text_input": prompt, "parameters": {"max_tokens": 8, "temperature": 0}}),
+        json!({"text_input": prompt, "max_tokens": 8, "temperature": 0}),
+    ] {
+        let (status, answer) = app.call(Method::POST, "/v2/models/llm/generate", &key, Some(body)).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer, json!({"model_name": "llm", "model_version": "1", "text_output": expected}));
+    }
+    let body = json!({"text_input": prompt, "parameters": {"max_tokens": 8, "temperature": 0, "stream": true}});
+    let response = app
+        .req(Method::POST, "/v2/models/llm/versions/1/generate_stream", Some(&key))
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("text/event-stream"));
+    let text = response.text().await.expect("body");
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).expect("JSON event"))
+        .collect();
+    let streamed: String = events.iter().filter_map(|e| e["text_output"].as_str()).collect();
+    assert_eq!(streamed, expected, "the pieces add up to the whole");
+    assert!(events.last().is_some_and(|e| e["finish_reason"].is_string()), "the last event says why it ended");
+    assert!(events.iter().all(|e| e["model_name"] == "llm" && e["model_version"] == "1"));
+
+    // Bad requests answer 4xx in the protocol's shape.
+    for (path, body, status) in [
+        ("/v2/models/llm/generate", json!({"parameters": {"max_tokens": 4}}), 400),
+        ("/v2/models/llm/generate", json!({"text_input": 7}), 400),
+        ("/v2/models/llm/generate", json!({"text_input": prompt, "bogus": 1}), 400),
+        ("/v2/models/llm/generate", json!({"text_input": prompt, "parameters": {"temperature": 9}}), 400),
+        ("/v2/models/llm/generate", json!({"text_input": prompt, "max_tokens": 100000}), 400),
+        ("/v2/models/minilm/generate_stream", json!({"text_input": prompt}), 400),
+        ("/v2/models/nope/generate", json!({"text_input": prompt}), 404),
+        ("/v2/models/llm/versions/9/generate", json!({"text_input": prompt}), 404),
+    ] {
+        let (got, answer) = app.call(Method::POST, path, &key, Some(body.clone())).await;
+        assert_eq!(got, status, "{path} {body} -> {answer}");
+        assert!(answer["error"].is_string(), "{path} {body} -> {answer}");
+    }
+    app.stop().await;
+}

@@ -5,6 +5,7 @@
 mod artifacts;
 mod authz_matrix;
 mod bad_input;
+mod canary;
 mod classification;
 mod cli;
 mod dev_binary;
@@ -22,6 +23,8 @@ mod model_cache;
 mod pagination;
 mod presigned;
 mod registry;
+mod routing;
+mod sdk_clients;
 mod storage;
 mod tiny_bert;
 mod tiny_llama;

@@ -193,15 +193,16 @@ async fn chat_completions(
 }
 
 /// What one call produced so far, for the answer and the meter.
-struct Progress {
-    text: String,
-    finish_reason: Option<String>,
-    prompt_tokens: u32,
-    completion_tokens: u32,
+#[derive(Default)]
+pub(super) struct Progress {
+    pub(super) text: String,
+    pub(super) finish_reason: Option<String>,
+    pub(super) prompt_tokens: u32,
+    pub(super) completion_tokens: u32,
 }
 
 impl Progress {
-    fn add(&mut self, chunk: &GenerateChunk) {
+    pub(super) fn add(&mut self, chunk: &GenerateChunk) {
         self.text.push_str(&chunk.text);
         if !chunk.finish_reason.is_empty() {
             self.finish_reason = Some(chunk.finish_reason.clone());
@@ -220,19 +221,19 @@ impl Progress {
 }
 
 /// Meters a call once it ends (or its client leaves): usage, and the tokens-per-minute count.
-struct Meter {
+pub(super) struct Meter {
     state: web::Data<AppState>,
-    principal: Principal,
-    served: Served,
+    pub(super) principal: Principal,
+    pub(super) served: Served,
     started: Instant,
-    ok: bool,
-    prompt_tokens: u32,
-    completion_tokens: u32,
+    pub(super) ok: bool,
+    pub(super) prompt_tokens: u32,
+    pub(super) completion_tokens: u32,
 }
 
 impl Meter {
     /// Starts metering a call; it is recorded (as failed unless marked ok) when dropped.
-    fn start(state: &web::Data<AppState>, principal: &Principal, requested: &str) -> Self {
+    pub(super) fn start(state: &web::Data<AppState>, principal: &Principal, requested: &str) -> Self {
         Self {
             state: state.clone(),
             principal: principal.clone(),
@@ -285,7 +286,7 @@ async fn generate(
     let id = format!("{}-{}", if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }, uuid::Uuid::now_v7().simple());
     let created = registry::db::now_ms() / 1000;
     let model = requested.to_owned();
-    let mut progress = Progress { text: String::new(), finish_reason: None, prompt_tokens: 0, completion_tokens: 0 };
+    let mut progress = Progress::default();
 
     if !sampling.stream {
         while let Some(chunk) = chunks.next().await {

@@ -16,7 +16,7 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let database = state.registry.db().ping().await.is_ok();
     let storage = state.registry.storage().check().await.is_ok();
     let statuses = state.runners.statuses().await;
-    let runners_up = statuses.iter().filter(|(_, s)| s.is_ok()).count();
+    let runners_up = statuses.iter().filter(|r| r.status.is_ok() && !r.circuit_open).count();
     let body = json!({
         "database": if database { "ok" } else { "unavailable" },
         "storage": if storage { "ok" } else { "unavailable" },

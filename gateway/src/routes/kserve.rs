@@ -1,6 +1,7 @@
 //! KServe's Open Inference Protocol (v2) over REST, for the caller's own tenant: health,
 //! server and model metadata, readiness, and `infer` for embedding and classification models
-//! (BYTES text inputs; FP32 outputs, and BYTES labels for classifiers). Errors answer
+//! (BYTES text inputs; FP32 outputs, and BYTES labels for classifiers); the generate
+//! extension is in `kserve_generate.rs`. Errors answer
 //! `{"error": "…"}`, the protocol's shape. `{model}` is a model name; `versions/{v}` a number.
 
 use std::time::Instant;
@@ -24,7 +25,7 @@ pub(crate) fn kserve_error(e: &ApiError) -> HttpResponse {
     HttpResponse::build(e.status()).json(json!({ "error": message }))
 }
 
-fn answer(result: Result<HttpResponse, ApiError>) -> HttpResponse {
+pub(super) fn answer(result: Result<HttpResponse, ApiError>) -> HttpResponse {
     result.unwrap_or_else(|e| kserve_error(&e))
 }
 
@@ -46,11 +47,12 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
 /// Server metadata. Requires: nothing.
 #[get("/v2")]
 async fn server() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "name": "modelgate", "version": env!("CARGO_PKG_VERSION"), "extensions": [] }))
+    HttpResponse::Ok()
+        .json(json!({ "name": "modelgate", "version": env!("CARGO_PKG_VERSION"), "extensions": ["generate"] }))
 }
 
 /// `model` or `model@version`, as the registry resolves references.
-fn reference(model: &str, version: Option<&str>) -> String {
+pub(super) fn reference(model: &str, version: Option<&str>) -> String {
     match version {
         Some(v) => format!("{model}@{v}"),
         None => model.to_owned(),
@@ -235,7 +237,7 @@ async fn infer(
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "invalid_request",
-                    "generation models answer /v1/completions and /v1/chat/completions",
+                    "generation models answer /v1/completions, /v1/chat/completions and /v2/models/{model}/generate",
                 ));
             }
         };
@@ -256,9 +258,9 @@ async fn model_infer(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<String>,
-    body: web::Json<InferRequest>,
+    body: web::Bytes,
 ) -> HttpResponse {
-    answer(infer(&state, &principal, &path, None, &body).await)
+    answer(async { infer(&state, &principal, &path, None, &parse(&body)?).await }.await)
 }
 
 /// Inference with one version. Requires: invoker.
@@ -267,8 +269,13 @@ async fn version_infer(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<(String, String)>,
-    body: web::Json<InferRequest>,
+    body: web::Bytes,
 ) -> HttpResponse {
     let (model, version) = path.into_inner();
-    answer(infer(&state, &principal, &model, Some(&version), &body).await)
+    answer(async { infer(&state, &principal, &model, Some(&version), &parse(&body)?).await }.await)
+}
+
+/// The request's JSON, whatever its Content-Type says (Triton's clients send none).
+fn parse(body: &[u8]) -> Result<InferRequest, ApiError> {
+    serde_json::from_slice(body).map_err(|e| invalid(format!("the JSON body is invalid: {e}")))
 }

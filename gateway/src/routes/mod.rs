@@ -22,6 +22,7 @@ mod health;
 pub(crate) mod hf;
 mod keys;
 pub(crate) mod kserve;
+mod kserve_generate;
 mod models;
 mod openai;
 mod runners;
@@ -94,6 +95,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(kserve::version_ready)
         .service(kserve::model_infer)
         .service(kserve::version_infer)
+        .service(kserve_generate::model_generate)
+        .service(kserve_generate::version_generate)
+        .service(kserve_generate::model_generate_stream)
+        .service(kserve_generate::version_generate_stream)
         .service(openai::models)
         .service(openai::embeddings)
         .service(classifications::classifications)

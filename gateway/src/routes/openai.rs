@@ -183,10 +183,11 @@ pub(super) async fn resolve_spec(
         )
     };
     let reference = ModelRef::parse(requested).map_err(|_| not_found())?;
-    let (model, version) = state.registry.resolve(&tenant.id, &reference).await.map_err(|e| match e {
-        registry::Error::NotFound { .. } => not_found(),
-        e => e.into(),
-    })?;
+    let (model, version) =
+        state.resolver.resolve(&state.registry, &tenant.id, &reference, requested).await.map_err(|e| match e {
+            registry::Error::NotFound { .. } => not_found(),
+            e => e.into(),
+        })?;
     served.model = model.name.to_string();
     served.version = version.number;
     let storage = state.registry.storage();

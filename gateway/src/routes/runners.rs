@@ -23,10 +23,11 @@ async fn list(state: web::Data<AppState>, principal: Principal) -> Result<HttpRe
         .statuses()
         .await
         .into_iter()
-        .map(|(address, status)| match status {
+        .map(|r| match r.status {
             Ok(s) => json!({
-                "address": address,
-                "healthy": true,
+                "address": r.address,
+                "healthy": !r.circuit_open,
+                "circuit_open": r.circuit_open,
                 "device": s.device,
                 "memory_used_bytes": s.memory_used_bytes,
                 "memory_budget_bytes": s.memory_budget_bytes,
@@ -46,7 +47,9 @@ async fn list(state: web::Data<AppState>, principal: Principal) -> Result<HttpRe
                     "compute_ms_total": m.compute_us_total / 1000,
                 })).collect::<Vec<_>>(),
             }),
-            Err(e) => json!({ "address": address, "healthy": false, "error": e.message() }),
+            Err(e) => {
+                json!({ "address": r.address, "healthy": false, "circuit_open": r.circuit_open, "error": e.message() })
+            }
         })
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "data": data })))

@@ -1,0 +1,300 @@
+//! One gateway over three runner processes: a version sticks to the runner that has it, a
+//! cold version goes where there is room, and a runner killed with SIGKILL under traffic
+//! costs at most the requests in flight on it, then is used again once it is back.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proto::v1::StatusRequest;
+use proto::v1::runner_client::RunnerClient;
+use serde_json::json;
+
+use crate::helpers::{AppOptions, Database, TestApp};
+use crate::tiny_bert;
+
+const BIN: &str = env!("CARGO_BIN_EXE_modelgate");
+
+/// `modelgate serve --role runner` in a process of its own.
+struct RunnerProcess {
+    child: Child,
+    port: u16,
+    data: tempfile::TempDir,
+    storage_url: String,
+    budget: u64,
+}
+
+impl RunnerProcess {
+    async fn start(storage_url: &str, budget: u64) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let data = tempfile::tempdir().expect("temporary folder");
+        let child = Self::spawn(port, data.path(), storage_url, budget);
+        let runner = Self { child, port, data, storage_url: storage_url.to_owned(), budget };
+        runner.wait_ready().await;
+        runner
+    }
+
+    /// Logs JSON lines to `runner.log` in its data folder.
+    fn spawn(port: u16, data: &std::path::Path, storage_url: &str, budget: u64) -> Child {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(data.join("runner.log")).expect("log file");
+        Command::new(BIN)
+            .args(["serve", "--role", "runner", "--data-dir"])
+            .arg(data)
+            .env("MODELGATE__RUNNER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("MODELGATE__RUNNER__MEMORY_BUDGET_BYTES", budget.to_string())
+            .env("MODELGATE__STORAGE__URL", storage_url)
+            .env("RUST_LOG", "info")
+            .env("MODELGATE__LOG__FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("a runner starts")
+    }
+
+    fn address(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(mut client) = RunnerClient::connect(self.address()).await
+                && client.status(StatusRequest {}).await.is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("runner {} did not start", self.address());
+    }
+
+    async fn status(&self) -> proto::v1::StatusResponse {
+        let mut client = RunnerClient::connect(self.address()).await.expect("runner reachable");
+        client.status(StatusRequest {}).await.expect("status").into_inner()
+    }
+
+    /// Requests it answered for the model called `name`, if it has it loaded.
+    async fn requests_for(&self, name: &str) -> Option<u64> {
+        self.status().await.loaded.iter().find(|m| m.display_name == name).map(|m| m.requests_total)
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL sent");
+        self.child.wait().expect("the runner is gone");
+    }
+
+    async fn revive(&mut self) {
+        self.child = Self::spawn(self.port, self.data.path(), &self.storage_url, self.budget);
+        self.wait_ready().await;
+    }
+}
+
+impl Drop for RunnerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn healthy_runners(app: &TestApp) -> usize {
+    let (_, listed) = app.call(reqwest::Method::GET, "/api/v1/admin/runners", &app.admin_key, None).await;
+    listed["data"].as_array().expect("runners").iter().filter(|r| r["healthy"] == true).count()
+}
+
+/// A poll of every runner's status has happened since.
+async fn routing_catches_up() {
+    tokio::time::sleep(Duration::from_millis(400)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_runners_keep_versions_where_they_are_fill_room_and_survive_a_kill() {
+    let store = tempfile::tempdir().expect("temporary folder");
+    let storage_url = url::Url::from_directory_path(store.path()).expect("a file URL").to_string();
+    let models = tempfile::tempdir().expect("temporary folder");
+    let names = ["m1", "m2", "m3"];
+    for name in names {
+        tiny_bert::write(&models.path().join(name));
+    }
+    // Each runner has room for exactly one of these models.
+    let budget = std::fs::metadata(models.path().join("m1/model.safetensors")).expect("weights").len();
+    let mut runners = Vec::new();
+    for _ in 0..3 {
+        runners.push(RunnerProcess::start(&storage_url, budget).await);
+    }
+    let mut options = AppOptions::new(Database::Sqlite);
+    options.storage_url = Some(storage_url.clone());
+    options.runners = Some(runners.iter().map(RunnerProcess::address).collect());
+    let app = TestApp::spawn(options).await;
+    let key = app.tenant("acme").await;
+    for name in names {
+        app.upload_model(&key, "acme", name, &models.path().join(name)).await;
+    }
+
+    // Sticky: every request for m1 goes to the one runner that loaded it.
+    for i in 0..30 {
+        let (status, body) = app.embed(&key, "m1", json!(format!("the cat sat {i}"))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut holders = Vec::new();
+    for (i, runner) in runners.iter().enumerate() {
+        if let Some(requests) = runner.requests_for("acme/m1@1").await {
+            holders.push((i, requests));
+        }
+    }
+    assert_eq!(holders.len(), 1, "one runner holds m1: {holders:?}");
+    let (holder, requests) = holders[0];
+    assert_eq!(requests, 30, "all thirty requests went to the runner that has m1");
+
+    // Room: with one model's room per runner, m2 and m3 each land on a runner still empty,
+    // whatever their rendezvous order says, and nothing is evicted.
+    for name in ["m2", "m3"] {
+        routing_catches_up().await;
+        assert_eq!(app.embed(&key, name, json!("hello")).await.0, 200);
+    }
+    let mut evictions = 0;
+    for runner in &runners {
+        let status = runner.status().await;
+        assert_eq!(status.loaded.len(), 1, "each runner holds one model: {:?}", status.loaded);
+        evictions += status.cache_evictions;
+    }
+    assert_eq!(evictions, 0, "cold versions went where there was room");
+
+    // SIGKILL the runner holding m1 while four clients keep calling it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (base, key, stop) = (app.base.clone(), key.clone(), stop.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let (mut ok, mut failed) = (0u32, 0u32);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let answer = http
+                        .post(format!("{base}/v1/embeddings"))
+                        .bearer_auth(&key)
+                        .json(&json!({"model": "m1", "input": format!("client {c} says hello")}))
+                        .send()
+                        .await;
+                    match answer {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    runners[holder].kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for client in clients {
+        let (o, f) = client.await.expect("client task");
+        ok += o;
+        failed += f;
+    }
+    println!("kill -9 of the runner holding m1 under 4 concurrent clients: {ok} succeeded, {failed} failed");
+    assert!(failed <= 4, "at most the requests in flight on the killed runner fail: {failed}");
+    let moved = {
+        let mut n = 0;
+        for (i, runner) in runners.iter().enumerate() {
+            if i != holder {
+                n += runner.requests_for("acme/m1@1").await.unwrap_or(0);
+            }
+        }
+        n
+    };
+    assert!(moved > 0, "m1's traffic moved to a live runner");
+
+    // Back: the revived runner is the only one with room, so a model the others let go of
+    // lands on it.
+    runners[holder].revive().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while healthy_runners(&app).await < 3 {
+        assert!(Instant::now() < deadline, "the gateway sees the revived runner");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for name in names {
+        let (status, body) = app.embed(&key, name, json!("hello again")).await;
+        assert_eq!(status, 200, "{name}: {body}");
+        routing_catches_up().await;
+    }
+    let revived = runners[holder].status().await;
+    assert!(!revived.loaded.is_empty(), "the revived runner serves again");
+    assert_eq!(healthy_runners(&app).await, 3);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runners_found_through_dns_serve_and_an_unreachable_address_is_avoided() {
+    let store = tempfile::tempdir().expect("temporary folder");
+    let storage_url = url::Url::from_directory_path(store.path()).expect("a file URL").to_string();
+    let runner = RunnerProcess::start(&storage_url, 64 * 1024 * 1024).await;
+    let mut options = AppOptions::new(Database::Sqlite);
+    options.storage_url = Some(storage_url);
+    // A configured runner that is down, plus the real one found through DNS only.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    options.runners = Some(vec![format!("http://{dead}")]);
+    let mut app = TestApp::spawn(options).await;
+    app.config_mut().gateway.routing.dns = Some(format!("localhost:{}", runner.port));
+    app.restart().await;
+    let key = app.tenant("acme").await;
+    let dir = app.dir.path().join("tiny");
+    tiny_bert::write(&dir);
+    app.upload_model(&key, "acme", "tiny", &dir).await;
+    routing_catches_up().await;
+    for i in 0..10 {
+        let (status, body) = app.embed(&key, "tiny", json!(format!("hello {i}"))).await;
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+    assert_eq!(runner.requests_for("acme/tiny@1").await, Some(10), "the runner found through DNS served them");
+    let (_, listed) = app.call(reqwest::Method::GET, "/api/v1/admin/runners", &app.admin_key, None).await;
+    let addresses: Vec<&str> =
+        listed["data"].as_array().expect("runners").iter().filter_map(|r| r["address"].as_str()).collect();
+    assert!(addresses.contains(&runner.address().as_str()), "{listed}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_request_id_and_trace_reach_the_runners_logs_and_come_back() {
+    let store = tempfile::tempdir().expect("temporary folder");
+    let storage_url = url::Url::from_directory_path(store.path()).expect("a file URL").to_string();
+    let runner = RunnerProcess::start(&storage_url, 64 * 1024 * 1024).await;
+    let mut options = AppOptions::new(Database::Sqlite);
+    options.storage_url = Some(storage_url);
+    options.runners = Some(vec![runner.address()]);
+    let app = TestApp::spawn(options).await;
+    let key = app.tenant("acme").await;
+    let dir = app.dir.path().join("tiny");
+    tiny_bert::write(&dir);
+    app.upload_model(&key, "acme", "tiny", &dir).await;
+
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = app
+        .req(reqwest::Method::POST, "/v1/embeddings", Some(&key))
+        .header("x-request-id", "req-trace-test-1")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&json!({"model": "tiny", "input": "hello"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    assert_eq!(header("x-request-id"), "req-trace-test-1");
+    let traceparent = header("traceparent");
+    assert!(traceparent.starts_with(&format!("00-{trace}-")), "same trace, the gateway's span: {traceparent}");
+
+    // Without headers the gateway makes both up.
+    let (status, _) = app.embed(&key, "tiny", json!("hello")).await;
+    assert_eq!(status, 200);
+
+    let log = std::fs::read_to_string(runner.data.path().join("runner.log")).expect("runner log");
+    let line = log
+        .lines()
+        .find(|l| l.contains("req-trace-test-1"))
+        .unwrap_or_else(|| panic!("the runner logged the request id:\n{log}"));
+    let line: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(line["span"]["trace.id"], trace, "{line}");
+    assert_eq!(line["span"]["rpc"], "embed", "{line}");
+    app.stop().await;
+}
