@@ -3,12 +3,16 @@
 #   (a) wrk -> bench/shim.rs (HTTP + JSON -> the runner's Embed over gRPC; nothing else)
 #   (b) wrk -> nginx (Debian package, reverse proxy with keep-alive upstream) -> the shim
 #   (c) wrk -> modelgate gateway (auth, limits, resolve, route, gRPC, metering) -> the runner
-# nginx adds b - a; modelgate adds c - a. Each setup: a warm-up, then DURATION seconds of
-# wrk with CONNECTIONS connections on one thread; p50 / p99 and requests/s.
-# Needs wrk and nginx (apt-get install wrk nginx). Usage: bench/overhead.sh [DURATION] [CONNECTIONS]
+# nginx adds b - a; modelgate adds c - a. ROUNDS rounds, each running the three setups in
+# turn (a warm-up, then DURATION seconds of wrk with CONNECTIONS connections on one thread);
+# the medians of p50, p99 and requests/s over the rounds are reported, since a shared 2-core
+# machine drifts from minute to minute.
+# Needs wrk and nginx (apt-get install wrk nginx).
+# Usage: bench/overhead.sh [DURATION] [CONNECTIONS] [ROUNDS]
 set -euo pipefail
 DURATION=${1:-15}
 CONNECTIONS=${2:-8}
+ROUNDS=${3:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin modelgate --example shim
 BIN=$ROOT/target/release/modelgate
@@ -92,29 +96,36 @@ for url in "http://$SHIM_AT" "http://$NGINX_AT" "$MG"; do
     | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["data"][0]["embedding"]), "floats from", sys.argv[1])' "$url"
 done
 
-run() { # name url
+run() { # name url round
   wrk -t1 -c"$CONNECTIONS" -d3s -s "$WORK/post.lua" "$2/v1/embeddings" >/dev/null
-  wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$2/v1/embeddings" >"$WORK/$1.txt"
-  python3 - "$1" "$WORK/$1.txt" <<'PY'
-import re, sys
-name, text = sys.argv[1], open(sys.argv[2]).read()
-def ms(v, unit): return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-p = {m.group(1): ms(m.group(2), m.group(3)) for m in re.finditer(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", text, re.M)}
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-print(f"{name:10s} p50 {p['50']:.3f} ms  p99 {p['99']:.3f} ms  {rps:9.0f} req/s  non-2xx {errors.group(1) if errors else 0}")
-open(sys.argv[2] + ".csv", "w").write(f"{p['50']},{p['99']},{rps}\n")
-PY
+  wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$2/v1/embeddings" >"$WORK/$1.$3.txt"
 }
-echo "--- $CONNECTIONS connections, ${DURATION}s each, $(nproc) cores"
-run shim "http://$SHIM_AT"
-run nginx "http://$NGINX_AT"
-run modelgate "$MG"
-python3 - "$WORK" <<'PY'
-import sys
-w = sys.argv[1]
-a, b, c = ([float(x) for x in open(f"{w}/{n}.txt.csv").read().split(",")] for n in ("shim", "nginx", "modelgate"))
+echo "--- $CONNECTIONS connections, ${DURATION}s each, $ROUNDS rounds, $(nproc) cores"
+for round in $(seq 1 "$ROUNDS"); do
+  run shim "http://$SHIM_AT" "$round"
+  run nginx "http://$NGINX_AT" "$round"
+  run modelgate "$MG" "$round"
+done
+python3 - "$WORK" "$ROUNDS" <<'PY'
+import re, statistics, sys
+work, rounds = sys.argv[1], int(sys.argv[2])
+def ms(v, unit): return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+def read(name, r):
+    text = open(f"{work}/{name}.{r}.txt").read()
+    p = {m.group(1): ms(m.group(2), m.group(3)) for m in re.finditer(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", text, re.M)}
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    assert not errors, f"{name} round {r}: {errors.group(0)}"
+    return p["50"], p["99"], rps
+res = {}
+for name in ("shim", "nginx", "modelgate"):
+    runs = [read(name, r) for r in range(1, rounds + 1)]
+    res[name] = [statistics.median(x) for x in zip(*runs)]
+    print(f"{name:10s} p50 {res[name][0]:.3f} ms  p99 {res[name][1]:.3f} ms  {res[name][2]:8.0f} req/s   rounds' p50: "
+          + " ".join(f"{r[0]:.3f}" for r in runs))
+a, b, c = res["shim"], res["nginx"], res["modelgate"]
 nginx, mg = b[0] - a[0], c[0] - a[0]
-print(f"added p50: nginx {nginx:.3f} ms, modelgate {mg:.3f} ms ({mg / nginx if nginx > 0 else float('inf'):.2f}x nginx)")
+ratio = f"{mg / nginx:.2f}x nginx" if nginx > 0 else "nginx added nothing measurable"
+print(f"added p50: nginx {nginx:.3f} ms, modelgate {mg:.3f} ms ({ratio})")
 print(f"added p99: nginx {b[1] - a[1]:.3f} ms, modelgate {c[1] - a[1]:.3f} ms")
 PY

@@ -72,7 +72,8 @@ if torch_python:
     code = ("import json,sys,time; from sentence_transformers import SentenceTransformer; s=json.load(sys.stdin); "
             "m=SentenceTransformer(sys.argv[1], device='cpu'); m.encode(s[:64], batch_size=32); t=time.perf_counter(); "
             "m.encode(s, batch_size=32); print(len(s)/(time.perf_counter()-t))")
-    out = subprocess.run([torch_python, "-c", code, model_dir], input=json.dumps(sentences), capture_output=True, text=True, check=True)
+    env = dict(__import__("os").environ, HF_HUB_OFFLINE="1")
+    out = subprocess.run([torch_python, "-c", code, model_dir], input=json.dumps(sentences), capture_output=True, text=True, check=True, env=env)
     print(f"PyTorch sentence-transformers encode(batch_size=32), same sentences, same run: {float(out.stdout):.0f} sentences/s")
 PY
 HWM_END=$(awk '/VmHWM/ {print $2}' /proc/$DEV/status)

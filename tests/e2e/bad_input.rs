@@ -234,6 +234,11 @@ async fn bad_inference_requests_get_clear_4xx() {
         assert_eq!(status, 400, "{input}: {body}");
         assert!(body["error"]["message"].as_str().unwrap_or_default().contains(fragment), "{input}: {body}");
     }
+    // Streaming from a model that cannot generate: 400 in OpenAI's shape, before any stream.
+    let chat = json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": true});
+    let (status, body) = f.app.call(Method::POST, "/v1/chat/completions", &f.key, Some(chat)).await;
+    assert_eq!((status, body["error"]["type"].as_str()), (400, Some("invalid_request_error")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("embedding model"), "{body}");
     let (status, body) = f.app.call(Method::POST, "/v1/embeddings", &f.key, Some(json!({ "input": "hi" }))).await;
     assert_eq!(status, 400, "a missing model is named: {body}");
     assert!(body["error"]["message"].as_str().unwrap_or_default().contains("model"));

@@ -37,7 +37,15 @@ use actix_web::web;
 use crate::error::ApiError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(health::healthz)
+    // actix tries routes in this order, matching every parameterised one with a regex: the
+    // inference routes, the hot path, come first.
+    cfg.service(openai::embeddings)
+        .service(completions::chat_completions)
+        .service(completions::completions)
+        .service(classifications::classifications)
+        .service(kserve::model_infer)
+        .service(kserve::version_infer)
+        .service(health::healthz)
         .service(health::readyz)
         .service(auth_token::issue)
         .service(auth_token::jwks)
@@ -93,17 +101,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(kserve::version_metadata)
         .service(kserve::model_ready)
         .service(kserve::version_ready)
-        .service(kserve::model_infer)
-        .service(kserve::version_infer)
         .service(kserve_generate::model_generate)
         .service(kserve_generate::version_generate)
         .service(kserve_generate::model_generate_stream)
         .service(kserve_generate::version_generate_stream)
-        .service(openai::models)
-        .service(openai::embeddings)
-        .service(classifications::classifications)
-        .service(completions::completions)
-        .service(completions::chat_completions);
+        .service(openai::models);
 }
 
 /// A JSON list envelope, as every list endpoint answers.

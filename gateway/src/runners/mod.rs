@@ -97,7 +97,7 @@ struct View {
 
 struct Member {
     address: String,
-    client: RunnerClient<Channel>,
+    endpoint: Endpoint,
     /// Calls this gateway has on it now, per version: the queue it adds between polls.
     outstanding: Mutex<HashMap<String, u64>>,
     view: Mutex<View>,
@@ -109,10 +109,26 @@ impl Member {
             .map_err(|source| AddressError { address: address.to_owned(), source })?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
-        let client = RunnerClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
-        Ok(Self { address: address.to_owned(), client, outstanding: Mutex::default(), view: Mutex::default() })
+        Ok(Self { address: address.to_owned(), endpoint, outstanding: Mutex::default(), view: Mutex::default() })
+    }
+
+    /// A client whose connection lives on the calling thread's runtime. Each HTTP worker
+    /// thread talks to each runner over its own HTTP/2 connection, so a call and its answer
+    /// never wait for a wake-up on another thread.
+    fn client(&self) -> RunnerClient<Channel> {
+        thread_local! {
+            static CLIENTS: std::cell::RefCell<HashMap<String, RunnerClient<Channel>>> = Default::default();
+        }
+        CLIENTS.with_borrow_mut(|clients| {
+            clients
+                .entry(self.address.clone())
+                .or_insert_with(|| {
+                    RunnerClient::new(self.endpoint.connect_lazy())
+                        .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(proto::MAX_MESSAGE_BYTES)
+                })
+                .clone()
+        })
     }
 
     fn view(&self) -> std::sync::MutexGuard<'_, View> {
@@ -321,7 +337,7 @@ impl RunnerPool {
         };
         for (version, member) in extra {
             let request = crate::trace::grpc_request(UnloadRequest { version_id: version.clone() }, STATUS_TIMEOUT);
-            if let Ok(answer) = member.client.clone().unload(request).await
+            if let Ok(answer) = member.client().unload(request).await
                 && answer.into_inner().unloaded
             {
                 tracing::info!(runner.address = %member.address, model.version_id = %version, "extra copy released");
@@ -439,7 +455,7 @@ impl RunnerPool {
             }
             let answer = {
                 let _counted = Outstanding::start(&member, &spec.version_id);
-                call(member.client.clone()).await
+                call(member.client()).await
             };
             match answer {
                 Ok(response) => {
@@ -492,7 +508,7 @@ impl RunnerPool {
         let calls = members.iter().map(|m| async move {
             let request =
                 crate::trace::grpc_request(UnloadRequest { version_id: version_id.to_owned() }, STATUS_TIMEOUT);
-            (m.address.clone(), m.client.clone().unload(request).await.map(|a| a.into_inner().unloaded))
+            (m.address.clone(), m.client().unload(request).await.map(|a| a.into_inner().unloaded))
         });
         futures::future::join_all(calls).await
     }
@@ -503,7 +519,7 @@ impl RunnerPool {
         let calls = members.iter().map(|m| async move {
             let request =
                 crate::trace::grpc_request(PinRequest { version_id: version_id.to_owned(), pinned }, STATUS_TIMEOUT);
-            (m.address.clone(), m.client.clone().pin(request).await.map(|a| a.into_inner().loaded))
+            (m.address.clone(), m.client().pin(request).await.map(|a| a.into_inner().loaded))
         });
         futures::future::join_all(calls).await
     }
@@ -534,7 +550,7 @@ pub struct RunnerStatus {
 
 async fn status(member: &Member) -> Result<StatusResponse, tonic::Status> {
     let request = crate::trace::grpc_request(StatusRequest {}, STATUS_TIMEOUT);
-    member.client.clone().status(request).await.map(tonic::Response::into_inner)
+    member.client().status(request).await.map(tonic::Response::into_inner)
 }
 
 /// The call never reached a runner, or the runner went away with it (refused, reset, no

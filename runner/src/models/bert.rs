@@ -15,6 +15,9 @@ struct Layer {
     attention_out: Linear,
     attention_norm: LayerNorm,
     intermediate: Linear,
+    /// The intermediate layer's weight, transposed (a view), and bias, for the fused GELU.
+    intermediate_weight_t: Tensor,
+    intermediate_bias: Tensor,
     output: Linear,
     output_norm: LayerNorm,
 }
@@ -61,15 +64,20 @@ impl BertEncoder {
             let a = l.pp("attention");
             let (q, k, v) =
                 (linear(a.pp("self.query"), h, h)?, linear(a.pp("self.key"), h, h)?, linear(a.pp("self.value"), h, h)?);
-            let bias =
+            let bias_of =
                 |l: &Linear| l.bias().cloned().ok_or_else(|| candle_core::Error::Msg("a bias is missing".into()));
             let weight = Tensor::cat(&[(q.weight() * scale)?, k.weight().clone(), v.weight().clone()], 0)?;
-            let bias = Tensor::cat(&[(bias(&q)? * scale)?, bias(&k)?, bias(&v)?], 0)?;
+            let bias = Tensor::cat(&[(bias_of(&q)? * scale)?, bias_of(&k)?, bias_of(&v)?], 0)?;
+            let intermediate = linear(l.pp("intermediate.dense"), h, config.intermediate_size)?;
+            let intermediate_weight_t = intermediate.weight().t()?;
+            let intermediate_bias = bias_of(&intermediate)?;
             layers.push(Layer {
                 qkv: Linear::new(weight, Some(bias)),
                 attention_out: linear(a.pp("output.dense"), h, h)?,
                 attention_norm: layer_norm(a.pp("output.LayerNorm"), h, eps)?,
-                intermediate: linear(l.pp("intermediate.dense"), h, config.intermediate_size)?,
+                intermediate,
+                intermediate_weight_t,
+                intermediate_bias,
                 output: linear(l.pp("output.dense"), config.intermediate_size, h)?,
                 output_norm: layer_norm(l.pp("output.LayerNorm"), h, eps)?,
             });
@@ -109,11 +117,13 @@ impl BertEncoder {
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             let context = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((batch * len, h))?;
             let attended = layer.attention_norm.forward(&(layer.attention_out.forward(&context)? + &x)?)?;
-            let inner = layer.intermediate.forward(&attended)?;
             let inner = match self.activation {
-                HiddenAct::Gelu => inner.gelu_erf()?,
-                HiddenAct::GeluApproximate => inner.gelu()?,
-                HiddenAct::Relu => inner.relu()?,
+                // Bias and activation in one pass.
+                HiddenAct::Gelu => {
+                    super::fused::bias_gelu(&attended.matmul(&layer.intermediate_weight_t)?, &layer.intermediate_bias)?
+                }
+                HiddenAct::GeluApproximate => layer.intermediate.forward(&attended)?.gelu()?,
+                HiddenAct::Relu => layer.intermediate.forward(&attended)?.relu()?,
             };
             x = layer.output_norm.forward(&(layer.output.forward(&inner)? + attended)?)?;
         }

@@ -4,6 +4,7 @@
 mod bert;
 mod bert_classification;
 mod bert_embedding;
+mod fused;
 mod generation;
 mod lstm_classifier;
 
