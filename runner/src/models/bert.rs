@@ -2,23 +2,40 @@
 //! `BertModel` computes (and candle's port of it), with the work laid out differently:
 //! - the hidden states stay one (tokens, hidden) matrix, so every dense layer is one large
 //!   matrix product instead of one small product per sentence;
+//! - dense weights are stored transposed, as the product reads them (a weight used as a
+//!   transposed view is repacked by every product: for a short input that copy costs more
+//!   than the arithmetic);
 //! - query, key and value are one product (their weights concatenated at load), with the
 //!   1/sqrt(head size) of the scores folded into the query weights;
 //! - softmax runs fused over the last dimension.
 
 use candle_core::{DType, Module as _, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use candle_transformers::models::bert::{Config, HiddenAct};
 
+/// A dense layer whose weight is stored transposed, (inputs, outputs) row-major: the layout
+/// the matrix product reads without repacking it.
+struct Dense {
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    fn new(weight: &Tensor, bias: Tensor) -> Result<Self> {
+        Ok(Self { weight_t: weight.t()?.contiguous()?, bias })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+    }
+}
+
 struct Layer {
-    qkv: Linear,
-    attention_out: Linear,
+    qkv: Dense,
+    attention_out: Dense,
     attention_norm: LayerNorm,
-    intermediate: Linear,
-    /// The intermediate layer's weight, transposed (a view), and bias, for the fused GELU.
-    intermediate_weight_t: Tensor,
-    intermediate_bias: Tensor,
-    output: Linear,
+    intermediate: Dense,
+    output: Dense,
     output_norm: LayerNorm,
 }
 
@@ -33,8 +50,13 @@ pub struct BertEncoder {
     activation: HiddenAct,
 }
 
-fn linear(vb: VarBuilder, inputs: usize, outputs: usize) -> Result<Linear> {
-    Ok(Linear::new(vb.get((outputs, inputs), "weight")?, Some(vb.get(outputs, "bias")?)))
+fn linear(vb: VarBuilder, inputs: usize, outputs: usize) -> Result<(Tensor, Tensor)> {
+    Ok((vb.get((outputs, inputs), "weight")?, vb.get(outputs, "bias")?))
+}
+
+fn dense(vb: VarBuilder, inputs: usize, outputs: usize) -> Result<Dense> {
+    let (weight, bias) = linear(vb, inputs, outputs)?;
+    Dense::new(&weight, bias)
 }
 
 fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> Result<LayerNorm> {
@@ -62,23 +84,16 @@ impl BertEncoder {
         for i in 0..config.num_hidden_layers {
             let l = vb.pp(format!("encoder.layer.{i}"));
             let a = l.pp("attention");
-            let (q, k, v) =
+            let ((qw, qb), (kw, kb), (vw, vb_)) =
                 (linear(a.pp("self.query"), h, h)?, linear(a.pp("self.key"), h, h)?, linear(a.pp("self.value"), h, h)?);
-            let bias_of =
-                |l: &Linear| l.bias().cloned().ok_or_else(|| candle_core::Error::Msg("a bias is missing".into()));
-            let weight = Tensor::cat(&[(q.weight() * scale)?, k.weight().clone(), v.weight().clone()], 0)?;
-            let bias = Tensor::cat(&[(bias_of(&q)? * scale)?, bias_of(&k)?, bias_of(&v)?], 0)?;
-            let intermediate = linear(l.pp("intermediate.dense"), h, config.intermediate_size)?;
-            let intermediate_weight_t = intermediate.weight().t()?;
-            let intermediate_bias = bias_of(&intermediate)?;
+            let weight = Tensor::cat(&[(qw * scale)?, kw, vw], 0)?;
+            let bias = Tensor::cat(&[(qb * scale)?, kb, vb_], 0)?;
             layers.push(Layer {
-                qkv: Linear::new(weight, Some(bias)),
-                attention_out: linear(a.pp("output.dense"), h, h)?,
+                qkv: Dense::new(&weight, bias)?,
+                attention_out: dense(a.pp("output.dense"), h, h)?,
                 attention_norm: layer_norm(a.pp("output.LayerNorm"), h, eps)?,
-                intermediate,
-                intermediate_weight_t,
-                intermediate_bias,
-                output: linear(l.pp("output.dense"), config.intermediate_size, h)?,
+                intermediate: dense(l.pp("intermediate.dense"), h, config.intermediate_size)?,
+                output: dense(l.pp("output.dense"), config.intermediate_size, h)?,
                 output_norm: layer_norm(l.pp("output.LayerNorm"), h, eps)?,
             });
         }
@@ -120,7 +135,7 @@ impl BertEncoder {
             let inner = match self.activation {
                 // Bias and activation in one pass.
                 HiddenAct::Gelu => {
-                    super::fused::bias_gelu(&attended.matmul(&layer.intermediate_weight_t)?, &layer.intermediate_bias)?
+                    super::fused::bias_gelu(&attended.matmul(&layer.intermediate.weight_t)?, &layer.intermediate.bias)?
                 }
                 HiddenAct::GeluApproximate => layer.intermediate.forward(&attended)?.gelu()?,
                 HiddenAct::Relu => layer.intermediate.forward(&attended)?.relu()?,
