@@ -190,6 +190,12 @@ impl From<tonic::Status> for ApiError {
             }
             Code::Unavailable => ApiError::unavailable("runner_unavailable", message).with_source(s),
             Code::DeadlineExceeded => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message),
+            // tonic's server ends a call past its `grpc-timeout` as CANCELLED "Timeout expired".
+            Code::Cancelled if message == "Timeout expired" => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "the runner did not answer within this kind of call's timeout",
+            ),
             _ => ApiError::new(StatusCode::BAD_GATEWAY, "runner_error", message).with_source(s),
         }
     }

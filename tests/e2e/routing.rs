@@ -1,6 +1,8 @@
-//! One gateway over three runner processes: a version sticks to the runner that has it, a
-//! cold version goes where there is room, and a runner killed with SIGKILL under traffic
-//! costs at most the requests in flight on it, then is used again once it is back.
+//! One gateway over runner processes: a version sticks to the runner that has it, a cold
+//! version goes where there is room, a runner killed with SIGKILL under traffic costs at most
+//! the requests in flight on it and is used again once it is back, a hot version gets a
+//! second copy that goes when traffic drops, runners are found through DNS, the request id
+//! and trace reach the runner's logs, and a call past its kind's timeout answers 504.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -296,5 +298,80 @@ async fn the_request_id_and_trace_reach_the_runners_logs_and_come_back() {
     let line: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
     assert_eq!(line["span"]["trace.id"], trace, "{line}");
     assert_eq!(line["span"]["rpc"], "embed", "{line}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hot_version_gets_a_second_copy_which_goes_once_traffic_drops() {
+    let store = tempfile::tempdir().expect("temporary folder");
+    let storage_url = url::Url::from_directory_path(store.path()).expect("a file URL").to_string();
+    let runners = [
+        RunnerProcess::start(&storage_url, 64 * 1024 * 1024).await,
+        RunnerProcess::start(&storage_url, 64 * 1024 * 1024).await,
+    ];
+    let mut options = AppOptions::new(Database::Sqlite);
+    options.storage_url = Some(storage_url);
+    options.runners = Some(runners.iter().map(RunnerProcess::address).collect());
+    let mut app = TestApp::spawn(options).await;
+    app.config_mut().gateway.routing.hot_queue = 2;
+    app.config_mut().gateway.routing.replica_idle_secs = 1;
+    app.restart().await;
+    let key = app.tenant("acme").await;
+    let dir = app.dir.path().join("tiny");
+    tiny_bert::write(&dir);
+    app.upload_model(&key, "acme", "tiny", &dir).await;
+    assert_eq!(app.embed(&key, "tiny", json!("warm up")).await.0, 200);
+
+    // Eight clients keep more than two requests queued on the one copy.
+    let inputs: Vec<String> = (0..256).map(|i| format!("the man is playing the guitar {i}")).collect();
+    let until = Instant::now() + Duration::from_secs(3);
+    let clients = (0..8).map(|_| {
+        let (app, key, inputs) = (&app, &key, inputs.clone());
+        async move {
+            while Instant::now() < until {
+                let (status, body) = app.embed(key, "tiny", json!(inputs)).await;
+                assert_eq!(status, 200, "{body}");
+            }
+        }
+    });
+    futures::future::join_all(clients).await;
+    let mut served = Vec::new();
+    for runner in &runners {
+        served.push(runner.requests_for("acme/tiny@1").await);
+    }
+    assert!(served.iter().all(|s| s.is_some_and(|n| n > 0)), "both runners hold and serve a copy: {served:?}");
+
+    // Quiet for replica_idle_secs: one copy stays.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut holding = 0;
+        for runner in &runners {
+            holding += usize::from(runner.requests_for("acme/tiny@1").await.is_some());
+        }
+        if holding == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the extra copy is still loaded 10 s after traffic stopped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(app.embed(&key, "tiny", json!("still served")).await.0, 200);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_past_its_kinds_timeout_answers_504() {
+    let mut app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    let key = app.tenant("acme").await;
+    let dir = app.dir.path().join("tiny");
+    tiny_bert::write(&dir);
+    app.upload_model(&key, "acme", "tiny", &dir).await;
+    // A first call loads the model: far longer than a millisecond.
+    app.config_mut().gateway.routing.embed_timeout_ms = 1;
+    app.restart().await;
+    let (status, body) = app.embed(&key, "tiny", json!("hello")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (504, Some("timeout")), "{body}");
+    app.config_mut().gateway.routing.embed_timeout_ms = 120_000;
+    app.restart().await;
+    assert_eq!(app.embed(&key, "tiny", json!("hello")).await.0, 200);
     app.stop().await;
 }
