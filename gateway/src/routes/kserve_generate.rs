@@ -33,7 +33,7 @@ struct Parameters {
     stop: Option<Vec<String>>,
     /// Triton's clients send it; the route decides.
     #[serde(default)]
-    #[allow(dead_code, reason = "accepted for compatibility; the route decides whether to stream")]
+    #[expect(dead_code, reason = "accepted for compatibility; the route decides whether to stream")]
     stream: Option<bool>,
 }
 

@@ -7,163 +7,26 @@
 //! once on the next runner; a runner whose calls keep failing has its circuit opened for a
 //! while, and a successful poll after that closes it again.
 
+mod config;
+mod member;
 pub mod routing;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use proto::v1::runner_client::RunnerClient;
 use proto::v1::{
     ClassifyRequest, ClassifyResponse, EmbedRequest, EmbedResponse, GenerateChunk, GenerateRequest, LoadRequest,
-    ModelSpec, PinRequest, StatusRequest, StatusResponse, UnloadRequest,
+    ModelSpec, PinRequest, StatusResponse, UnloadRequest,
 };
-use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::ApiError;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How the gateway finds runners and spreads requests over them (`[gateway.routing]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RoutingConfig {
-    /// A `host:port` whose every address is a runner, resolved again every
-    /// `dns_refresh_secs` (a Kubernetes headless Service); adds to `gateway.runners`.
-    pub dns: Option<String>,
-    pub dns_refresh_secs: u64,
-    /// How often each runner's status is polled.
-    pub poll_ms: u64,
-    /// Deadlines per kind of call; a first request includes fetching and loading the model.
-    pub embed_timeout_ms: u64,
-    pub generate_timeout_ms: u64,
-    pub load_timeout_ms: u64,
-    /// Requests queued or running on every copy of a version at which the next request
-    /// starts another copy on a runner with room.
-    pub hot_queue: u64,
-    /// Extra copies of a version are unloaded once no copy has been that busy for this long.
-    pub replica_idle_secs: u64,
-    /// Consecutive failed calls that open a runner's circuit, and for how long it stays open
-    /// (then a successful status poll closes it).
-    pub breaker_failures: u32,
-    pub breaker_open_ms: u64,
-}
-
-impl Default for RoutingConfig {
-    fn default() -> Self {
-        Self {
-            dns: None,
-            dns_refresh_secs: 10,
-            poll_ms: 500,
-            embed_timeout_ms: 120_000,
-            generate_timeout_ms: 600_000,
-            load_timeout_ms: 600_000,
-            hot_queue: 16,
-            replica_idle_secs: 60,
-            breaker_failures: 3,
-            breaker_open_ms: 5_000,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("invalid runner address {address:?}")]
-pub struct AddressError {
-    address: String,
-    #[source]
-    source: tonic::transport::Error,
-}
-
-/// What the last poll said of one loaded version.
-#[derive(Debug, Clone, Copy)]
-struct Copy {
-    in_flight: u64,
-    pinned: bool,
-}
-
-#[derive(Debug, Default)]
-struct View {
-    /// None until the first poll answers or fails.
-    healthy: Option<bool>,
-    models: HashMap<String, Copy>,
-    memory_used: u64,
-    memory_budget: u64,
-    failures: u32,
-    open_until: Option<Instant>,
-}
-
-struct Member {
-    address: String,
-    endpoint: Endpoint,
-    /// Calls this gateway has on it now, per version: the queue it adds between polls.
-    outstanding: Mutex<HashMap<String, u64>>,
-    view: Mutex<View>,
-}
-
-impl Member {
-    fn new(address: &str) -> Result<Self, AddressError> {
-        let endpoint = Endpoint::from_shared(address.to_owned())
-            .map_err(|source| AddressError { address: address.to_owned(), source })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        Ok(Self { address: address.to_owned(), endpoint, outstanding: Mutex::default(), view: Mutex::default() })
-    }
-
-    /// A client whose connection lives on the calling thread's runtime. Each HTTP worker
-    /// thread talks to each runner over its own HTTP/2 connection, so a call and its answer
-    /// never wait for a wake-up on another thread.
-    fn client(&self) -> RunnerClient<Channel> {
-        thread_local! {
-            static CLIENTS: std::cell::RefCell<HashMap<String, RunnerClient<Channel>>> = Default::default();
-        }
-        CLIENTS.with_borrow_mut(|clients| {
-            clients
-                .entry(self.address.clone())
-                .or_insert_with(|| {
-                    RunnerClient::new(self.endpoint.connect_lazy())
-                        .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
-                        .max_encoding_message_size(proto::MAX_MESSAGE_BYTES)
-                })
-                .clone()
-        })
-    }
-
-    fn view(&self) -> std::sync::MutexGuard<'_, View> {
-        self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn outstanding(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.outstanding.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// Counts a call against its member until dropped.
-struct Outstanding<'a> {
-    member: &'a Member,
-    version_id: &'a str,
-}
-
-impl<'a> Outstanding<'a> {
-    fn start(member: &'a Member, version_id: &'a str) -> Self {
-        *member.outstanding().entry(version_id.to_owned()).or_default() += 1;
-        Self { member, version_id }
-    }
-}
-
-impl Drop for Outstanding<'_> {
-    fn drop(&mut self) {
-        let mut outstanding = self.member.outstanding();
-        if let Some(n) = outstanding.get_mut(self.version_id) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                outstanding.remove(self.version_id);
-            }
-        }
-    }
-}
+pub use config::RoutingConfig;
+pub use member::AddressError;
+use member::{Copy, Member, Outstanding, STATUS_TIMEOUT, is_connection_failure, status};
 
 /// The runners and the gateway's view of them. Cheap to clone.
 #[derive(Clone)]
@@ -177,8 +40,6 @@ struct Inner {
     members: RwLock<Arc<Vec<Arc<Member>>>>,
     /// When each version last had a copy at `hot_queue`.
     last_hot: Mutex<HashMap<String, Instant>>,
-    /// Unary calls retried on another runner because the first could not be reached.
-    retries: AtomicU64,
 }
 
 /// The memory a version's model is expected to take: its weights' size, as runners
@@ -197,7 +58,6 @@ impl RunnerPool {
                 configured: addresses.to_vec(),
                 members: RwLock::new(Arc::new(members)),
                 last_hot: Mutex::default(),
-                retries: AtomicU64::new(0),
             }),
         })
     }
@@ -449,10 +309,7 @@ impl RunnerPool {
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut last = None;
-        for (attempt, member) in self.route(spec).into_iter().take(2).enumerate() {
-            if attempt > 0 {
-                self.inner.retries.fetch_add(1, Ordering::Relaxed);
-            }
+        for member in self.route(spec).into_iter().take(2) {
             let answer = {
                 let _counted = Outstanding::start(&member, &spec.version_id);
                 call(member.client()).await
@@ -480,11 +337,6 @@ impl RunnerPool {
                 .with_source(status),
             None => ApiError::unavailable("runner_unavailable", "no runners are configured"),
         })
-    }
-
-    /// Unary calls that moved to another runner because the first could not be reached.
-    pub fn retries(&self) -> u64 {
-        self.inner.retries.load(Ordering::Relaxed)
     }
 
     /// Loads (and optionally pins) a version on the runner its traffic goes to; answers that
@@ -546,18 +398,6 @@ pub struct RunnerStatus {
     pub address: String,
     pub circuit_open: bool,
     pub status: Result<StatusResponse, tonic::Status>,
-}
-
-async fn status(member: &Member) -> Result<StatusResponse, tonic::Status> {
-    let request = crate::trace::grpc_request(StatusRequest {}, STATUS_TIMEOUT);
-    member.client().status(request).await.map(tonic::Response::into_inner)
-}
-
-/// The call never reached a runner, or the runner went away with it (refused, reset, no
-/// route): an idempotent call may go elsewhere.
-fn is_connection_failure(status: &tonic::Status) -> bool {
-    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
-        && std::error::Error::source(status).is_some()
 }
 
 #[cfg(test)]

@@ -7,10 +7,13 @@
 //!   than the arithmetic);
 //! - query, key and value are one product (their weights concatenated at load), with the
 //!   1/sqrt(head size) of the scores folded into the query weights;
-//! - softmax runs fused over the last dimension.
+//! - softmax runs fused over the last dimension, and on the CPU the GELU with its bias, and
+//!   each block's bias, residual and layer norm, run as one pass each (`fused.rs`).
 
 use candle_core::{DType, Module as _, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
+
+use super::fused::ResidualNorm;
 use candle_transformers::models::bert::{Config, HiddenAct};
 
 /// A dense layer whose weight is stored transposed, (inputs, outputs) row-major: the layout
@@ -32,11 +35,12 @@ impl Dense {
 
 struct Layer {
     qkv: Dense,
+    /// The attention's output layer, its bias applied with the residual and the norm.
     attention_out: Dense,
-    attention_norm: LayerNorm,
+    attention_norm: ResidualNorm,
     intermediate: Dense,
     output: Dense,
-    output_norm: LayerNorm,
+    output_norm: ResidualNorm,
 }
 
 pub struct BertEncoder {
@@ -88,13 +92,18 @@ impl BertEncoder {
                 (linear(a.pp("self.query"), h, h)?, linear(a.pp("self.key"), h, h)?, linear(a.pp("self.value"), h, h)?);
             let weight = Tensor::cat(&[(qw * scale)?, kw, vw], 0)?;
             let bias = Tensor::cat(&[(qb * scale)?, kb, vb_], 0)?;
+            let attention_out = dense(a.pp("output.dense"), h, h)?;
+            let output = dense(l.pp("output.dense"), config.intermediate_size, h)?;
+            let residual_norm = |dense: &Dense, vb: VarBuilder| {
+                ResidualNorm::new(dense.bias.clone(), vb.get(h, "weight")?, vb.get(h, "bias")?, eps)
+            };
             layers.push(Layer {
                 qkv: Dense::new(&weight, bias)?,
-                attention_out: dense(a.pp("output.dense"), h, h)?,
-                attention_norm: layer_norm(a.pp("output.LayerNorm"), h, eps)?,
+                attention_norm: residual_norm(&attention_out, a.pp("output.LayerNorm"))?,
+                attention_out,
                 intermediate: dense(l.pp("intermediate.dense"), h, config.intermediate_size)?,
-                output: dense(l.pp("output.dense"), config.intermediate_size, h)?,
-                output_norm: layer_norm(l.pp("output.LayerNorm"), h, eps)?,
+                output_norm: residual_norm(&output, l.pp("output.LayerNorm"))?,
+                output,
             });
         }
         Ok(Self {
@@ -131,7 +140,7 @@ impl BertEncoder {
             let scores = q.matmul(&k.t()?)?.broadcast_add(&mask)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             let context = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((batch * len, h))?;
-            let attended = layer.attention_norm.forward(&(layer.attention_out.forward(&context)? + &x)?)?;
+            let attended = layer.attention_norm.forward(&context.matmul(&layer.attention_out.weight_t)?, &x)?;
             let inner = match self.activation {
                 // Bias and activation in one pass.
                 HiddenAct::Gelu => {
@@ -140,7 +149,7 @@ impl BertEncoder {
                 HiddenAct::GeluApproximate => layer.intermediate.forward(&attended)?.gelu()?,
                 HiddenAct::Relu => layer.intermediate.forward(&attended)?.relu()?,
             };
-            x = layer.output_norm.forward(&(layer.output.forward(&inner)? + attended)?)?;
+            x = layer.output_norm.forward(&inner.matmul(&layer.output.weight_t)?, &attended)?;
         }
         x.reshape((batch, len, h))
     }

@@ -1,8 +1,10 @@
 //! Element-wise work fused into one parallel pass on the CPU, where candle would make several
-//! single-purpose passes: GELU (the exact, erf form) of a dense layer's output plus its bias.
-//! Other devices and dtypes take candle's ops.
+//! single-purpose passes: GELU (the exact, erf form) of a dense layer's output plus its bias,
+//! and the layer norm of a dense layer's output plus its bias plus the residual. Other
+//! devices and dtypes take candle's ops.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module as _, Result, Shape, Tensor};
+use candle_nn::LayerNorm;
 use rayon::prelude::*;
 
 /// Rows handed to one rayon task.
@@ -10,7 +12,7 @@ const ROWS_PER_TASK: usize = 8;
 
 /// `gelu_erf(x + bias)`, `bias` broadcast over the rows of `x`.
 pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && bias.dtype() == candle_core::DType::F32 {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && bias.dtype() == DType::F32 {
         x.contiguous()?.apply_op2_no_bwd(&bias.contiguous()?, &BiasGelu)
     } else {
         x.broadcast_add(bias)?.gelu_erf()
@@ -49,6 +51,90 @@ impl CustomOp2 for BiasGelu {
     }
 }
 
+/// `layer_norm(x + bias + residual)`: what closes each attention and feed-forward block of a
+/// BERT layer.
+pub struct ResidualNorm {
+    bias: Tensor,
+    norm: LayerNorm,
+    /// The same parameters as plain vectors, for the CPU pass.
+    cpu: Option<ResidualNormCpu>,
+}
+
+struct ResidualNormCpu {
+    bias: Vec<f32>,
+    weight: Vec<f32>,
+    shift: Vec<f32>,
+    eps: f32,
+}
+
+impl ResidualNorm {
+    pub fn new(bias: Tensor, weight: Tensor, shift: Tensor, eps: f64) -> Result<Self> {
+        let cpu = if bias.device().is_cpu() && bias.dtype() == DType::F32 {
+            Some(ResidualNormCpu {
+                bias: bias.to_vec1()?,
+                weight: weight.to_vec1()?,
+                shift: shift.to_vec1()?,
+                eps: eps as f32,
+            })
+        } else {
+            None
+        };
+        Ok(Self { bias, norm: LayerNorm::new(weight, shift, eps), cpu })
+    }
+
+    /// `x` and `residual` are (rows, width).
+    pub fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        match &self.cpu {
+            Some(op) if x.dtype() == DType::F32 && residual.dtype() == DType::F32 => {
+                x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, op)
+            }
+            _ => self.norm.forward(&(x.broadcast_add(&self.bias)? + residual)?),
+        }
+    }
+}
+
+impl CustomOp2 for ResidualNormCpu {
+    fn name(&self) -> &'static str {
+        "residual-layer-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(residual)) = (s1, s2) else {
+            candle_core::bail!("residual-layer-norm takes f32 tensors")
+        };
+        let (Some((x_start, x_end)), Some((r_start, r_end))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("residual-layer-norm takes contiguous tensors")
+        };
+        let (x, residual) = (&x[x_start..x_end], &residual[r_start..r_end]);
+        let width = self.bias.len();
+        if width == 0 || x.len() % width != 0 || x.len() != residual.len() || l1.dims().last() != Some(&width) {
+            candle_core::bail!("residual-layer-norm: rows of shape {:?} do not fit a width of {width}", l1.dims())
+        }
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(width).zip(x.par_chunks(width).zip(residual.par_chunks(width))).for_each(
+            |(out, (x, residual))| {
+                let mut sum = 0f32;
+                for (((o, &x), &r), &b) in out.iter_mut().zip(x).zip(residual).zip(&self.bias) {
+                    *o = x + b + r;
+                    sum += *o;
+                }
+                let mean = sum / width as f32;
+                let mut squares = 0f32;
+                for o in out.iter_mut() {
+                    *o -= mean;
+                    squares += *o * *o;
+                }
+                let scale = 1.0 / (squares / width as f32 + self.eps).sqrt();
+                for ((o, &w), &s) in out.iter_mut().zip(&self.weight).zip(&self.shift) {
+                    *o = *o * scale * w + s;
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
 #[inline(always)]
 fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
@@ -77,7 +163,7 @@ fn erf(x: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device, Tensor};
+    use candle_core::{DType, Device, Module as _, Tensor};
 
     #[test]
     fn fused_bias_gelu_matches_candles_exact_gelu() -> candle_core::Result<()> {
@@ -89,6 +175,23 @@ mod tests {
         let reference = x.to_dtype(DType::F64)?.broadcast_add(&bias.to_dtype(DType::F64)?)?.gelu_erf()?;
         let diff = (fused.to_dtype(DType::F64)? - reference)?.abs()?.max_all()?.to_scalar::<f64>()?;
         assert!(diff < 2e-6, "fused GELU differs from the exact one by {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn fused_residual_norm_matches_candles_ops() -> candle_core::Result<()> {
+        let (rows, width) = (5, 384);
+        let ramp =
+            |n: usize, a: f64, b: f64| Tensor::arange(0u32, n as u32, &Device::Cpu)?.to_dtype(DType::F32)?.affine(a, b);
+        let x = ramp(rows * width, 0.003, -2.0)?.sin()?.reshape((rows, width))?;
+        let residual = ramp(rows * width, 0.007, 1.0)?.cos()?.reshape((rows, width))?;
+        let (bias, weight, shift) = (ramp(width, 0.01, -1.0)?, ramp(width, 0.002, 0.5)?, ramp(width, -0.001, 0.1)?);
+        let fused =
+            super::ResidualNorm::new(bias.clone(), weight.clone(), shift.clone(), 1e-12)?.forward(&x, &residual)?;
+        let norm = candle_nn::LayerNorm::new(weight, shift, 1e-12);
+        let reference = norm.forward(&(x.broadcast_add(&bias)? + residual)?)?;
+        let diff = (fused - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "the fused residual layer norm differs by {diff}");
         Ok(())
     }
 }
