@@ -27,14 +27,7 @@ impl CustomOp2 for BiasGelu {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(bias)) = (s1, s2) else {
-            candle_core::bail!("bias-gelu takes f32 tensors")
-        };
-        let (Some((x_start, x_end)), Some((b_start, b_end))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("bias-gelu takes contiguous tensors")
-        };
-        let (x, bias) = (&x[x_start..x_end], &bias[b_start..b_end]);
+        let (x, bias) = f32_slices(self.name(), (s1, l1), (s2, l2))?;
         let width = bias.len();
         if width == 0 || x.len() % width != 0 || l1.dims().last() != Some(&width) {
             candle_core::bail!("bias-gelu: a bias of {width} does not fit rows of shape {:?}", l1.dims())
@@ -99,14 +92,7 @@ impl CustomOp2 for ResidualNormCpu {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(residual)) = (s1, s2) else {
-            candle_core::bail!("residual-layer-norm takes f32 tensors")
-        };
-        let (Some((x_start, x_end)), Some((r_start, r_end))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("residual-layer-norm takes contiguous tensors")
-        };
-        let (x, residual) = (&x[x_start..x_end], &residual[r_start..r_end]);
+        let (x, residual) = f32_slices(self.name(), (s1, l1), (s2, l2))?;
         let width = self.bias.len();
         if width == 0 || x.len() % width != 0 || x.len() != residual.len() || l1.dims().last() != Some(&width) {
             candle_core::bail!("residual-layer-norm: rows of shape {:?} do not fit a width of {width}", l1.dims())
@@ -133,6 +119,19 @@ impl CustomOp2 for ResidualNormCpu {
         );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+}
+
+/// The data of two contiguous f32 tensors.
+fn f32_slices<'a>(
+    op: &str,
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+) -> Result<(&'a [f32], &'a [f32])> {
+    let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else { candle_core::bail!("{op} takes f32 tensors") };
+    let (Some((a_start, a_end)), Some((b_start, b_end))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+        candle_core::bail!("{op} takes contiguous tensors")
+    };
+    Ok((&a[a_start..a_end], &b[b_start..b_end]))
 }
 
 #[inline(always)]
