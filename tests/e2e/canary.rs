@@ -8,7 +8,6 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::helpers::{AppOptions, Database, TestApp, service_var};
-use crate::tiny_bert;
 
 /// Which version answered a request for `model`.
 async fn served_version(app: &TestApp, key: &str, model: &str) -> String {
@@ -26,10 +25,7 @@ async fn served_version(app: &TestApp, key: &str, model: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_90_10_canary_splits_a_thousand_requests_by_its_weights() {
     let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
-    let key = app.tenant("acme").await;
-    let dir = app.dir.path().join("tiny");
-    tiny_bert::write(&dir);
-    app.upload_model(&key, "acme", "tiny", &dir).await;
+    let (key, dir) = app.acme_with_tiny_model().await;
     app.upload_version_again(&key, "tiny", &dir).await;
     let split = json!({"targets": [{"version": 1, "weight": 90}, {"version": 2, "weight": 10}]});
     let (status, body) =
@@ -54,10 +50,7 @@ async fn a_90_10_canary_splits_a_thousand_requests_by_its_weights() {
 /// Gateway B follows an alias moved on gateway A within a second.
 async fn alias_move_reaches_the_other_gateway(database: Database) {
     let app = TestApp::spawn(AppOptions::new(database)).await;
-    let key = app.tenant("acme").await;
-    let dir = app.dir.path().join("tiny");
-    tiny_bert::write(&dir);
-    app.upload_model(&key, "acme", "tiny", &dir).await;
+    let (key, dir) = app.acme_with_tiny_model().await;
     app.upload_version_again(&key, "tiny", &dir).await;
     app.set_alias(&key, "acme", "tiny", "production", 1).await;
     let other = app.second_gateway().await;

@@ -22,10 +22,7 @@ fn modelgate(app: &TestApp, key: &str, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_pulls_lists_and_moves_aliases() {
     let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
-    let key = app.tenant("acme").await;
-    let dir = app.dir.path().join("tiny");
-    tiny_bert::write(&dir);
-    app.upload_model(&key, "acme", "tiny", &dir).await;
+    let (key, dir) = app.acme_with_tiny_model().await;
     app.upload_version_again(&key, "tiny", &dir).await;
     let base = app.dir.path().to_path_buf();
     let (app, key) = (std::sync::Arc::new(app), key);

@@ -245,6 +245,16 @@ impl TestApp {
         body["key"].as_str().expect("the key is shown once").to_owned()
     }
 
+    /// Tenant `acme` with an admin key, and the tests' tiny BERT written to `<data>/tiny` and
+    /// committed as `acme/tiny@1`: what most inference tests start from.
+    pub async fn acme_with_tiny_model(&self) -> (String, PathBuf) {
+        let key = self.tenant("acme").await;
+        let dir = self.dir.path().join("tiny");
+        crate::tiny_bert::write(&dir);
+        self.upload_model(&key, "acme", "tiny", &dir).await;
+        (key, dir)
+    }
+
     /// Creates a model, uploads every file of `dir` as version 1 and commits it.
     pub async fn upload_model(&self, key: &str, tenant: &str, model: &str, dir: &Path) -> Value {
         self.upload_task_model(key, tenant, model, "embedding", dir).await

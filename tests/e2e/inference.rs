@@ -4,15 +4,11 @@ use base64::Engine as _;
 use serde_json::json;
 
 use crate::helpers::{AppOptions, Database, TestApp, embedding};
-use crate::tiny_bert;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_first_requests_share_one_load() {
     let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
-    let key = app.tenant("acme").await;
-    let dir = app.dir.path().join("tiny");
-    tiny_bert::write(&dir);
-    app.upload_model(&key, "acme", "tiny", &dir).await;
+    let (key, _) = app.acme_with_tiny_model().await;
     let mut runner = app.runner_client().await;
     let before = runner.status(proto::v1::StatusRequest {}).await.expect("status").into_inner();
     assert_eq!((before.loads_total, before.loaded.len()), (0, 0), "nothing is loaded before the first call");
@@ -32,10 +28,7 @@ async fn concurrent_first_requests_share_one_load() {
 #[tokio::test(flavor = "multi_thread")]
 async fn base64_encoding_carries_the_same_floats() {
     let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
-    let key = app.tenant("acme").await;
-    let dir = app.dir.path().join("tiny");
-    tiny_bert::write(&dir);
-    app.upload_model(&key, "acme", "tiny", &dir).await;
+    let (key, _) = app.acme_with_tiny_model().await;
     let (status, floats) = app.embed(&key, "tiny", json!(["hello world", "a dog"])).await;
     assert_eq!(status, 200);
     let request = json!({ "model": "tiny", "input": ["hello world", "a dog"], "encoding_format": "base64" });
@@ -57,10 +50,7 @@ async fn base64_encoding_carries_the_same_floats() {
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_requests_share_batches_and_a_full_queue_answers_429_at_once() {
     let mut app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
-    let key = app.tenant("acme").await;
-    let dir = app.dir.path().join("tiny");
-    tiny_bert::write(&dir);
-    app.upload_model(&key, "acme", "tiny", &dir).await;
+    let (key, _) = app.acme_with_tiny_model().await;
     let inputs: Vec<String> =
         (0..64).map(|i| format!("the cat {} on the mat {i}", ["sat", "ate", "ran"][i % 3])).collect();
     let mut singles = Vec::new();
@@ -121,10 +111,7 @@ async fn concurrent_requests_share_batches_and_a_full_queue_answers_429_at_once(
 #[tokio::test(flavor = "multi_thread")]
 async fn dimensions_shortens_embeddings_to_unit_length() {
     let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
-    let key = app.tenant("acme").await;
-    let dir = app.dir.path().join("tiny");
-    tiny_bert::write(&dir);
-    app.upload_model(&key, "acme", "tiny", &dir).await;
+    let (key, _) = app.acme_with_tiny_model().await;
     let (_, full) = app.embed(&key, "tiny", json!("hello world")).await;
     let full = embedding(&full, 0);
     let body = json!({"model": "tiny", "input": "hello world", "dimensions": 8});
@@ -143,10 +130,7 @@ async fn dimensions_shortens_embeddings_to_unit_length() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_holds_no_more_tokens_than_its_limit() {
     let mut app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
-    let key = app.tenant("acme").await;
-    let dir = app.dir.path().join("tiny");
-    tiny_bert::write(&dir);
-    app.upload_model(&key, "acme", "tiny", &dir).await;
+    let (key, _) = app.acme_with_tiny_model().await;
     // Each request counts 8 tokens ([CLS], six words, [SEP]); a limit of 12 fits one per batch.
     let (status, body) = app.embed(&key, "tiny", json!("the cat sat on the mat")).await;
     assert_eq!((status, body["usage"]["prompt_tokens"].as_u64()), (200, Some(8)), "{body}");

@@ -4,7 +4,6 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::helpers::{AppOptions, Database, TestApp, files_of, read};
-use crate::tiny_bert;
 
 fn blob_count(app: &TestApp) -> usize {
     let tenants = app.dir.path().join("blobs/tenants");
@@ -19,10 +18,7 @@ fn blob_count(app: &TestApp) -> usize {
 
 async fn registry_on(database: Database) {
     let app = TestApp::spawn(AppOptions::new(database)).await;
-    let key = app.tenant("acme").await;
-    let dir = app.dir.path().join("tiny");
-    tiny_bert::write(&dir);
-    app.upload_model(&key, "acme", "tiny", &dir).await;
+    let (key, dir) = app.acme_with_tiny_model().await;
     let stored = blob_count(&app);
     assert_eq!(stored, files_of(&dir).len());
 
@@ -159,10 +155,7 @@ async fn uploads_over_the_storage_quota_are_refused_and_store_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn versions_record_description_tags_and_lineage() {
     let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
-    let key = app.tenant("acme").await;
-    let dir = app.dir.path().join("tiny");
-    tiny_bert::write(&dir);
-    app.upload_model(&key, "acme", "tiny", &dir).await;
+    let (key, _) = app.acme_with_tiny_model().await;
     let (status, _) = app
         .call(Method::POST, "/api/v1/tenants/acme/models", &key, Some(json!({"name": "tiny-q8", "task": "embedding"})))
         .await;

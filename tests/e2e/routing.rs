@@ -240,10 +240,7 @@ async fn runners_found_through_dns_serve_and_an_unreachable_address_is_avoided()
     let mut app = TestApp::spawn(options).await;
     app.config_mut().gateway.routing.dns = Some(format!("localhost:{}", runner.port));
     app.restart().await;
-    let key = app.tenant("acme").await;
-    let dir = app.dir.path().join("tiny");
-    tiny_bert::write(&dir);
-    app.upload_model(&key, "acme", "tiny", &dir).await;
+    let (key, _) = app.acme_with_tiny_model().await;
     routing_catches_up().await;
     for i in 0..10 {
         let (status, body) = app.embed(&key, "tiny", json!(format!("hello {i}"))).await;
@@ -266,10 +263,7 @@ async fn the_request_id_and_trace_reach_the_runners_logs_and_come_back() {
     options.storage_url = Some(storage_url);
     options.runners = Some(vec![runner.address()]);
     let app = TestApp::spawn(options).await;
-    let key = app.tenant("acme").await;
-    let dir = app.dir.path().join("tiny");
-    tiny_bert::write(&dir);
-    app.upload_model(&key, "acme", "tiny", &dir).await;
+    let (key, _) = app.acme_with_tiny_model().await;
 
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let response = app
@@ -316,10 +310,7 @@ async fn a_hot_version_gets_a_second_copy_which_goes_once_traffic_drops() {
     app.config_mut().gateway.routing.hot_queue = 2;
     app.config_mut().gateway.routing.replica_idle_secs = 1;
     app.restart().await;
-    let key = app.tenant("acme").await;
-    let dir = app.dir.path().join("tiny");
-    tiny_bert::write(&dir);
-    app.upload_model(&key, "acme", "tiny", &dir).await;
+    let (key, _) = app.acme_with_tiny_model().await;
     assert_eq!(app.embed(&key, "tiny", json!("warm up")).await.0, 200);
 
     // Eight clients keep more than two requests queued on the one copy.
@@ -361,10 +352,7 @@ async fn a_hot_version_gets_a_second_copy_which_goes_once_traffic_drops() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_past_its_kinds_timeout_answers_504() {
     let mut app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
-    let key = app.tenant("acme").await;
-    let dir = app.dir.path().join("tiny");
-    tiny_bert::write(&dir);
-    app.upload_model(&key, "acme", "tiny", &dir).await;
+    let (key, _) = app.acme_with_tiny_model().await;
     // A first call loads the model: far longer than a millisecond.
     app.config_mut().gateway.routing.embed_timeout_ms = 1;
     app.restart().await;
