@@ -30,11 +30,12 @@ impl ArtifactCache {
     }
 
     /// The local paths of a model's files, fetched as needed, then the cache trimmed to its
-    /// size bound without touching them.
+    /// size bound without touching them. Files come down four at a time (a model sharded into
+    /// several weight files).
     pub async fn fetch_all(&self, model: &str, files: &[ModelFile]) -> Result<Vec<PathBuf>> {
         let mut paths = Vec::with_capacity(files.len());
-        for file in files {
-            paths.push(self.fetch(model, file).await?);
+        for group in files.chunks(4) {
+            paths.extend(futures::future::try_join_all(group.iter().map(|file| self.fetch(model, file))).await?);
         }
         self.trim(&paths).await?;
         Ok(paths)
