@@ -135,7 +135,8 @@ async fn tokens_per_minute_limits_hold_across_two_gateways() {
         assert_eq!(app.call(Method::PUT, "/api/v1/tenants/acme/quotas", &app.admin_key, Some(limits)).await.0, 200);
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
         let into_minute = registry::db::now_ms().rem_euclid(60_000);
-        if into_minute > 45_000 {
+        // Under a loaded machine the run takes up to ~20 s: start it early in a minute.
+        if into_minute > 30_000 {
             tokio::time::sleep(std::time::Duration::from_millis(u64::try_from(60_500 - into_minute).unwrap_or(0)))
                 .await;
         }
