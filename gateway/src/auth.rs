@@ -190,44 +190,70 @@ fn suspended(tenant: &Tenant) -> ApiError {
 /// Resolves the `Authorization: Bearer` credential (an API key, a token of this gateway, or a
 /// token of a configured OIDC issuer) to a principal.
 pub async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<Principal, ApiError> {
-    let bearer = bearer(req)?;
-    let auth = &state.auth;
     let source_ip = req.connection_info().peer_addr().map(str::to_owned);
-    let now = now_ms();
-    let (cached, credential) = if bearer.starts_with(KEY_PREFIX) {
+    authenticate_credential(state, bearer(req)?, source_ip).await
+}
+
+/// Resolves an API key or a token to a principal, with every check a request gets.
+pub async fn authenticate_credential(
+    state: &AppState,
+    bearer: &str,
+    source_ip: Option<String>,
+) -> Result<Principal, ApiError> {
+    let auth = &state.auth;
+    if bearer.starts_with(KEY_PREFIX) {
         let invalid = || ApiError::unauthorized("invalid, expired or revoked API key");
         let id = key_id(bearer).ok_or_else(invalid)?;
         let cached = auth.key(&state.registry, id).await?.ok_or_else(invalid)?;
         if !secret_matches(bearer, &cached.secret_sha256) {
             return Err(invalid());
         }
-        (cached, Credential::ApiKey)
-    } else {
-        let header = tokens::header_of(bearer)?;
-        if !auth.tokens.knows(&header) {
-            let external = auth.oidc.verify(bearer, &header).await?;
-            let scope = match external.role {
-                KeyRole::PlatformAdmin => Scope::PlatformAdmin,
-                KeyRole::Tenant(role) => {
-                    let tenant = auth.tenant(&state.registry, &external.tenant).await?.ok_or_else(|| {
-                        tokens::invalid_token(format!("the token's tenant {:?} does not exist", external.tenant))
-                    })?;
-                    if tenant.suspended_at.is_some() {
-                        return Err(suspended(&tenant));
-                    }
-                    Scope::Tenant { tenant: (*tenant).clone(), role }
+        return principal_of(state, &cached, Credential::ApiKey, source_ip);
+    }
+    let header = tokens::header_of(bearer)?;
+    if !auth.tokens.knows(&header) {
+        let external = auth.oidc.verify(bearer, &header).await?;
+        let scope = match external.role {
+            KeyRole::PlatformAdmin => Scope::PlatformAdmin,
+            KeyRole::Tenant(role) => {
+                let tenant = auth.tenant(&state.registry, &external.tenant).await?.ok_or_else(|| {
+                    tokens::invalid_token(format!("the token's tenant {:?} does not exist", external.tenant))
+                })?;
+                if tenant.suspended_at.is_some() {
+                    return Err(suspended(&tenant));
                 }
-            };
-            let limits = Limits::default();
-            return Ok(Principal { key_id: external.actor, limits, scope, credential: Credential::Token, source_ip });
-        }
-        let claims = auth.tokens.verify(bearer)?;
-        let cached = auth
-            .key(&state.registry, &claims.sub)
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("the key this token was issued for does not exist"))?;
-        (cached, Credential::Token)
-    };
+                Scope::Tenant { tenant: (*tenant).clone(), role }
+            }
+        };
+        let limits = Limits::default();
+        return Ok(Principal { key_id: external.actor, limits, scope, credential: Credential::Token, source_ip });
+    }
+    let claims = auth.tokens.verify(bearer)?;
+    authenticate_token_claims(state, &claims, source_ip).await
+}
+
+/// The principal of a token this gateway issued and verified (an API call's or a dashboard
+/// session's): the key it names must still be active and its tenant not suspended.
+pub async fn authenticate_token_claims(
+    state: &AppState,
+    claims: &tokens::Claims,
+    source_ip: Option<String>,
+) -> Result<Principal, ApiError> {
+    let cached = state
+        .auth
+        .key(&state.registry, &claims.sub)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("the key this token was issued for does not exist"))?;
+    principal_of(state, &cached, Credential::Token, source_ip)
+}
+
+fn principal_of(
+    state: &AppState,
+    cached: &CachedKey,
+    credential: Credential,
+    source_ip: Option<String>,
+) -> Result<Principal, ApiError> {
+    let now = now_ms();
     let key = &cached.key;
     if !key.is_active(now) {
         return Err(ApiError::unauthorized(match credential {

@@ -89,6 +89,19 @@ impl ApiError {
         self.code
     }
 
+    /// What went wrong, for the caller.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Logs a server-side failure with its whole cause chain (the caller's errors are not logged).
+    pub(crate) fn log_if_ours(&self) {
+        if self.status.is_server_error() {
+            let chain = error_chain(self);
+            tracing::error!(http.status = self.status.as_u16(), error.code = self.code, error = %chain, "request failed");
+        }
+    }
+
     /// OpenAI's `type` for the status, so OpenAI SDKs classify the error as they expect.
     fn kind(&self) -> &'static str {
         match self.status.as_u16() {
@@ -108,10 +121,7 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if self.status.is_server_error() {
-            let chain = error_chain(self);
-            tracing::error!(http.status = self.status.as_u16(), error.code = self.code, error = %chain, "request failed");
-        }
+        self.log_if_ours();
         let mut body = json!({ "code": self.code, "message": self.message, "type": self.kind() });
         if let Some(details) = &self.details {
             body["details"] = details.clone();

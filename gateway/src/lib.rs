@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod limits;
 pub mod oidc;
@@ -168,6 +169,7 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
                 }
             })
             .configure(routes::configure)
+            .configure(dashboard::configure)
             .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::not_found("no such route")) }))
     })
     .listen(listener)?
@@ -180,9 +182,22 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
 /// Enforces the route table before any handler runs: an unknown route is 404, a route's need
 /// is checked against the authenticated principal, which handlers then take from the request.
 async fn authorize(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    if dashboard::is_page(req.path()) {
+        // The dashboard's pages: the same checks, from the session cookie, answered in HTML.
+        return match dashboard::admit(&mut req).await {
+            Ok(renewed) => {
+                let mut response = next.call(req).await?;
+                if let Some(cookie) = renewed {
+                    response.response_mut().add_cookie(&cookie)?;
+                }
+                Ok(response.map_into_left_body())
+            }
+            Err(page) => Ok(req.into_response(page).map_into_right_body()),
+        };
+    }
     let checked = async {
         let (rule, captures) =
             table::rule_for(req.method(), req.path()).ok_or_else(|| ApiError::not_found("no such route"))?;

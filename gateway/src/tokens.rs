@@ -35,6 +35,10 @@ pub struct Claims {
     pub iat: i64,
     pub nbf: i64,
     pub exp: i64,
+    /// Set on dashboard sessions only: the session's id, kept when the session's token is
+    /// renewed, and the value its forms must echo (CSRF).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// The gateway's token keys: one that signs, all that verify.
@@ -120,6 +124,16 @@ impl TokenIssuer {
 
     /// A token for the key `key_id`, and when it expires (seconds since the epoch).
     pub fn issue(&self, key_id: &str) -> Result<(String, i64), ApiError> {
+        self.issue_with_session(key_id, None)
+    }
+
+    /// How long a token lives.
+    pub fn ttl_secs(&self) -> i64 {
+        self.ttl_secs
+    }
+
+    /// A token for the key `key_id` that carries a dashboard session's id.
+    pub fn issue_with_session(&self, key_id: &str, sid: Option<&str>) -> Result<(String, i64), ApiError> {
         let now = registry::db::now_ms() / 1000;
         let claims = Claims {
             iss: ISSUER.into(),
@@ -128,6 +142,7 @@ impl TokenIssuer {
             iat: now,
             nbf: now,
             exp: now + self.ttl_secs,
+            sid: sid.map(str::to_owned),
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());

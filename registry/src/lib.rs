@@ -3,6 +3,7 @@
 pub mod aliases;
 pub mod audit;
 pub mod changes;
+pub mod counts;
 pub mod db;
 mod error;
 pub mod files;

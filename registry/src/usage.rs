@@ -189,10 +189,11 @@ impl Registry {
         Ok(())
     }
 
-    /// A tenant's usage from `from` to `to` (ms), per `step`, optionally per group.
+    /// A tenant's usage (every tenant's with None) from `from` to `to` (ms), per `step`,
+    /// optionally per group.
     pub async fn usage(
         &self,
-        tenant_id: &str,
+        tenant_id: Option<&str>,
         from: i64,
         to: i64,
         step: Step,
@@ -211,14 +212,14 @@ impl Registry {
             .map(|c| format!("CAST(SUM({c}) AS BIGINT) AS {c}"))
             .collect();
         let sql = format!(
-            "SELECT bucket{g}, {sums} FROM {table} WHERE tenant_id = $1 AND bucket >= $2 AND bucket < $3
+            "SELECT bucket{g}, {sums} FROM {table} WHERE ($1 = '' OR tenant_id = $1) AND bucket >= $2 AND bucket < $3
              GROUP BY bucket{g} ORDER BY bucket{g}",
             g = group.map(|g| format!(", {g}")).unwrap_or_default(),
             sums = sums.join(", "),
             table = step.table(),
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(tenant_id)
+            .bind(tenant_id.unwrap_or(""))
             .bind(from - from.rem_euclid(step.millis()))
             .bind(to)
             .fetch_all(self.db.pool())

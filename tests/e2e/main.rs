@@ -5,9 +5,11 @@
 mod artifacts;
 mod authz_matrix;
 mod bad_input;
+mod browser;
 mod canary;
 mod classification;
 mod cli;
+mod dashboard;
 mod dev_binary;
 mod gc;
 mod generation;

@@ -25,7 +25,7 @@ pub(crate) mod kserve;
 mod kserve_generate;
 mod models;
 mod openai;
-mod runners;
+pub(crate) mod runners;
 pub mod table;
 mod tenants;
 mod uploads;
@@ -143,7 +143,7 @@ fn parse<T>(parsed: Result<T, registry::Error>) -> Result<T, ApiError> {
 
 /// A time from a query: RFC 3339 (`2026-11-27T10:00:00Z`) or seconds since the epoch; answers
 /// milliseconds since the epoch.
-fn parse_time(raw: &str) -> Result<i64, ApiError> {
+pub(crate) fn parse_time(raw: &str) -> Result<i64, ApiError> {
     if let Ok(secs) = raw.parse::<i64>() {
         return Ok(secs.saturating_mul(1000));
     }
@@ -158,13 +158,13 @@ fn parse_time(raw: &str) -> Result<i64, ApiError> {
 }
 
 /// A version number from a path: anything but a positive integer is "not found".
-fn version_number(raw: &str) -> Result<i64, ApiError> {
+pub(crate) fn version_number(raw: &str) -> Result<i64, ApiError> {
     raw.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| ApiError::not_found(format!("version {raw:?} not found")))
 }
 
 /// The model a path names, if the principal may act on it with at least `need`.
 /// An unparseable name is "not found", like a missing one.
-async fn model_in(
+pub(crate) async fn model_in(
     state: &crate::AppState,
     principal: &crate::auth::Principal,
     tenant: &str,

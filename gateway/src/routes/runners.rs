@@ -69,7 +69,7 @@ struct PinBody {
 }
 
 /// The version's id and, for a load, what a runner needs: ready versions only.
-async fn ready_version(
+pub(crate) async fn ready_version(
     state: &AppState,
     principal: &Principal,
     (tenant, model, version): &(String, String, String),

@@ -30,7 +30,7 @@ pub enum Need {
 }
 
 impl Need {
-    fn describe(self) -> String {
+    pub fn describe(self) -> String {
         match self {
             Need::Public => "nothing".into(),
             Need::Authenticated => "any credential".into(),
@@ -50,7 +50,7 @@ pub struct Rule {
     pub need: Need,
 }
 
-const fn rule(method: &'static str, path: &'static str, need: Need) -> Rule {
+pub(crate) const fn rule(method: &'static str, path: &'static str, need: Need) -> Rule {
     Rule { method, path, need }
 }
 
@@ -144,7 +144,16 @@ pub const ROUTES: &[Rule] = &[
 
 /// The rule of a request and the path's named segments, or None for a route not in the table.
 pub fn rule_for(method: &Method, path: &str) -> Option<(&'static Rule, Vec<(&'static str, String)>)> {
-    ROUTES.iter().filter(|r| r.method == method.as_str()).find_map(|r| captures(r.path, path).map(|c| (r, c)))
+    rule_in(ROUTES, method, path)
+}
+
+/// The rule of a request in `table` (the API's or the dashboard's).
+pub fn rule_in(
+    table: &'static [Rule],
+    method: &Method,
+    path: &str,
+) -> Option<(&'static Rule, Vec<(&'static str, String)>)> {
+    table.iter().filter(|r| r.method == method.as_str()).find_map(|r| captures(r.path, path).map(|c| (r, c)))
 }
 
 /// Matches a path against an actix pattern: `{name}` takes one segment, `{name:...}` (or a
@@ -211,8 +220,13 @@ pub fn check(rule: &Rule, principal: &Principal, captures: &[(&str, String)]) ->
 
 /// The table as docs/API.md prints it.
 pub fn markdown() -> String {
+    markdown_of(ROUTES)
+}
+
+/// A route table (the API's or the dashboard's) as a Markdown table.
+pub fn markdown_of(table: &[Rule]) -> String {
     let mut out = String::from("| method | route | needs |\n| --- | --- | --- |\n");
-    for r in ROUTES {
+    for r in table {
         out.push_str(&format!("| {} | `{}` | {} |\n", r.method, r.path, r.need.describe()));
     }
     out
@@ -237,16 +251,25 @@ mod tests {
         assert!(rule_for(&Method::GET, "/api/v1/tenants//models").is_none());
     }
 
+    /// The text of docs/API.md between `<!-- {marker}:start -->` and its end marker.
+    fn printed(marker: &str) -> &'static str {
+        let docs = include_str!("../../../docs/API.md");
+        let (open, close) = (format!("<!-- {marker}:start -->\n"), format!("<!-- {marker}:end -->"));
+        let start = docs.find(&open).expect("start marker") + open.len();
+        &docs[start..docs.find(&close).expect("end marker")]
+    }
+
     #[test]
     fn the_api_docs_print_this_table() {
-        let docs = include_str!("../../../docs/API.md");
-        let start =
-            docs.find("<!-- route-table:start -->").expect("start marker") + "<!-- route-table:start -->\n".len();
-        let end = docs.find("<!-- route-table:end -->").expect("end marker");
+        assert_eq!(printed("route-table"), markdown(), "docs/API.md's route table differs from routes/table.rs");
+    }
+
+    #[test]
+    fn the_api_docs_print_the_dashboards_pages() {
         assert_eq!(
-            &docs[start..end],
-            markdown(),
-            "docs/API.md's route table differs from routes/table.rs: paste markdown()"
+            printed("page-table"),
+            markdown_of(crate::dashboard::PAGES),
+            "docs/API.md's page table differs from dashboard/mod.rs"
         );
     }
 }

@@ -38,7 +38,7 @@ async fn usage(
     let step_ms = step.millis();
     let to = query.to.as_deref().map(parse_time).transpose()?.unwrap_or_else(|| registry::db::now_ms() + 1);
     let from = query.from.as_deref().map(parse_time).transpose()?.unwrap_or(to - 24 * step_ms);
-    let data = state.registry.usage(&tenant.id, from, to, step, group_by).await?;
+    let data = state.registry.usage(Some(&tenant.id), from, to, step, group_by).await?;
     Ok(HttpResponse::Ok().json(json!({
         "tenant": tenant.name,
         "step": query.step.as_deref().unwrap_or("hour"),
