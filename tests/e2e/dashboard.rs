@@ -154,6 +154,12 @@ async fn the_dashboard_runs_a_tenant_from_sign_in_to_usage_in_a_real_browser() {
     visit(&b, &format!("{base}/admin/runners"), ".runner", "runners").await;
     b.wait_text("#runners", "globex/tiny@2").await;
     assert!(!b.find_all("#runners meter").await.is_empty(), "memory is shown against the budget");
+    b.click("#runners form[action='/admin/runners/pin'] button").await;
+    b.wait_text("#runners", "pinned").await;
+    b.screenshot("runners-pinned").await;
+    b.click("#runners form[action='/admin/runners/pin'] button").await;
+    b.click("#runners form[action='/admin/runners/unload'] button").await;
+    b.wait_text("#runners", "No model loaded").await;
 
     // The call is in the usage chart (once usage is flushed), and every change in the audit log.
     tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
@@ -200,6 +206,9 @@ async fn the_dashboard_runs_a_tenant_from_sign_in_to_usage_in_a_real_browser() {
     assert_eq!(keys_before, keys_after, "no key was made");
     let allowed = post(format!("name=proper&role=viewer&expires_in_days=&csrf={csrf}"), Some(base)).await;
     assert_eq!(allowed.expect("answer").status(), 200, "the same post with the token works");
+    b.goto(&format!("{base}/admin/tenants/globex/keys")).await;
+    b.click("button[aria-label='Revoke key proper']").await;
+    b.wait_text("#keys", "revoked").await;
 
     // Sign out; sign in as another tenant's admin: none of globex is there.
     b.click("form[action='/admin/logout'] button").await;
@@ -228,6 +237,29 @@ async fn the_dashboard_runs_a_tenant_from_sign_in_to_usage_in_a_real_browser() {
     assert_eq!(status, 200);
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // the key cache's lifetime
     b.goto(&format!("{base}/admin")).await;
+    b.wait_text("main", "session has ended").await;
+
+    // A viewer sees models but changes nothing; suspending the tenant ends the session.
+    let viewer = app.key("initech", "viewer", &app.admin_key).await;
+    sign_in(&b, base, &viewer).await;
+    visit(&b, &format!("{base}/admin/tenants/initech/models"), "main h1", "models-viewer").await;
+    assert!(b.find_all("#model-name").await.is_empty(), "a viewer is offered no form");
+    let cookie = b.cookie(gateway::dashboard::COOKIE).await.expect("the session cookie");
+    let csrf = b.attribute("input[name=csrf]", "value").await.expect("the page's token");
+    let made = app
+        .client
+        .post(format!("{base}/admin/tenants/initech/models"))
+        .header("cookie", format!("{}={cookie}", gateway::dashboard::COOKIE))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("name=sneaky&task=embedding&csrf={csrf}"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(made.status(), 403, "a viewer's post is refused");
+    let (status, _) = app.call(Method::POST, "/api/v1/tenants/initech/suspend", &app.admin_key, None).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    b.goto(&format!("{base}/admin/tenants/initech/models")).await;
     b.wait_text("main", "session has ended").await;
     b.quit().await;
 }

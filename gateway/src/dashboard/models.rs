@@ -298,3 +298,26 @@ async fn set_alias(
     state.registry.set_alias(&session.principal.actor(), &model, &alias, &targets).await?;
     Ok(see_other(&format!("/admin/tenants/{tenant}/models/{}#aliases", model.name)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(version: i64, canary: &str, weight: &str) -> MoveForm {
+        MoveForm { alias: "production".into(), version, canary_version: canary.into(), canary_weight: weight.into() }
+    }
+
+    #[test]
+    fn the_move_form_makes_one_target_or_a_canary_split() {
+        let (alias, one) = form(2, "", "").targets().expect("one version");
+        assert_eq!(alias.as_str(), "production");
+        assert_eq!(one, [AliasTarget { version: 2, weight: 100 }]);
+        let (_, split) = form(2, "3", "10").targets().expect("a canary");
+        assert_eq!(split, [AliasTarget { version: 2, weight: 90 }, AliasTarget { version: 3, weight: 10 }]);
+        assert_eq!(targets_text(&split), "v2 90% · v3 10%");
+        assert_eq!(form(2, "2", "").targets().expect("the same version is no canary").1.len(), 1);
+        for bad in ["", "0", "100", "ten"] {
+            assert!(form(2, "3", bad).targets().is_err(), "canary share {bad:?} is refused");
+        }
+    }
+}
