@@ -22,6 +22,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub runner: RunnerConfig,
     pub log: LogConfig,
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -65,6 +66,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             runner: RunnerConfig::default(),
             log: LogConfig::default(),
+            metrics: crate::metrics::MetricsConfig::default(),
         }
     }
 }

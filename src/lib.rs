@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod metrics;
 pub mod pull;
 pub mod push;
 pub mod startup;

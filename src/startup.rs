@@ -31,10 +31,13 @@ type RunnerTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
 pub struct Running {
     pub gateway_addr: Option<SocketAddr>,
     pub runner_addr: Option<SocketAddr>,
+    /// Where `/metrics` listens, when it is enabled.
+    pub metrics_addr: Option<SocketAddr>,
     /// The bootstrap platform-admin key, when this start created it (it is shown once).
     pub new_admin_key: Option<SecretString>,
     gateway: Option<(actix_web::dev::ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>)>,
     runner: Option<(oneshot::Sender<()>, RunnerTask)>,
+    metrics: Option<(actix_web::dev::ServerHandle, crate::metrics::Task)>,
     /// Periodic work (garbage collection); aborted on stop.
     background: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -73,6 +76,10 @@ impl Running {
         if let Some((stop, task)) = self.runner {
             let _ = stop.send(());
             task.await.context("runner task")?.context("runner server")?;
+        }
+        if let Some((handle, task)) = self.metrics {
+            handle.stop(true).await;
+            task.await.context("the metrics server task")?.context("the metrics server")?;
         }
         Ok(())
     }
@@ -133,12 +140,14 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
 
     let mut gateway = None;
     let mut gateway_addr = None;
+    let mut db_for_metrics = None;
     let mut background = Vec::new();
     let mut new_admin_key = None;
     if matches!(role, Role::Gateway | Role::All) {
         let db = Db::connect(config.database_url()?.expose_secret()).await.context("connecting to the database")?;
         db.migrate().await.context("running database migrations")?;
         tracing::info!(database.backend = ?db.backend(), "database ready");
+        db_for_metrics = Some(db.clone());
         let registry = Registry::new(db, storage);
         new_admin_key = bootstrap_admin_key(&registry, &config.admin_key_file()).await?;
         let auth = authenticator(config)?;
@@ -177,7 +186,13 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
         background.push(gc);
         gateway_addr = Some(addr);
     }
-    Ok(Running { gateway_addr, runner_addr, new_admin_key, gateway, runner, background })
+    let (metrics, metrics_addr) = if config.metrics.enabled {
+        let (addr, handle, task) = crate::metrics::serve(config.metrics.listen, db_for_metrics)?;
+        (Some((handle, task)), Some(addr))
+    } else {
+        (None, None)
+    };
+    Ok(Running { gateway_addr, runner_addr, metrics_addr, new_admin_key, gateway, runner, metrics, background })
 }
 
 /// Creates the first platform-admin key when none is active, writes it to `key_file`

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod error;
 pub mod limits;
+pub mod metrics;
 pub mod oidc;
 pub mod resolver;
 mod routes;
@@ -148,6 +149,8 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
                 let started = Instant::now();
                 let method = req.method().clone();
                 let path = req.path().to_owned();
+                // The pattern, not the path: one series per route, whatever the names in it.
+                let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
                 let context = trace::RequestContext::from_headers(req.headers());
                 let span = tracing::info_span!("request", request.id = %context.request_id, trace.id = %context.trace_id);
                 let (request_id, traceparent) = (context.request_id.clone(), context.traceparent());
@@ -155,7 +158,10 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
                 async move {
                     let mut res = call.await?;
                     let status = res.status().as_u16();
-                    let duration_ms = started.elapsed().as_millis() as u64;
+                    let elapsed = started.elapsed();
+                    let duration_ms = elapsed.as_millis() as u64;
+                    metrics::HTTP_REQUESTS.with_label_values(&[method.as_str(), &route, &status.to_string()]).inc();
+                    metrics::HTTP_DURATION.with_label_values(&[method.as_str(), &route]).observe(elapsed.as_secs_f64());
                     span.in_scope(|| {
                         tracing::info!(http.method = %method, http.path = %path, http.status = status, duration_ms, "request");
                     });

@@ -210,6 +210,7 @@ impl Limiter {
             self.give_back(&reserved, window_start);
         }
         if let Some(refusal) = refusals.into_iter().max_by_key(|r| (r.retry_after_secs, -r.limit)) {
+            crate::metrics::LIMIT_REJECTIONS.with_label_values(&[tenant.name.as_str(), refusal.name]).inc();
             let details = json!({ "limit": refusal.name, "of": refusal.owner.trim_start_matches("the ").trim_end_matches("'s"), "value": refusal.limit });
             return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", refusal.message)
                 .with_details(details)

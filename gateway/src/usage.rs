@@ -17,6 +17,8 @@ pub struct UsageMeter {
 /// One inference request, as metered.
 pub struct Metered<'a> {
     pub tenant_id: &'a str,
+    /// The tenant's name, for the metrics.
+    pub tenant: &'a str,
     pub key_id: &'a str,
     pub model: &'a str,
     pub version: i64,
@@ -36,6 +38,10 @@ impl UsageMeter {
             version: m.version,
             minute: now - now.rem_euclid(60_000),
         };
+        let outcome = if m.ok { "ok" } else { "error" };
+        let labels = [m.tenant, m.model, &m.version.to_string(), outcome];
+        crate::metrics::INFERENCE_REQUESTS.with_label_values(&labels).inc();
+        crate::metrics::INFERENCE_DURATION.with_label_values(&labels).observe(m.latency.as_secs_f64());
         let latency_ms = i64::try_from(m.latency.as_millis()).unwrap_or(i64::MAX);
         let one = UsageCounts::one(m.ok, m.input_tokens, m.output_tokens, latency_ms);
         self.pending.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_default().add(&one);

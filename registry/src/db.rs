@@ -86,6 +86,29 @@ impl Db {
         &self.pool
     }
 
+    /// Sets the pool's gauges (`modelgate_db_pool_connections`, `..._max_connections`) to now.
+    pub fn observe_pool(&self) {
+        static CONNECTIONS: std::sync::LazyLock<prometheus::IntGaugeVec> = std::sync::LazyLock::new(|| {
+            prometheus::register_int_gauge_vec!(
+                "modelgate_db_pool_connections",
+                "Metadata database connections by state (idle or in_use).",
+                &["state"]
+            )
+            .expect("the pool gauges are registered once (a bug otherwise)")
+        });
+        static MAX: std::sync::LazyLock<prometheus::IntGauge> = std::sync::LazyLock::new(|| {
+            prometheus::register_int_gauge!(
+                "modelgate_db_pool_max_connections",
+                "The most connections the metadata database pool opens."
+            )
+            .expect("the pool gauges are registered once (a bug otherwise)")
+        });
+        let (size, idle) = (i64::from(self.pool.size()), i64::try_from(self.pool.num_idle()).unwrap_or(i64::MAX));
+        CONNECTIONS.with_label_values(&["idle"]).set(idle);
+        CONNECTIONS.with_label_values(&["in_use"]).set((size - idle).max(0));
+        MAX.set(i64::from(self.pool.options().get_max_connections()));
+    }
+
     pub(crate) fn url(&self) -> &str {
         &self.url
     }

@@ -22,6 +22,7 @@ use futures::future::{BoxFuture, Shared};
 
 use crate::artifacts::ArtifactCache;
 use crate::error::{Error, Result};
+use crate::metrics;
 use crate::models::ModelFiles;
 use crate::worker::{BatchLimits, ModelWorker};
 use proto::v1::ModelSpec;
@@ -52,6 +53,11 @@ struct State {
 }
 
 impl State {
+    /// Sets `modelgate_runner_memory_used_bytes` to what the loaded models take now.
+    fn publish_memory(&self) {
+        metrics::MEMORY_USED.set(i64::try_from(self.used()).unwrap_or(i64::MAX));
+    }
+
     fn used(&self) -> u64 {
         self.entries.values().map(|e| e.worker.memory_bytes).sum::<u64>() + self.reserved.values().sum::<u64>()
     }
@@ -116,6 +122,7 @@ impl ModelCache {
             loads: AtomicU64::new(0),
             counters: CacheCounters::default(),
         };
+        metrics::MEMORY_BUDGET.set(i64::try_from(budget_bytes).unwrap_or(i64::MAX));
         Self { inner: Arc::new(inner) }
     }
 
@@ -127,9 +134,11 @@ impl ModelCache {
     pub async fn get(&self, spec: &ModelSpec) -> Result<Lease, Arc<Error>> {
         if let Some(lease) = self.lease(&spec.version_id) {
             self.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
+            metrics::CACHE_HITS.inc();
             return Ok(lease);
         }
         self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+        metrics::CACHE_MISSES.inc();
         loop {
             self.load_shared(spec).await?;
             // Loaded (by this call or another); it may have gone again before we lease it,
@@ -157,7 +166,15 @@ impl ModelCache {
                 .or_insert_with(|| {
                     let (cache, spec) = (self.clone(), spec.clone());
                     async move {
+                        let started = Instant::now();
                         let result = cache.load(&spec).await.map_err(Arc::new);
+                        let model = [spec.display_name.as_str()];
+                        match &result {
+                            Ok(()) => metrics::LOAD_DURATION
+                                .with_label_values(&model)
+                                .observe(started.elapsed().as_secs_f64()),
+                            Err(_) => metrics::LOAD_FAILURES.with_label_values(&model).inc(),
+                        }
                         cache.inner.loading.lock().unwrap_or_else(PoisonError::into_inner).remove(&spec.version_id);
                         result
                     }
@@ -204,6 +221,7 @@ impl ModelCache {
         self.evict_idle(&mut state, worker.memory_bytes);
         let entry = Entry { worker: Arc::new(worker), leases: 0, pinned: false, last_used: Instant::now() };
         state.entries.insert(spec.version_id.clone(), entry);
+        state.publish_memory();
         Ok(())
     }
 
@@ -245,8 +263,10 @@ impl ModelCache {
             let Some(victim) = victim else { return false };
             if let Some(entry) = state.entries.remove(&victim) {
                 self.inner.counters.evictions.fetch_add(1, Ordering::Relaxed);
+                metrics::CACHE_EVICTIONS.inc();
                 tracing::info!(model.name = %entry.worker.display_name, memory_bytes = entry.worker.memory_bytes, "model evicted");
             }
+            state.publish_memory();
         }
         true
     }
@@ -293,6 +313,7 @@ impl ModelCache {
             Some(_) => {}
         }
         state.entries.remove(version_id);
+        state.publish_memory();
         drop(state);
         self.inner.changed.notify_waiters();
         Ok(true)
@@ -315,6 +336,7 @@ impl ModelCache {
                     tracing::info!(model.name = %entry.worker.display_name, "model unloaded after its idle time");
                 }
             }
+            state.publish_memory();
             drop(state);
             self.inner.changed.notify_waiters();
         }

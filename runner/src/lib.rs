@@ -4,6 +4,7 @@ mod artifacts;
 mod cache;
 pub mod convert;
 mod error;
+pub mod metrics;
 mod models;
 mod worker;
 

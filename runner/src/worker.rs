@@ -10,6 +10,7 @@ use candle_core::Device;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
+use crate::metrics;
 use crate::models::{Embedded, GenerateParams, LoadedModel, ModelFiles, Piece};
 
 enum Job {
@@ -125,7 +126,10 @@ impl ModelWorker {
     fn enqueue(&self, job: Job) -> Result<()> {
         match self.queue.try_send(job) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(Error::Overloaded(self.display_name.clone())),
+            Err(TrySendError::Full(_)) => {
+                metrics::REJECTED.with_label_values(&[self.display_name.as_str()]).inc();
+                Err(Error::Overloaded(self.display_name.clone()))
+            }
             Err(TrySendError::Disconnected(_)) => Err(Error::WorkerGone(self.display_name.clone())),
         }
     }
@@ -170,7 +174,9 @@ fn serve(name: &str, model: &mut LoadedModel, jobs: &Receiver<Job>, limits: Batc
         }
         let started = Instant::now();
         for (_, _, queued) in &batch {
-            WorkerStats::add(&stats.queue_us, started.duration_since(*queued).as_micros() as u64);
+            let waited = started.duration_since(*queued);
+            WorkerStats::add(&stats.queue_us, waited.as_micros() as u64);
+            metrics::QUEUE_DURATION.with_label_values(&[name]).observe(waited.as_secs_f64());
         }
         let batch = batch.into_iter().map(|(inputs, reply, _)| (inputs, reply)).collect();
         embed_batch(name, model, batch, stats);
@@ -191,6 +197,8 @@ fn embed_batch(name: &str, model: &LoadedModel, mut batch: EmbedBatch, stats: &W
     let result = model.embed(&texts);
     WorkerStats::add(&stats.compute_us, started.elapsed().as_micros() as u64);
     WorkerStats::add(&stats.batches, 1);
+    metrics::COMPUTE_DURATION.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+    metrics::BATCH_SIZE.with_label_values(&[name]).observe(texts.len() as f64);
     WorkerStats::add(&stats.requests, batch.len() as u64);
     WorkerStats::add(&stats.inputs, texts.len() as u64);
     tracing::debug!(model.name = %name, batch.requests = batch.len(), batch.inputs = texts.len(), duration_ms = started.elapsed().as_millis() as u64, "batch done");
@@ -228,6 +236,7 @@ fn generate(
     });
     WorkerStats::add(&stats.compute_us, started.elapsed().as_micros() as u64);
     WorkerStats::add(&stats.requests, 1);
+    metrics::COMPUTE_DURATION.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
     tracing::debug!(model.name = %name, tokens, duration_ms = started.elapsed().as_millis() as u64, "generation done");
     if let Err(e) = result {
         let _ = pieces.blocking_send(Err(e));

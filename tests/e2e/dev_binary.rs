@@ -40,6 +40,7 @@ fn start_dev(dir: &std::path::Path, port: u16) -> Dev {
         .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
         .current_dir(dir)
         .env("RUST_LOG", "warn")
+        .env("MODELGATE__METRICS__LISTEN", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -109,6 +109,7 @@ impl TestApp {
         let dir = tempfile::tempdir().expect("temporary folder");
         let mut config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
         config.gateway.listen = "127.0.0.1:0".parse().expect("address");
+        config.metrics.listen = "127.0.0.1:0".parse().expect("address");
         config.runner.memory_budget_mib = 1024;
         config.database.url = match &options.database {
             Database::Sqlite => None,
@@ -205,6 +206,14 @@ impl TestApp {
         if let Some(running) = self.running.take() {
             running.stop().await.expect("clean shutdown");
         }
+    }
+
+    /// What `/metrics` answers now (Prometheus text).
+    pub async fn metrics(&self) -> String {
+        let addr = self.running.as_ref().and_then(|r| r.metrics_addr).expect("metrics are served");
+        let response = self.client.get(format!("http://{addr}/metrics")).send().await.expect("metrics answer");
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("metrics text")
     }
 
     /// A gRPC client of the in-process runner.

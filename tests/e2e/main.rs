@@ -20,6 +20,7 @@ mod isolation;
 mod kserve;
 mod limits;
 mod lstm;
+mod metrics;
 mod minilm;
 mod model_cache;
 mod pagination;

@@ -47,6 +47,7 @@ impl RunnerProcess {
             .env("MODELGATE__STORAGE__URL", storage_url)
             .env("RUST_LOG", "info")
             .env("MODELGATE__LOG__FORMAT", "json")
+            .env("MODELGATE__METRICS__LISTEN", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

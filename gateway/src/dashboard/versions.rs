@@ -140,6 +140,7 @@ async fn text(field: &mut Field) -> Result<String, ApiError> {
 async fn receive(
     state: &AppState,
     session: &Session,
+    tenant: &str,
     model: &Model,
     mut number: Option<i64>,
     mut form: Multipart,
@@ -173,7 +174,9 @@ async fn receive(
         // actix's multipart errors are not Send; the registry keeps the cause as text.
         let body = field.map_err(|e| std::io::Error::other(e.to_string()));
         let file = Upload { path: &path, declared: None, content_length: None, body };
-        state.registry.upload_file(&actor, model, draft, file).await?;
+        let started = std::time::Instant::now();
+        let recorded = state.registry.upload_file(&actor, model, draft, file).await?;
+        crate::metrics::upload(tenant, recorded.size, started.elapsed());
         received += 1;
     }
     match number {
@@ -192,7 +195,7 @@ async fn upload(
 ) -> Result<HttpResponse, PageError> {
     let (tenant, model) = path.into_inner();
     let model = model_in(&state, &session.principal, &tenant, &model, Role::Developer).await?;
-    let number = receive(&state, &session, &model, None, form).await?;
+    let number = receive(&state, &session, &tenant, &model, None, form).await?;
     Ok(see_other(&format!("/admin/tenants/{tenant}/models/{}/versions/{number}", model.name)))
 }
 
@@ -206,7 +209,7 @@ async fn add_files(
 ) -> Result<HttpResponse, PageError> {
     let (tenant, model, version) = path.into_inner();
     let model = model_in(&state, &session.principal, &tenant, &model, Role::Developer).await?;
-    let number = receive(&state, &session, &model, Some(version_number(&version)?), form).await?;
+    let number = receive(&state, &session, &tenant, &model, Some(version_number(&version)?), form).await?;
     Ok(see_other(&format!("/admin/tenants/{tenant}/models/{}/versions/{number}", model.name)))
 }
 

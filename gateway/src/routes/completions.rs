@@ -251,6 +251,7 @@ impl Drop for Meter {
         let Ok(tenant) = self.principal.own_tenant(Role::Invoker) else { return };
         self.state.usage.record(Metered {
             tenant_id: &tenant.id,
+            tenant: tenant.name.as_str(),
             key_id: &self.principal.key_id,
             model: &self.served.model,
             version: self.served.version,

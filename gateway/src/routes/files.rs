@@ -40,7 +40,9 @@ async fn put(
     };
     let length = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let upload = Upload { path: &file, declared: declared.as_ref(), content_length: length, body };
+    let started = std::time::Instant::now();
     let recorded = state.registry.upload_file(&principal.actor(), &model, number, upload).await?;
+    crate::metrics::upload(&tenant, recorded.size, started.elapsed());
     Ok(HttpResponse::Created().json(recorded))
 }
 

@@ -133,6 +133,7 @@ impl Served {
         let Ok(tenant) = principal.own_tenant(Role::Invoker) else { return };
         state.usage.record(Metered {
             tenant_id: &tenant.id,
+            tenant: tenant.name.as_str(),
             key_id: &principal.key_id,
             model: &self.model,
             version: self.version,

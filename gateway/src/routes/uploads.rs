@@ -110,7 +110,11 @@ async fn chunk(
     let model = draft_model(&state, &principal, &tenant, &model).await?;
     let index =
         index.parse::<u64>().map_err(|_| ApiError::bad_request("invalid_request", "the chunk index is a number"))?;
-    Ok(HttpResponse::Ok().json(state.registry.put_chunk(&model, &id, index, body).await?))
+    let started = std::time::Instant::now();
+    let session = state.registry.put_chunk(&model, &id, index, body).await?;
+    let bytes = session.chunk_size.min(session.size.saturating_sub(index.saturating_mul(session.chunk_size)));
+    crate::metrics::upload(&tenant, bytes, started.elapsed());
+    Ok(HttpResponse::Ok().json(session))
 }
 
 /// Assembles the chunks, checks the declared size and sha256, records the file. Requires: developer.

@@ -163,6 +163,8 @@ impl RunnerPool {
                 view.models.clear();
             }
         }
+        let up = view.healthy == Some(true) && view.open_until.is_none();
+        crate::metrics::RUNNER_UP.with_label_values(&[member.address.as_str()]).set(i64::from(up));
     }
 
     /// A version loaded on several runners whose copies have all been below `hot_queue` for

@@ -2,6 +2,7 @@
 //! Writing uploads (streaming, hashing) is in `write.rs`; resumable sessions' chunks and
 //! multipart uploads in `sessions.rs`.
 
+mod instrumented;
 mod sessions;
 mod write;
 
@@ -112,6 +113,7 @@ pub struct SignedRequest {
 impl Storage {
     pub fn open(config: &StorageConfig) -> Result<Self> {
         let Opened { store, signer, multipart, prefix } = open_store(config)?;
+        let store: Arc<dyn ObjectStore> = Arc::new(instrumented::Instrumented(store));
         let put_headers = if config.url.starts_with("az") {
             vec![("x-ms-blob-type".to_owned(), "BlockBlob".to_owned())]
         } else {
