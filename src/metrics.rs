@@ -1,4 +1,5 @@
-//! Prometheus `/metrics` on a listener of its own (`[metrics] listen`), in every role: the
+//! Prometheus `/metrics` (and `/healthz`, the runner's liveness probe) on a listener of its
+//! own (`[metrics] listen`), in every role: the
 //! gateway's, the registry's and the runner's metrics, and the process's own (resident
 //! memory, CPU, open files). It is kept off the API's port so that tenants' names in the
 //! labels reach only whoever can reach this port.
@@ -40,12 +41,17 @@ pub fn serve(listen: SocketAddr, db: Option<Db>) -> anyhow::Result<(SocketAddr, 
     let listener = std::net::TcpListener::bind(listen).with_context(|| format!("binding /metrics to {listen}"))?;
     let addr = listener.local_addr()?;
     let db = web::Data::new(db);
-    let server = HttpServer::new(move || App::new().app_data(db.clone()).route("/metrics", web::get().to(scrape)))
-        .workers(1)
-        .listen(listener)?
-        .disable_signals()
-        .shutdown_timeout(1)
-        .run();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(db.clone())
+            .route("/metrics", web::get().to(scrape))
+            .route("/healthz", web::get().to(|| async { HttpResponse::Ok().body("ok") }))
+    })
+    .workers(1)
+    .listen(listener)?
+    .disable_signals()
+    .shutdown_timeout(1)
+    .run();
     let handle = server.handle();
     tracing::info!(metrics.addr = %addr, "metrics listening");
     Ok((addr, handle, tokio::spawn(server)))

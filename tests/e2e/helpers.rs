@@ -208,10 +208,19 @@ impl TestApp {
         }
     }
 
+    fn metrics_url(&self, path: &str) -> String {
+        let addr = self.running.as_ref().and_then(|r| r.metrics_addr).expect("metrics are served");
+        format!("http://{addr}{path}")
+    }
+
+    /// The status of the metrics listener's `/healthz`.
+    pub async fn metrics_health(&self) -> u16 {
+        self.client.get(self.metrics_url("/healthz")).send().await.expect("health answers").status().as_u16()
+    }
+
     /// What `/metrics` answers now (Prometheus text).
     pub async fn metrics(&self) -> String {
-        let addr = self.running.as_ref().and_then(|r| r.metrics_addr).expect("metrics are served");
-        let response = self.client.get(format!("http://{addr}/metrics")).send().await.expect("metrics answer");
+        let response = self.client.get(self.metrics_url("/metrics")).send().await.expect("metrics answer");
         assert_eq!(response.status(), 200);
         response.text().await.expect("metrics text")
     }

@@ -13,6 +13,7 @@ mod dashboard;
 mod dev_binary;
 mod gc;
 mod generation;
+mod helm;
 mod helpers;
 mod hf;
 mod inference;

@@ -48,6 +48,7 @@ async fn metrics_count_a_workload_and_every_family_is_documented() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await; // a status poll or two
 
     let text = app.metrics().await;
+    assert_eq!(app.metrics_health().await, 200, "the metrics port answers the runner's liveness probe");
     let m = |name: &str, labels: &[(&str, &str)]| sample(&text, name, labels);
     let tiny = [("tenant", "acme"), ("model", "tiny"), ("version", "1"), ("outcome", "ok")];
     assert_eq!(m("modelgate_inference_requests_total", &tiny), 3.0);
