@@ -160,4 +160,60 @@ mod tests {
         std::fs::write(&file, "[gateway]\nlisen = \"0.0.0.0:9000\"\n").expect("write");
         assert!(Config::load(Some(&file)).is_err(), "a misspelt key must fail fast");
     }
+
+    /// The configuration reference in docs/OPERATIONS.md (its first TOML block).
+    fn reference() -> &'static str {
+        let docs = include_str!("../docs/OPERATIONS.md");
+        let start = docs.find("## Configuration").expect("a configuration section");
+        let block = &docs[start..];
+        let open = block.find("```toml\n").expect("a TOML block") + "```toml\n".len();
+        &block[open..open + block[open..].find("```").expect("the block ends")]
+    }
+
+    #[test]
+    fn the_documented_configuration_loads_as_it_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("reference.toml");
+        std::fs::write(&file, reference()).expect("write");
+        let config = Config::load(Some(&file)).expect("every documented key exists and every value parses");
+        assert_eq!(config.metrics.listen.port(), 9464);
+    }
+
+    #[test]
+    fn every_setting_is_in_the_configuration_reference() {
+        // Which keys each section of the reference names (`key =`, commented out or not).
+        let mut documented = std::collections::HashSet::new();
+        let mut section = String::new();
+        for line in reference().lines().map(str::trim) {
+            let line = line.trim_start_matches("# ");
+            if let Some(header) = line.strip_prefix('[') {
+                section =
+                    header.trim_matches(|c| c == '[' || c == ']').split(']').next().unwrap_or_default().to_owned();
+                documented.insert(section.clone());
+            } else if let Some((key, _)) = line.split_once(" = ") {
+                let key = key.trim();
+                documented.insert(if section.is_empty() { key.to_owned() } else { format!("{section}.{key}") });
+            }
+        }
+        fn walk(
+            prefix: &str,
+            value: &serde_json::Value,
+            documented: &std::collections::HashSet<String>,
+            missing: &mut Vec<String>,
+        ) {
+            let Some(fields) = value.as_object() else { return };
+            for (key, value) in fields {
+                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                let is_section = value.is_object() && documented.contains(&path) && !path.ends_with("options");
+                if is_section {
+                    walk(&path, value, documented, missing);
+                } else if !documented.contains(&path) {
+                    missing.push(path);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk("", &serde_json::to_value(Config::default()).expect("the defaults serialize"), &documented, &mut missing);
+        assert!(missing.is_empty(), "settings missing from docs/OPERATIONS.md's configuration reference: {missing:?}");
+    }
 }
