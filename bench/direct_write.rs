@@ -17,7 +17,7 @@ async fn main() -> anyhow::Result<()> {
     let file = args.next().ok_or_else(|| anyhow::anyhow!("missing FILE"))?;
     let endpoint = args.next().filter(|e| !e.is_empty());
     let options = args.filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))).collect();
-    let store = Storage::open(&StorageConfig { url, endpoint, options })?.object_store();
+    let store = Storage::open(&StorageConfig { url, endpoint, options, ..StorageConfig::default() })?.object_store();
     let location = Path::from("bench/direct-write");
     let started = Instant::now();
     let mut writer = WriteMultipart::new_with_chunk_size(store.put_multipart(&location).await?, 8 * 1024 * 1024);

@@ -1,6 +1,7 @@
 //! `/metrics` after a small workload: the series an operator graphs and alerts on carry the
 //! workload's counts, and every `modelgate_` family is documented in docs/OPERATIONS.md.
-//! (nextest runs each test in its own process, so the counts are this test's alone.)
+//! Other tests may share this process (`cargo test` runs them as threads of one), so exact
+//! counts are read only from series labelled with this test's own tenant.
 
 use reqwest::Method;
 use serde_json::json;
@@ -24,16 +25,22 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_a_workload_and_every_family_is_documented() {
     let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
-    let (admin, dir) = app.acme_with_tiny_model().await;
-    let invoker = app.key("acme", "invoker", &admin).await;
+    let admin = app.tenant("metered").await;
+    let dir = app.dir.path().join("tiny");
+    crate::tiny_bert::write(&dir);
+    app.upload_model(&admin, "metered", "tiny", &dir).await;
+    let invoker = app.key("metered", "invoker", &admin).await;
     for text in ["one", "two words", "three more words"] {
         let (status, body) = app.embed(&invoker, "tiny@1", json!(text)).await;
         assert_eq!(status, 200, "{body}");
     }
-    let tight = app.tenant("tight").await;
+    let tight = app.tenant("metered-tight").await;
     let quotas = json!({"requests_per_minute": 1});
-    assert_eq!(app.call(Method::PUT, "/api/v1/tenants/tight/quotas", &app.admin_key, Some(quotas)).await.0, 200);
-    let caller = app.key("tight", "invoker", &tight).await;
+    assert_eq!(
+        app.call(Method::PUT, "/api/v1/tenants/metered-tight/quotas", &app.admin_key, Some(quotas)).await.0,
+        200
+    );
+    let caller = app.key("metered-tight", "invoker", &tight).await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // the key cache's lifetime
     // The tenant's one request of this minute may be used up already (by creating the key).
     let mut refused = 0;
@@ -50,32 +57,33 @@ async fn metrics_count_a_workload_and_every_family_is_documented() {
     let text = app.metrics().await;
     assert_eq!(app.metrics_health().await, 200, "the metrics port answers the runner's liveness probe");
     let m = |name: &str, labels: &[(&str, &str)]| sample(&text, name, labels);
-    let tiny = [("tenant", "acme"), ("model", "tiny"), ("version", "1"), ("outcome", "ok")];
+    let tiny = [("tenant", "metered"), ("model", "tiny"), ("version", "1"), ("outcome", "ok")];
     assert_eq!(m("modelgate_inference_requests_total", &tiny), 3.0);
     assert_eq!(m("modelgate_inference_request_duration_seconds_count", &tiny), 3.0);
     let embeddings = [("method", "POST"), ("route", "/v1/embeddings"), ("status", "200")];
-    assert_eq!(m("modelgate_http_requests_total", &embeddings), 3.0);
-    let rejected = m("modelgate_limit_rejections_total", &[("tenant", "tight"), ("limit", "requests_per_minute")]);
+    assert!(m("modelgate_http_requests_total", &embeddings) >= 3.0);
+    let rejected =
+        m("modelgate_limit_rejections_total", &[("tenant", "metered-tight"), ("limit", "requests_per_minute")]);
     assert!(rejected >= f64::from(refused), "{rejected} rejections counted, {refused} seen");
-    assert_eq!(m("modelgate_http_requests_total", &[("route", "/v1/models"), ("status", "429")]), f64::from(refused));
+    assert!(m("modelgate_http_requests_total", &[("route", "/v1/models"), ("status", "429")]) >= f64::from(refused));
     let uploaded: u64 = files_of(&dir).iter().map(|(_, p)| std::fs::metadata(p).expect("a file").len()).sum();
-    assert_eq!(m("modelgate_upload_bytes_total", &[("tenant", "acme")]), uploaded as f64);
+    assert_eq!(m("modelgate_upload_bytes_total", &[("tenant", "metered")]), uploaded as f64);
     let store = "modelgate_object_store_request_duration_seconds_count";
     assert!(m(store, &[("op", "put"), ("outcome", "ok")]) + m(store, &[("op", "put_multipart")]) >= 1.0, "{text}");
     assert!(m(store, &[("op", "get"), ("outcome", "ok")]) >= 1.0, "the runner fetched the files");
     assert!(m("modelgate_db_pool_max_connections", &[]) >= 1.0);
     assert!(text.contains("modelgate_db_pool_connections{state=\"idle\"}"));
 
-    let model = [("model", "acme/tiny@1")];
+    let model = [("model", "metered/tiny@1")];
     assert_eq!(m("modelgate_runner_model_load_duration_seconds_count", &model), 1.0);
     assert_eq!(m("modelgate_runner_queue_duration_seconds_count", &model), 3.0);
     assert!(m("modelgate_runner_compute_duration_seconds_count", &model) >= 1.0);
     assert_eq!(m("modelgate_runner_batch_inputs_sum", &model), 3.0, "three inputs went through batches");
-    assert_eq!(m("modelgate_runner_cache_misses_total", &[]), 1.0);
-    assert_eq!(m("modelgate_runner_cache_hits_total", &[]), 2.0);
+    assert!(m("modelgate_runner_cache_misses_total", &[]) >= 1.0);
+    assert!(m("modelgate_runner_cache_hits_total", &[]) >= 2.0);
     assert!(m("modelgate_runner_memory_used_bytes", &[]) > 0.0);
-    assert_eq!(m("modelgate_runner_memory_budget_bytes", &[]), (1024 * 1024 * 1024) as f64);
-    assert_eq!(m("modelgate_gateway_runner_up", &[]), 1.0);
+    assert!(m("modelgate_runner_memory_budget_bytes", &[]) > 0.0);
+    assert!(m("modelgate_gateway_runner_up", &[]) >= 1.0);
     assert!(m("process_resident_memory_bytes", &[]) > 0.0);
 
     let docs = include_str!("../../docs/OPERATIONS.md");

@@ -23,7 +23,7 @@ use crate::names::Digest;
 use crate::{Error, Result};
 
 /// Where blobs live, chosen by URL.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// `file:///path`, `memory://`, `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`.
@@ -36,6 +36,43 @@ pub struct StorageConfig {
     /// Credentials come from each cloud's usual environment variables.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// Retries of a failed cloud call (with backoff from 100 ms)...
+    #[serde(default = "default_max_retries")]
+    pub max_retries: usize,
+    /// ...within at most this long. Short, so that an outage answers 503 in about a second
+    /// rather than holding requests (object_store's own default is 10 retries over 3 minutes).
+    #[serde(default = "default_retry_timeout_secs")]
+    pub retry_timeout_secs: u64,
+}
+
+fn default_max_retries() -> usize {
+    3
+}
+
+fn default_retry_timeout_secs() -> u64 {
+    10
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            endpoint: None,
+            options: BTreeMap::new(),
+            max_retries: default_max_retries(),
+            retry_timeout_secs: default_retry_timeout_secs(),
+        }
+    }
+}
+
+impl StorageConfig {
+    fn retry(&self) -> object_store::RetryConfig {
+        object_store::RetryConfig {
+            max_retries: self.max_retries,
+            retry_timeout: std::time::Duration::from_secs(self.retry_timeout_secs),
+            ..object_store::RetryConfig::default()
+        }
+    }
 }
 
 /// An object's place in the store. Only this type formats object paths.
@@ -291,7 +328,7 @@ fn open_store(config: &StorageConfig) -> Result<Opened> {
                 let key: AmazonS3ConfigKey = k.parse().map_err(|_| bad(format!("unknown S3 option {k:?}")))?;
                 b = b.with_config(key, v);
             }
-            let s3 = Arc::new(b.build()?);
+            let s3 = Arc::new(b.with_retry(config.retry()).build()?);
             opened(s3.clone(), Some(s3.clone()), Some(s3))
         }
         "az" | "azure" | "abfs" | "abfss" => {
@@ -304,7 +341,7 @@ fn open_store(config: &StorageConfig) -> Result<Opened> {
             if let Some(endpoint) = &config.endpoint {
                 b = b.with_endpoint(endpoint.clone()).with_allow_http(endpoint.starts_with("http://"));
             }
-            let azure = Arc::new(b.build()?);
+            let azure = Arc::new(b.with_retry(config.retry()).build()?);
             opened(azure.clone(), Some(azure.clone()), Some(azure))
         }
         "gs" => {
@@ -314,7 +351,7 @@ fn open_store(config: &StorageConfig) -> Result<Opened> {
                 let key: GoogleConfigKey = k.parse().map_err(|_| bad(format!("unknown GCS option {k:?}")))?;
                 b = b.with_config(key, v);
             }
-            let gcs = Arc::new(b.build()?);
+            let gcs = Arc::new(b.with_retry(config.retry()).build()?);
             opened(gcs.clone(), Some(gcs.clone()), Some(gcs))
         }
         other => {
@@ -331,7 +368,7 @@ mod tests {
 
     fn open(url: &str, options: &[(&str, &str)]) -> Result<Storage> {
         let options = options.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        Storage::open(&StorageConfig { url: url.into(), endpoint: None, options })
+        Storage::open(&StorageConfig { url: url.into(), options, ..StorageConfig::default() })
     }
 
     fn digest() -> Digest {
