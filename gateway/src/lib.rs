@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod oidc;
 pub mod resolver;
 mod routes;
+pub use routes::kserve::decode_infer;
 pub use routes::table;
 pub mod runners;
 pub mod tokens;

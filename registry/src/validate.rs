@@ -122,14 +122,21 @@ pub async fn validate(
     })
 }
 
-fn check_config(task: Task, bytes: &[u8]) -> Result<String, String> {
+/// The architectures (config.json `model_type`) the runner serves for `task`.
+pub fn supported(task: Task) -> Vec<&'static str> {
+    SUPPORTED.iter().filter(|(t, _)| *t == task).map(|(_, arch)| *arch).collect()
+}
+
+/// The architecture a config.json names, if it is one `task` supports with the fields its
+/// family needs; else what is wrong, for the caller.
+pub fn check_config(task: Task, bytes: &[u8]) -> Result<String, String> {
     let config: Value = serde_json::from_slice(bytes).map_err(|e| format!("is not valid JSON: {e}"))?;
     let model_type = config
         .get("model_type")
         .and_then(Value::as_str)
         .ok_or("has no \"model_type\"; cannot tell the architecture")?;
     if !SUPPORTED.iter().any(|(t, arch)| *t == task && *arch == model_type) {
-        let supported: Vec<&str> = SUPPORTED.iter().filter(|(t, _)| *t == task).map(|(_, a)| *a).collect();
+        let supported = supported(task);
         return Err(format!(
             "architecture {model_type:?} is not supported for task {}; supported: {}",
             task.as_str(),
@@ -184,15 +191,37 @@ async fn check_safetensors(
         return Ok(Err(format!("is {size} bytes, shorter than the 8-byte header length")));
     }
     let prefix = storage.read_blob_range(tenant_id, digest, 0..8).await?;
-    let header_len = u64::from_le_bytes(prefix.as_ref().try_into().map_err(|_| Error::Invalid("short read".into()))?);
-    if header_len > MAX_SAFETENSORS_HEADER {
-        return Ok(Err(format!("header length {header_len} exceeds the {MAX_SAFETENSORS_HEADER}-byte bound")));
-    }
-    if 8 + header_len > size {
-        return Ok(Err(format!("header length {header_len} runs past the end of the {size}-byte file")));
-    }
+    let prefix: [u8; 8] = prefix.as_ref().try_into().map_err(|_| Error::Invalid("short read".into()))?;
+    let header_len = match header_length(prefix, size) {
+        Ok(n) => n,
+        Err(problem) => return Ok(Err(problem)),
+    };
     let header = storage.read_blob_range(tenant_id, digest, 8..8 + header_len).await?;
     Ok(check_safetensors_header(&header, size - 8 - header_len))
+}
+
+/// The header's length from a safetensors file's first 8 bytes, if it fits the file.
+fn header_length(prefix: [u8; 8], size: u64) -> Result<u64, String> {
+    let header_len = u64::from_le_bytes(prefix);
+    if header_len > MAX_SAFETENSORS_HEADER {
+        return Err(format!("header length {header_len} exceeds the {MAX_SAFETENSORS_HEADER}-byte bound"));
+    }
+    if header_len.checked_add(8).is_none_or(|end| end > size) {
+        return Err(format!("header length {header_len} runs past the end of the {size}-byte file"));
+    }
+    Ok(header_len)
+}
+
+/// The commit-time check of a whole safetensors file in memory: what the registry reads of
+/// a stored one (length prefix and header), with the same verdicts. For the fuzz targets.
+pub fn check_safetensors_bytes(file: &[u8]) -> Result<(), String> {
+    let size = file.len() as u64;
+    let Some(prefix) = file.get(..8).and_then(|p| <[u8; 8]>::try_from(p).ok()) else {
+        return Err(format!("is {size} bytes, shorter than the 8-byte header length"));
+    };
+    let header_len = header_length(prefix, size)?;
+    let header = &file[8..8 + header_len as usize];
+    check_safetensors_header(header, size - 8 - header_len)
 }
 
 fn check_safetensors_header(header: &[u8], data_len: u64) -> Result<(), String> {

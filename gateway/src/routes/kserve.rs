@@ -172,8 +172,9 @@ fn texts(request: &InferRequest) -> Result<Vec<String>, ApiError> {
             v.as_str().map(str::to_owned).ok_or_else(|| invalid(format!("input {:?} holds a non-string", input.name)))
         })
         .collect::<Result<_, _>>()?;
-    let elements: i64 = input.shape.iter().product();
-    if input.shape.iter().any(|d| *d < 0) || elements != texts.len() as i64 || texts.is_empty() {
+    // Checked: a shape like [2^62, 4] must not overflow (it panicked in debug builds).
+    let elements = input.shape.iter().try_fold(1i64, |n, d| if *d < 0 { None } else { n.checked_mul(*d) });
+    if elements != Some(texts.len() as i64) || texts.is_empty() {
         return Err(invalid(format!(
             "input {:?} has shape {:?} but {} elements",
             input.name,
@@ -275,7 +276,36 @@ async fn version_infer(
     answer(async { infer(&state, &principal, &model, Some(&version), &parse(&body)?).await }.await)
 }
 
+/// The texts of an infer request's body, as the infer routes decode it (public for the fuzz
+/// targets: no body may panic it).
+pub fn decode_infer(body: &[u8]) -> Result<Vec<String>, ApiError> {
+    texts(&parse(body)?)
+}
+
 /// The request's JSON, whatever its Content-Type says (Triton's clients send none).
 fn parse(body: &[u8]) -> Result<InferRequest, ApiError> {
     serde_json::from_slice(body).map_err(|e| invalid(format!("the JSON body is invalid: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infer_bodies_decode_or_are_refused_with_400() {
+        let one = br#"{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES","data":["hi"]}]}"#;
+        assert_eq!(decode_infer(one).expect("a good body"), ["hi"]);
+        for bad in [
+            &br#"{"inputs":[]}"#[..],
+            br#"{"inputs":[{"name":"t","shape":[2],"datatype":"BYTES","data":["hi"]}]}"#,
+            br#"{"inputs":[{"name":"t","shape":[-1,-1],"datatype":"BYTES","data":["hi"]}]}"#,
+            // The shape's product overflows i64 (it panicked in debug builds).
+            br#"{"inputs":[{"name":"t","shape":[9223372036854775807,2],"datatype":"BYTES","data":["hi"]}]}"#,
+            br#"{"inputs":[{"name":"t","shape":[4294967296,4294967296],"datatype":"BYTES","data":["hi"]}]}"#,
+            b"not json",
+        ] {
+            let e = decode_infer(bad).expect_err("refused");
+            assert_eq!(e.status().as_u16(), 400, "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }

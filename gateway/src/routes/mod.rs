@@ -21,7 +21,7 @@ pub(crate) mod files;
 mod health;
 pub(crate) mod hf;
 mod keys;
-pub(crate) mod kserve;
+pub mod kserve;
 mod kserve_generate;
 mod models;
 mod openai;
