@@ -15,7 +15,7 @@ use askama::Template;
 use serde::Deserialize;
 
 use super::view::{Session, url_encode};
-use super::{PAGES, PageError, error_page, html_with, see_other};
+use super::{PAGES, PageError, error_page, html, html_with, see_other};
 use crate::AppState;
 use crate::auth::{Credential, authenticate_credential, authenticate_token_claims};
 use crate::error::ApiError;
@@ -184,7 +184,7 @@ async fn login_form(query: web::Query<LoginQuery>) -> Result<HttpResponse, PageE
         _ => None,
     };
     let view = LoginPage { next: safe_next(query.next.as_deref()), error: None, notice };
-    html_with(StatusCode::OK, &view)
+    html(&view)
 }
 
 #[derive(Deserialize)]

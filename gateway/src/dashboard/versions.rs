@@ -14,7 +14,7 @@ use registry::names::{FilePath, Role};
 use registry::versions::{NewVersion, Version, VersionStatus};
 
 use super::view::{Chrome, Session, bytes, when, when_opt};
-use super::{PageError, html_with, see_other};
+use super::{PageError, html, html_with, see_other};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::routes::{model_in, version_number};
@@ -105,7 +105,7 @@ async fn page(
     let (tenant, model, version) = path.into_inner();
     let model = model_in(&state, &session.principal, &tenant, &model, Role::Viewer).await?;
     let v = state.registry.version(&model, version_number(&version)?).await?;
-    html_with(StatusCode::OK, &version_page(&session, &tenant, &model, v, &[]))
+    html(&version_page(&session, &tenant, &model, v, &[]))
 }
 
 /// Where a file part goes in the version: its name, or for a folder picked whole, its path
