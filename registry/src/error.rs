@@ -74,6 +74,14 @@ impl From<sqlx::Error> for Error {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
                 Error::DatabaseUnavailable(e)
             }
+            // Postgres going away: shutting down or starting up (class 57P: 57P01 "terminating
+            // connection due to administrator command", 57P03 "the database system is starting
+            // up"), or a broken connection (class 08).
+            sqlx::Error::Database(ref db)
+                if db.code().is_some_and(|code| code.starts_with("57P") || code.starts_with("08")) =>
+            {
+                Error::DatabaseUnavailable(e)
+            }
             e => Error::Database(e),
         }
     }

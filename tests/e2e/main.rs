@@ -26,6 +26,7 @@ mod minilm;
 mod model_cache;
 mod outage;
 mod pagination;
+mod postgres_restart;
 mod presigned;
 mod registry;
 mod routing;

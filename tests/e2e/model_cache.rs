@@ -197,6 +197,8 @@ async fn idle_models_unload_after_their_ttl_unless_pinned() {
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     assert_eq!(loaded(&status(&app).await), ["acme/kept@1"], "the idle model went, the pinned one stayed");
     assert_eq!(app.embed(&admin, "idle", json!("hello")).await.0, 200, "and comes back on demand");
+    // Our own gRPC connection would keep the runner's graceful shutdown waiting (seen once).
+    drop(runner);
     app.stop().await;
 }
 
