@@ -11,7 +11,6 @@ use serde::Deserialize;
 use super::view::{Chrome, Session, bytes, when, when_opt};
 use super::{PageError, html, optional_number, see_other};
 use crate::AppState;
-use crate::error::ApiError;
 
 struct TenantRow {
     name: String,
@@ -175,10 +174,6 @@ async fn set_suspended(
     name: &str,
     suspended: bool,
 ) -> Result<HttpResponse, PageError> {
-    session.principal.require_platform_admin()?;
-    let tenant = session.principal.tenant(&state.registry, name, Role::Admin).await?;
-    let tenant =
-        state.registry.set_suspended(&session.principal.actor(), &tenant, suspended).await.map_err(ApiError::from)?;
-    state.auth.invalidate();
+    let tenant = crate::routes::tenants::change_suspension(state, &session.principal, name, suspended).await?;
     Ok(see_other(&format!("/admin/tenants/{}", tenant.name)))
 }

@@ -27,7 +27,7 @@ mod models;
 mod openai;
 pub(crate) mod runners;
 pub mod table;
-mod tenants;
+pub(crate) mod tenants;
 mod uploads;
 mod usage;
 mod versions;

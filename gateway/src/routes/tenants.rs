@@ -110,9 +110,20 @@ async fn set_suspended(
     name: &str,
     suspended: bool,
 ) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(change_suspension(state, principal, name, suspended).await?))
+}
+
+/// Suspends or resumes a tenant and drops cached credentials, so its keys, tokens and
+/// dashboard sessions are refused (or accepted) at once. Requires: platform admin.
+pub(crate) async fn change_suspension(
+    state: &AppState,
+    principal: &Principal,
+    name: &str,
+    suspended: bool,
+) -> Result<registry::tenants::Tenant, ApiError> {
     principal.require_platform_admin()?;
     let tenant = principal.tenant(&state.registry, name, Role::Admin).await?;
     let tenant = state.registry.set_suspended(&principal.actor(), &tenant, suspended).await?;
     state.auth.invalidate();
-    Ok(HttpResponse::Ok().json(tenant))
+    Ok(tenant)
 }
