@@ -12,14 +12,14 @@ use crate::versions::{Version, VersionStatus};
 use crate::{Actor, Error, Registry, Result};
 
 /// One version an alias points at, with its share of the traffic in percent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AliasTarget {
     pub version: i64,
     pub weight: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Alias {
     pub name: AliasName,
     /// The version, when the alias points at exactly one.
@@ -29,16 +29,18 @@ pub struct Alias {
     pub targets: Vec<AliasTarget>,
     pub updated_by: String,
     #[serde(serialize_with = "crate::db::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: i64,
 }
 
 /// One move of an alias: from which targets to which (none: created or deleted).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AliasMove {
     pub from: Option<Vec<AliasTarget>>,
     pub to: Option<Vec<AliasTarget>>,
     pub moved_by: String,
     #[serde(serialize_with = "crate::db::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub moved_at: i64,
 }
 

@@ -35,11 +35,12 @@ pub(crate) async fn record(conn: &mut AnyConnection, actor: &Actor, entry: Entry
     Ok(())
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     #[serde(skip)]
     pub id: String,
     #[serde(serialize_with = "crate::db::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: i64,
     pub actor: String,
     /// The tenant the change concerns (its name), if any.

@@ -5,7 +5,7 @@ use sqlx::Row as _;
 
 use crate::{Registry, Result};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Counts {
     pub tenants: i64,
     pub models: i64,

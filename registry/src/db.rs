@@ -135,6 +135,10 @@ pub fn new_id() -> String {
 }
 
 /// Serializes a stored time (ms since the epoch) as RFC 3339, as the API shows times.
+/// 9999-12-31T23:59:59.999Z, the latest time RFC 3339 writes: a later one is refused where
+/// it enters.
+pub const LATEST_MS: i64 = 253_402_300_799_999;
+
 pub fn rfc3339<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(*ms) * 1_000_000)
         .map_err(serde::ser::Error::custom)?;

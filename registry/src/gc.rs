@@ -45,7 +45,7 @@ const STAGING_MIN_AGE: Duration = Duration::from_secs(3600);
 /// An upload intent lives for one request; one this old was left by a crash.
 const INTENT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct GcReport {
     pub blobs_deleted: u64,
     pub bytes_freed: u64,

@@ -42,7 +42,7 @@ impl KeyRole {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ApiKey {
     pub id: String,
     /// `mg_<id>`: what a leaked key starts with, safe to show.
@@ -50,15 +50,21 @@ pub struct ApiKey {
     #[serde(skip)]
     pub tenant_id: Option<String>,
     pub name: String,
+    /// `platform_admin`, or a role in the key's tenant.
+    #[schema(value_type = String, example = "developer")]
     pub role: KeyRole,
     pub created_by: String,
     #[serde(serialize_with = "crate::db::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(serialize_with = "crate::db::rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<i64>,
     #[serde(serialize_with = "crate::db::rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub revoked_at: Option<i64>,
     #[serde(serialize_with = "crate::db::rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_used_at: Option<i64>,
     pub limits: Limits,
 }
@@ -153,6 +159,9 @@ impl Registry {
     ) -> Result<(ApiKey, String)> {
         let name = validate_key_name(name)?;
         limits.check()?;
+        if expires_at.is_some_and(|t| t > crate::db::LATEST_MS) {
+            return Err(Error::Invalid("a key's expiry must be before the year 10000".into()));
+        }
         if tenant_id.is_none() != (role == KeyRole::PlatformAdmin) {
             return Err(Error::Invalid(
                 "platform admin keys belong to no tenant; tenant keys need a tenant role".into(),

@@ -10,7 +10,7 @@ use crate::db::now_ms;
 use crate::{Error, Registry, Result};
 
 /// A tenant's or a key's limits; None is no limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     #[serde(default)]

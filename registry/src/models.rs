@@ -10,7 +10,7 @@ use crate::names::{ModelName, Task};
 use crate::page::{Page, PageRequest};
 use crate::{Actor, Error, Registry, Result};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Model {
     #[serde(skip)]
     pub id: String,
@@ -22,6 +22,7 @@ pub struct Model {
     pub tags: Vec<String>,
     pub created_by: String,
     #[serde(serialize_with = "crate::db::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
 }
 

@@ -48,7 +48,7 @@ pub(crate) fn bad_cursor() -> Error {
     Error::Invalid("cursor is not one this server handed out".into())
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub data: Vec<T>,
     /// Pass as `cursor` for the next page; null on the last page.

@@ -21,14 +21,16 @@ pub struct StorageUsage {
     pub limits: Limits,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Tenant {
     pub id: String,
     pub name: TenantSlug,
     #[serde(serialize_with = "crate::db::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     /// Set while the tenant is suspended: its keys and tokens are refused, its data kept.
     #[serde(serialize_with = "crate::db::rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub suspended_at: Option<i64>,
     pub limits: Limits,
 }

@@ -43,7 +43,7 @@ pub struct NewUpload<'a> {
     pub presigned: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UploadSession {
     pub id: String,
     pub path: FilePath,
@@ -59,6 +59,7 @@ pub struct UploadSession {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload: Option<crate::storage::SignedRequest>,
     #[serde(serialize_with = "crate::db::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub expires_at: i64,
     #[serde(skip)]
     version_id: String,
@@ -68,7 +69,7 @@ pub struct UploadSession {
 }
 
 /// What starting a session answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Started {
     /// Send the chunks (or PUT the presigned URL), then complete.

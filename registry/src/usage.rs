@@ -30,7 +30,7 @@ pub struct UsageKey {
     pub minute: i64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UsageCounts {
     pub requests: i64,
     pub errors: i64,
@@ -131,9 +131,10 @@ impl GroupBy {
 }
 
 /// One bucket of one group.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UsagePoint {
     #[serde(serialize_with = "crate::db::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub bucket: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,

@@ -11,7 +11,7 @@ use crate::names::{Digest, FilePath};
 use crate::page::{Page, PageRequest};
 use crate::{Actor, Error, Registry, Result, validate};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VersionStatus {
     /// Files can be uploaded; not callable.
@@ -47,7 +47,7 @@ impl VersionStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct VersionFile {
     pub path: FilePath,
     #[serde(rename = "sha256")]
@@ -55,7 +55,7 @@ pub struct VersionFile {
     pub size: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Version {
     #[serde(skip)]
     pub id: String,
@@ -65,10 +65,13 @@ pub struct Version {
     pub architecture: Option<String>,
     pub created_by: String,
     #[serde(serialize_with = "crate::db::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(serialize_with = "crate::db::rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub committed_at: Option<i64>,
     #[serde(serialize_with = "crate::db::rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub archived_at: Option<i64>,
     pub description: String,
     pub tags: Vec<String>,

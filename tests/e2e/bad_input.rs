@@ -251,3 +251,21 @@ async fn bad_inference_requests_get_clear_4xx() {
     assert_eq!(status, 404);
     f.app.stop().await;
 }
+
+/// Found by schemathesis: an expiry past what RFC 3339 can write was stored, and from then on
+/// listing the tenant's keys failed with a 500.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_expiry_past_the_year_9999_is_refused_and_keys_still_list() {
+    let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    let admin = app.tenant("acme").await;
+    let path = "/api/v1/tenants/acme/keys";
+    for expires_in in [json!(9_223_372_036_854_775_807_u64), json!(u64::MAX)] {
+        let body = json!({"name": "forever", "role": "viewer", "expires_in": expires_in});
+        let (status, answer) = app.call(Method::POST, path, &admin, Some(body)).await;
+        assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_request")), "{answer}");
+    }
+    let (status, keys) = app.call(Method::GET, path, &admin, None).await;
+    assert_eq!(status, 200, "{keys}");
+    assert_eq!(keys["data"].as_array().map(Vec::len), Some(1), "only the admin key: {keys}");
+    app.stop().await;
+}

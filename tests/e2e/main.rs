@@ -24,6 +24,7 @@ mod lstm;
 mod metrics;
 mod minilm;
 mod model_cache;
+mod openapi;
 mod outage;
 mod pagination;
 mod postgres_restart;

@@ -7,7 +7,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GcRequest {
     /// Keep what was used more recently than this; default: the configured grace period.
@@ -17,6 +17,7 @@ struct GcRequest {
 }
 
 /// Runs garbage collection now and reports what it deleted. Requires: platform admin.
+#[utoipa::path(tag = "admin", request_body(content = Option<GcRequest>, content_type = "application/json"), responses((status = 200, body = registry::gc::GcReport)))]
 #[post("/api/v1/admin/gc")]
 async fn gc(state: web::Data<AppState>, principal: Principal, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     principal.require_platform_admin()?;

@@ -10,7 +10,7 @@ use crate::error::ApiError;
 
 /// `{"version": 3}`, or `{"targets": [{"version": 3, "weight": 90}, {"version": 4, "weight": 10}]}`
 /// for a canary split (weights sum to 100).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetAlias {
     version: Option<i64>,
@@ -22,6 +22,7 @@ fn alias_name(raw: &str) -> Result<AliasName, ApiError> {
 }
 
 /// Points an alias at a ready version or splits it by weight (atomically, audited). Requires: developer.
+#[utoipa::path(tag = "aliases", request_body = SetAlias, responses((status = 200, body = registry::aliases::Alias)))]
 #[put("/api/v1/tenants/{tenant}/models/{model}/aliases/{alias}")]
 async fn put(
     state: web::Data<AppState>,
@@ -42,6 +43,7 @@ async fn put(
 }
 
 /// Requires: viewer.
+#[utoipa::path(tag = "aliases", responses((status = 200, body = super::List<registry::aliases::Alias>)))]
 #[get("/api/v1/tenants/{tenant}/models/{model}/aliases")]
 async fn list(
     state: web::Data<AppState>,
@@ -54,6 +56,7 @@ async fn list(
 }
 
 /// Every move of the alias, newest first: who, when, from which targets to which. Requires: viewer.
+#[utoipa::path(tag = "aliases", responses((status = 200, body = super::List<registry::aliases::AliasMove>)))]
 #[get("/api/v1/tenants/{tenant}/models/{model}/aliases/{alias}/history")]
 async fn history(
     state: web::Data<AppState>,
@@ -66,6 +69,7 @@ async fn history(
 }
 
 /// Requires: developer.
+#[utoipa::path(tag = "aliases", responses((status = 204, description = "Deleted")))]
 #[delete("/api/v1/tenants/{tenant}/models/{model}/aliases/{alias}")]
 async fn remove(
     state: web::Data<AppState>,

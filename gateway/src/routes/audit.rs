@@ -10,7 +10,8 @@ use crate::AppState;
 use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
     /// A tenant's name.
@@ -26,6 +27,7 @@ struct AuditQuery {
 }
 
 /// The tenant's management changes, newest first. Requires: tenant admin.
+#[utoipa::path(tag = "audit", params(super::PageQuery), responses((status = 200, body = registry::page::Page<registry::audit::AuditRecord>)))]
 #[get("/api/v1/tenants/{tenant}/audit")]
 async fn list(
     state: web::Data<AppState>,
@@ -40,6 +42,7 @@ async fn list(
 
 /// Management changes filtered by tenant, actor, action and time, newest first: a platform
 /// admin sees every tenant's, a tenant admin only their own. Requires: platform admin, or admin.
+#[utoipa::path(tag = "audit", params(AuditQuery), responses((status = 200, body = registry::page::Page<registry::audit::AuditRecord>)))]
 #[get("/api/v1/audit")]
 async fn search(
     state: web::Data<AppState>,

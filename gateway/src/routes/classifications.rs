@@ -14,7 +14,8 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"model": "sentiment", "input": ["I loved it.", "Not worth the money."]}))]
 #[serde(deny_unknown_fields)]
 struct ClassifyRequest {
     model: String,
@@ -23,6 +24,7 @@ struct ClassifyRequest {
 }
 
 /// Requires: invoker. Every call is metered, failed ones too.
+#[utoipa::path(tag = "openai", request_body = ClassifyRequest, responses((status = 200, body = crate::routes::schemas::Classifications)))]
 #[post("/v1/classifications")]
 async fn classifications(
     state: web::Data<AppState>,

@@ -25,14 +25,14 @@ const DEFAULT_COMPLETION_TOKENS: u32 = 16;
 const DEFAULT_CHAT_TOKENS: u32 = 512;
 const MAX_STOP_SEQUENCES: usize = 4;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
 }
 
 /// The sampling fields both endpoints share.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct Sampling {
     max_tokens: Option<u32>,
     max_completion_tokens: Option<u32>,
@@ -50,7 +50,8 @@ struct Sampling {
     stream_options: Option<StreamOptions>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"model": "llama", "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}))]
 struct CompletionRequest {
     model: String,
     prompt: Value,
@@ -58,7 +59,8 @@ struct CompletionRequest {
     sampling: Sampling,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"model": "llama", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "seed": 7}))]
 struct ChatRequest {
     model: String,
     messages: Vec<ChatMessageIn>,
@@ -66,7 +68,7 @@ struct ChatRequest {
     sampling: Sampling,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ChatMessageIn {
     role: String,
     /// A string, or an array of `{"type": "text", "text": …}` parts.
@@ -132,6 +134,7 @@ impl Sampling {
 }
 
 /// Text completion. Requires: invoker.
+#[utoipa::path(tag = "openai", request_body = CompletionRequest, responses((status = 200, description = "A completion, or server-sent events of chunks with `stream`", content((crate::routes::schemas::Completion = "application/json"), (crate::routes::schemas::SseEvent = "text/event-stream")))))]
 #[post("/v1/completions")]
 async fn completions(
     state: web::Data<AppState>,
@@ -156,6 +159,7 @@ async fn completions(
 }
 
 /// Chat completion: the messages go through the model's chat template. Requires: invoker.
+#[utoipa::path(tag = "openai", request_body = ChatRequest, responses((status = 200, description = "A chat completion, or server-sent events of chunks with `stream`", content((crate::routes::schemas::Completion = "application/json"), (crate::routes::schemas::SseEvent = "text/event-stream")))))]
 #[post("/v1/chat/completions")]
 async fn chat_completions(
     state: web::Data<AppState>,

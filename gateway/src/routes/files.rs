@@ -17,6 +17,7 @@ use crate::error::ApiError;
 const CHECKSUM_HEADER: &str = "x-checksum-sha256";
 
 /// Streams one file into a draft version (`path` may name folders). Requires: developer.
+#[utoipa::path(tag = "files", path = "/api/v1/tenants/{tenant}/models/{model}/versions/{version}/files/{path}", params(("tenant" = String, Path), ("model" = String, Path), ("version" = String, Path), ("path" = String, Path, description = "The file's path in the version; may name folders"), ("x-checksum-sha256" = Option<String>, Header, description = "The body's sha256, hex or base64; a mismatch rejects the file")), request_body(content = crate::routes::schemas::Binary, content_type = "application/octet-stream"), responses((status = 201, body = registry::versions::VersionFile)))]
 #[put("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/files/{path:.*}")]
 async fn put(
     state: web::Data<AppState>,
@@ -48,6 +49,7 @@ async fn put(
 
 /// Downloads one file of a version, byte for byte: `ETag` is the sha256, `If-None-Match`
 /// answers 304, one `Range` answers 206, `HEAD` answers the headers alone. Requires: viewer.
+#[utoipa::path(method(get, head), tag = "files", path = "/api/v1/tenants/{tenant}/models/{model}/versions/{version}/files/{path}", params(("tenant" = String, Path), ("model" = String, Path), ("version" = String, Path), ("path" = String, Path), DownloadQuery), responses((status = 200, description = "The bytes, or a presigned URL with `?presigned=true`", content((crate::routes::schemas::Binary = "application/octet-stream"), (crate::routes::schemas::PresignedDownload = "application/json"))), (status = 206, description = "The range asked for", body = crate::routes::schemas::Binary, content_type = "application/octet-stream"), (status = 304, description = "Not modified (`If-None-Match`)")))]
 #[route("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/files/{path:.*}", method = "GET", method = "HEAD")]
 async fn get(
     state: web::Data<AppState>,
@@ -78,7 +80,8 @@ async fn get(
 /// How long a presigned download URL works.
 const PRESIGNED_TTL: std::time::Duration = std::time::Duration::from_secs(900);
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DownloadQuery {
     #[serde(default)]

@@ -5,12 +5,14 @@ use crate::AppState;
 use crate::error::ApiError;
 
 /// The process is up. No auth.
+#[utoipa::path(tag = "health", responses((status = 200, body = crate::routes::schemas::Health)))]
 #[get("/healthz")]
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
 /// The database and the object store answer and at least one runner is reachable. No auth.
+#[utoipa::path(tag = "health", responses((status = 200, body = crate::routes::schemas::Readiness), (status = 503, description = "A dependency is unavailable; `details` holds the checks", body = crate::routes::schemas::ErrorBody)))]
 #[get("/readyz")]
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let database = state.registry.db().ping().await.is_ok();

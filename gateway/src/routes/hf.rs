@@ -32,6 +32,7 @@ async fn revision(state: &AppState, model: &Model, revision: &str) -> Result<Ver
 }
 
 /// `GET|HEAD /hf/{tenant}/{model}/resolve/{revision}/{path}`. Requires: viewer.
+#[utoipa::path(method(get, head), tag = "huggingface", path = "/hf/{tenant}/{model}/resolve/{revision}/{path}", params(("tenant" = String, Path), ("model" = String, Path), ("revision" = String, Path), ("path" = String, Path)), responses((status = 200, body = crate::routes::schemas::Binary, content_type = "application/octet-stream"), (status = 206, body = crate::routes::schemas::Binary, content_type = "application/octet-stream"), (status = 304, description = "Not modified")))]
 #[route("/hf/{tenant}/{model}/resolve/{revision}/{path:.*}", method = "GET", method = "HEAD")]
 async fn resolve(
     state: web::Data<AppState>,
@@ -54,6 +55,7 @@ async fn resolve(
 }
 
 /// `GET /hf/api/models/{tenant}/{model}/revision/{revision}`: the revision's commit and files. Requires: viewer.
+#[utoipa::path(tag = "huggingface", responses((status = 200, body = crate::routes::schemas::HubModelInfo)))]
 #[get("/hf/api/models/{tenant}/{model}/revision/{revision}")]
 async fn info(
     state: web::Data<AppState>,
@@ -67,6 +69,7 @@ async fn info(
 }
 
 /// `GET /hf/api/models/{tenant}/{model}`: as above for `main`. Requires: viewer.
+#[utoipa::path(tag = "huggingface", responses((status = 200, body = crate::routes::schemas::HubModelInfo)))]
 #[get("/hf/api/models/{tenant}/{model}")]
 async fn info_main(
     state: web::Data<AppState>,
@@ -79,7 +82,8 @@ async fn info_main(
     Ok(HttpResponse::Ok().json(model_info(&tenant, &model, &version)))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TreeQuery {
     #[serde(default)]
     recursive: bool,
@@ -87,6 +91,7 @@ struct TreeQuery {
 
 /// `GET /hf/api/models/{tenant}/{model}/tree/{revision}[/{folder}]`: files and folders, as
 /// `snapshot_download` lists them. Requires: viewer.
+#[utoipa::path(tag = "huggingface", path = "/hf/api/models/{tenant}/{model}/tree/{revision}", params(("tenant" = String, Path), ("model" = String, Path), ("revision" = String, Path), TreeQuery), responses((status = 200, body = Vec<crate::routes::schemas::HubTreeEntry>)))]
 #[get("/hf/api/models/{tenant}/{model}/tree/{revision}{folder:(/.*)?}")]
 async fn tree(
     state: web::Data<AppState>,

@@ -10,7 +10,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateKey {
     name: String,
@@ -23,13 +23,14 @@ struct CreateKey {
     limits: Limits,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateKey {
     limits: Limits,
 }
 
 /// Creates a key; its secret is in this answer and nowhere else, ever. Requires: tenant admin.
+#[utoipa::path(tag = "keys", request_body = CreateKey, responses((status = 201, body = crate::routes::schemas::CreatedKey)))]
 #[post("/api/v1/tenants/{tenant}/keys")]
 async fn create(
     state: web::Data<AppState>,
@@ -65,6 +66,7 @@ async fn create(
 }
 
 /// Lists keys without secrets. Requires: tenant admin.
+#[utoipa::path(tag = "keys", params(super::PageQuery), responses((status = 200, body = registry::page::Page<registry::keys::ApiKey>)))]
 #[get("/api/v1/tenants/{tenant}/keys")]
 async fn list(
     state: web::Data<AppState>,
@@ -77,6 +79,7 @@ async fn list(
 }
 
 /// Revokes a key at once. Requires: tenant admin.
+#[utoipa::path(tag = "keys", responses((status = 200, body = registry::keys::ApiKey)))]
 #[delete("/api/v1/tenants/{tenant}/keys/{id}")]
 async fn revoke(
     state: web::Data<AppState>,
@@ -91,6 +94,7 @@ async fn revoke(
 }
 
 /// Sets a key's request limits (null lifts one). Requires: tenant admin.
+#[utoipa::path(tag = "keys", request_body = UpdateKey, responses((status = 200, body = registry::keys::ApiKey)))]
 #[patch("/api/v1/tenants/{tenant}/keys/{id}")]
 async fn update(
     state: web::Data<AppState>,

@@ -30,12 +30,14 @@ pub(super) fn answer(result: Result<HttpResponse, ApiError>) -> HttpResponse {
 }
 
 /// Requires: nothing.
+#[utoipa::path(tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeLive)))]
 #[get("/v2/health/live")]
 async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "live": true }))
 }
 
 /// Ready when the metadata database answers. Requires: nothing.
+#[utoipa::path(tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeReady), (status = 503, body = crate::routes::schemas::KServeReady)))]
 #[get("/v2/health/ready")]
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
     match state.registry.db().ping().await {
@@ -45,6 +47,7 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Server metadata. Requires: nothing.
+#[utoipa::path(tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeServer)))]
 #[get("/v2")]
 async fn server() -> HttpResponse {
     HttpResponse::Ok()
@@ -99,12 +102,14 @@ async fn metadata(
 }
 
 /// Model metadata (the newest ready version). Requires: invoker.
+#[utoipa::path(tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeMetadata)))]
 #[get("/v2/models/{model}")]
 async fn model_metadata(state: web::Data<AppState>, principal: Principal, path: web::Path<String>) -> HttpResponse {
     answer(metadata(&state, &principal, &path, None).await)
 }
 
 /// Model metadata of one version. Requires: invoker.
+#[utoipa::path(tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeMetadata)))]
 #[get("/v2/models/{model}/versions/{version}")]
 async fn version_metadata(
     state: web::Data<AppState>,
@@ -123,12 +128,14 @@ async fn readiness(state: &AppState, principal: &Principal, model: &str, version
 }
 
 /// Ready when a ready version answers to the name. Requires: invoker.
+#[utoipa::path(tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeModelReady)))]
 #[get("/v2/models/{model}/ready")]
 async fn model_ready(state: web::Data<AppState>, principal: Principal, path: web::Path<String>) -> HttpResponse {
     readiness(&state, &principal, &path, None).await
 }
 
 /// Requires: invoker.
+#[utoipa::path(tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeModelReady)))]
 #[get("/v2/models/{model}/versions/{version}/ready")]
 async fn version_ready(
     state: web::Data<AppState>,
@@ -139,13 +146,14 @@ async fn version_ready(
     readiness(&state, &principal, &model, Some(&version)).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "1", "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["A man is eating food.", "A man is riding a horse."]}]}))]
 struct InferRequest {
     id: Option<String>,
     inputs: Vec<InferInput>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct InferInput {
     name: String,
     shape: Vec<i64>,
@@ -254,6 +262,7 @@ async fn infer(
 }
 
 /// Inference with the newest ready version. Requires: invoker.
+#[utoipa::path(tag = "kserve", request_body = InferRequest, responses((status = 200, body = crate::routes::schemas::KServeInferResponse)))]
 #[post("/v2/models/{model}/infer")]
 async fn model_infer(
     state: web::Data<AppState>,
@@ -265,6 +274,7 @@ async fn model_infer(
 }
 
 /// Inference with one version. Requires: invoker.
+#[utoipa::path(tag = "kserve", request_body = InferRequest, responses((status = 200, body = crate::routes::schemas::KServeInferResponse)))]
 #[post("/v2/models/{model}/versions/{version}/infer")]
 async fn version_infer(
     state: web::Data<AppState>,

@@ -171,6 +171,7 @@ fn sse(event: &serde_json::Value) -> Bytes {
 }
 
 /// Generates text from `text_input`. Requires: invoker.
+#[utoipa::path(tag = "kserve", request_body = crate::routes::schemas::KServeGenerateRequest, responses((status = 200, body = crate::routes::schemas::KServeGenerateResponse)))]
 #[post("/v2/models/{model}/generate")]
 async fn model_generate(
     state: web::Data<AppState>,
@@ -182,6 +183,7 @@ async fn model_generate(
 }
 
 /// The same for one version. Requires: invoker.
+#[utoipa::path(tag = "kserve", request_body = crate::routes::schemas::KServeGenerateRequest, responses((status = 200, body = crate::routes::schemas::KServeGenerateResponse)))]
 #[post("/v2/models/{model}/versions/{version}/generate")]
 async fn version_generate(
     state: web::Data<AppState>,
@@ -194,6 +196,7 @@ async fn version_generate(
 }
 
 /// Generates text from `text_input`, streamed as server-sent events. Requires: invoker.
+#[utoipa::path(tag = "kserve", request_body = crate::routes::schemas::KServeGenerateRequest, responses((status = 200, description = "Server-sent events, each `data:` a generate response", content_type = "text/event-stream", body = crate::routes::schemas::SseEvent)))]
 #[post("/v2/models/{model}/generate_stream")]
 async fn model_generate_stream(
     state: web::Data<AppState>,
@@ -205,6 +208,7 @@ async fn model_generate_stream(
 }
 
 /// The same for one version. Requires: invoker.
+#[utoipa::path(tag = "kserve", request_body = crate::routes::schemas::KServeGenerateRequest, responses((status = 200, description = "Server-sent events, each `data:` a generate response", content_type = "text/event-stream", body = crate::routes::schemas::SseEvent)))]
 #[post("/v2/models/{model}/versions/{version}/generate_stream")]
 async fn version_generate_stream(
     state: web::Data<AppState>,

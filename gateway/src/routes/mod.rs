@@ -25,7 +25,9 @@ pub mod kserve;
 mod kserve_generate;
 mod models;
 mod openai;
+pub mod openapi;
 pub(crate) mod runners;
+mod schemas;
 pub mod table;
 pub(crate) mod tenants;
 mod uploads;
@@ -105,17 +107,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(kserve_generate::version_generate)
         .service(kserve_generate::model_generate_stream)
         .service(kserve_generate::version_generate_stream)
-        .service(openai::models);
+        .service(openai::models)
+        .service(openapi::serve);
 }
 
 /// A JSON list envelope, as every list endpoint answers.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct List<T> {
     pub data: Vec<T>,
 }
 
 /// `?limit=&cursor=` of every paginated list.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     pub limit: Option<i64>,

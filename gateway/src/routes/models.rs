@@ -10,7 +10,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateModel {
     name: String,
@@ -22,6 +22,7 @@ struct CreateModel {
 }
 
 /// Requires: developer.
+#[utoipa::path(tag = "models", request_body = CreateModel, responses((status = 201, body = registry::models::Model)))]
 #[post("/api/v1/tenants/{tenant}/models")]
 async fn create(
     state: web::Data<AppState>,
@@ -37,7 +38,8 @@ async fn create(
     Ok(HttpResponse::Created().json(model))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     limit: Option<i64>,
@@ -48,6 +50,7 @@ struct ListQuery {
 }
 
 /// Models by name; `?task=`, `?tag=`, `?name_prefix=` filter. Requires: viewer.
+#[utoipa::path(tag = "models", params(ListQuery), responses((status = 200, body = registry::page::Page<registry::models::Model>)))]
 #[get("/api/v1/tenants/{tenant}/models")]
 async fn list(
     state: web::Data<AppState>,
@@ -66,7 +69,7 @@ async fn list(
     Ok(HttpResponse::Ok().json(state.registry.list_models(&tenant.id, &filter, &page).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchModel {
     description: Option<String>,
@@ -74,6 +77,7 @@ struct PatchModel {
 }
 
 /// Changes the description and/or tags. Requires: developer.
+#[utoipa::path(tag = "models", request_body = PatchModel, responses((status = 200, body = registry::models::Model)))]
 #[patch("/api/v1/tenants/{tenant}/models/{model}")]
 async fn update(
     state: web::Data<AppState>,
@@ -89,6 +93,7 @@ async fn update(
 }
 
 /// The model with its aliases. Requires: viewer.
+#[utoipa::path(tag = "models", responses((status = 200, body = crate::routes::schemas::ModelWithAliases)))]
 #[get("/api/v1/tenants/{tenant}/models/{model}")]
 async fn get(
     state: web::Data<AppState>,
@@ -104,6 +109,7 @@ async fn get(
 }
 
 /// Deletes a model (refused while it has aliases); its versions are archived. Requires: developer.
+#[utoipa::path(tag = "models", responses((status = 204, description = "Deleted")))]
 #[delete("/api/v1/tenants/{tenant}/models/{model}")]
 async fn remove(
     state: web::Data<AppState>,

@@ -25,6 +25,7 @@ const MAX_INPUTS: usize = 2048;
 
 /// The caller's callable models: each model with a ready version, and each of its aliases.
 /// Requires: invoker.
+#[utoipa::path(tag = "openai", responses((status = 200, body = crate::routes::schemas::ModelList)))]
 #[get("/v1/models")]
 async fn models(state: web::Data<AppState>, principal: Principal) -> Result<HttpResponse, ApiError> {
     let tenant = principal.own_tenant(Role::Invoker)?;
@@ -53,17 +54,22 @@ async fn models(state: web::Data<AppState>, principal: Principal) -> Result<Http
     Ok(HttpResponse::Ok().json(json!({ "object": "list", "data": data })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"model": "minilm", "input": ["A man is eating food.", "A man is riding a horse."]}))]
 struct EmbeddingsRequest {
+    /// `model`, `model:alias` or `model@version`.
     model: String,
+    /// A string, or an array of 1 to 2048 strings.
     input: Value,
+    /// `float`, or `base64` (little-endian f32).
     #[serde(default)]
     encoding_format: EncodingFormat,
+    /// Keep the first this many values, scaled back to unit length.
     #[serde(default)]
     dimensions: Option<u64>,
 }
 
-#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum EncodingFormat {
     #[default]
@@ -106,6 +112,7 @@ pub(super) fn parse_input(input: Value) -> Result<Vec<String>, ApiError> {
 }
 
 /// Requires: invoker. Every call is metered, failed ones too.
+#[utoipa::path(tag = "openai", request_body = EmbeddingsRequest, responses((status = 200, body = crate::routes::schemas::Embeddings)))]
 #[post("/v1/embeddings")]
 async fn embeddings(
     state: web::Data<AppState>,

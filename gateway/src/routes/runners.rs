@@ -15,6 +15,7 @@ use crate::error::ApiError;
 
 /// Each runner: reachable or not, device, memory used against its budget, cache counts, and
 /// every loaded model with its counts. Requires: platform admin.
+#[utoipa::path(tag = "admin", responses((status = 200, body = crate::routes::schemas::RunnerList)))]
 #[get("/api/v1/admin/runners")]
 async fn list(state: web::Data<AppState>, principal: Principal) -> Result<HttpResponse, ApiError> {
     principal.require_platform_admin()?;
@@ -55,14 +56,14 @@ async fn list(state: web::Data<AppState>, principal: Principal) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(json!({ "data": data })))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LoadBody {
     #[serde(default)]
     pin: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PinBody {
     pinned: bool,
@@ -102,6 +103,7 @@ fn per_runner(results: Vec<(String, Result<bool, tonic::Status>)>, field: &str) 
 
 /// Loads the version now on the runner its traffic goes to, pinned if asked. Requires:
 /// platform admin.
+#[utoipa::path(tag = "admin", request_body(content = Option<LoadBody>, content_type = "application/json"), responses((status = 200, body = crate::routes::schemas::Loaded)))]
 #[post("/api/v1/admin/tenants/{tenant}/models/{model}/versions/{version}/load")]
 async fn load(
     state: web::Data<AppState>,
@@ -117,6 +119,7 @@ async fn load(
 }
 
 /// Unloads the version from every runner where it is idle. Requires: platform admin.
+#[utoipa::path(tag = "admin", responses((status = 200, body = crate::routes::schemas::PerRunner)))]
 #[post("/api/v1/admin/tenants/{tenant}/models/{model}/versions/{version}/unload")]
 async fn unload(
     state: web::Data<AppState>,
@@ -130,6 +133,7 @@ async fn unload(
 
 /// Pins (`{"pinned": true}`) or unpins the version wherever it is loaded. Requires: platform
 /// admin.
+#[utoipa::path(tag = "admin", request_body = PinBody, responses((status = 200, body = crate::routes::schemas::PerRunner)))]
 #[post("/api/v1/admin/tenants/{tenant}/models/{model}/versions/{version}/pin")]
 async fn pin(
     state: web::Data<AppState>,

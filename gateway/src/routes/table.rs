@@ -74,6 +74,7 @@ pub const ROUTES: &[Rule] = &[
     rule("GET", "/healthz", Public),
     rule("GET", "/readyz", Public),
     rule("GET", "/.well-known/jwks.json", Public),
+    rule("GET", "/api/v1/openapi.json", Public),
     rule("POST", "/api/v1/auth/token", ApiKey),
     rule("GET", "/api/v1/auth/whoami", Need::Authenticated),
     rule("POST", "/api/v1/tenants", PlatformAdmin),

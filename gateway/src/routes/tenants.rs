@@ -8,13 +8,14 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
     name: String,
 }
 
 /// Requires: platform admin.
+#[utoipa::path(tag = "tenants", request_body = CreateTenant, responses((status = 201, body = registry::tenants::Tenant)))]
 #[post("/api/v1/tenants")]
 async fn create(
     state: web::Data<AppState>,
@@ -28,6 +29,7 @@ async fn create(
 }
 
 /// Requires: platform admin.
+#[utoipa::path(tag = "tenants", params(super::PageQuery), responses((status = 200, body = registry::page::Page<registry::tenants::Tenant>)))]
 #[get("/api/v1/tenants")]
 async fn list(
     state: web::Data<AppState>,
@@ -38,7 +40,7 @@ async fn list(
     Ok(HttpResponse::Ok().json(state.registry.list_tenants(&query.request()?).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetQuotas {
     /// Bytes of distinct files the tenant may store; null (or absent) lifts the limit.
@@ -54,6 +56,7 @@ struct SetQuotas {
 }
 
 /// The tenant's limits and what it uses. Requires: tenant admin.
+#[utoipa::path(tag = "tenants", responses((status = 200, body = crate::routes::schemas::Quotas)))]
 #[get("/api/v1/tenants/{tenant}/quotas")]
 async fn quotas(
     state: web::Data<AppState>,
@@ -65,6 +68,7 @@ async fn quotas(
 }
 
 /// Sets the tenant's limits. Requires: platform admin.
+#[utoipa::path(tag = "tenants", request_body = SetQuotas, responses((status = 200, body = crate::routes::schemas::Quotas)))]
 #[put("/api/v1/tenants/{tenant}/quotas")]
 async fn set_quotas(
     state: web::Data<AppState>,
@@ -85,6 +89,7 @@ async fn set_quotas(
 }
 /// Suspends the tenant: every key and token of it is refused (on every gateway within the
 /// auth cache's lifetime) and its data is kept. Requires: platform admin.
+#[utoipa::path(tag = "tenants", responses((status = 200, body = registry::tenants::Tenant)))]
 #[post("/api/v1/tenants/{tenant}/suspend")]
 async fn suspend(
     state: web::Data<AppState>,
@@ -95,6 +100,7 @@ async fn suspend(
 }
 
 /// Lifts a suspension. Requires: platform admin.
+#[utoipa::path(tag = "tenants", responses((status = 200, body = registry::tenants::Tenant)))]
 #[post("/api/v1/tenants/{tenant}/resume")]
 async fn resume(
     state: web::Data<AppState>,

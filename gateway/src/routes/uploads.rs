@@ -15,7 +15,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StartUpload {
     path: String,
@@ -35,6 +35,7 @@ async fn draft_model(state: &AppState, principal: &Principal, tenant: &str, mode
 
 /// 201 with `"status": "open"` and the session, or 200 with `"status": "complete"` and the
 /// recorded file when the tenant already stores this content. Requires: developer.
+#[utoipa::path(tag = "uploads", request_body = StartUpload, responses((status = 201, description = "`status: open`: send the chunks", body = registry::uploads::Started), (status = 200, description = "`status: complete`: the tenant stores this content already", body = registry::uploads::Started)))]
 #[post("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads")]
 async fn start(
     state: web::Data<AppState>,
@@ -64,7 +65,8 @@ async fn start(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListUploads {
     limit: Option<i64>,
@@ -72,6 +74,7 @@ struct ListUploads {
 }
 
 /// The draft's live sessions, oldest first, paginated. Requires: developer.
+#[utoipa::path(tag = "uploads", params(ListUploads), responses((status = 200, body = registry::page::Page<registry::uploads::UploadSession>)))]
 #[get("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads")]
 async fn list(
     state: web::Data<AppState>,
@@ -86,6 +89,7 @@ async fn list(
 }
 
 /// What the server has. Requires: developer.
+#[utoipa::path(tag = "uploads", responses((status = 200, body = registry::uploads::UploadSession)))]
 #[get("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads/{id}")]
 async fn status(
     state: web::Data<AppState>,
@@ -99,6 +103,7 @@ async fn status(
 
 /// Chunk `index` (bytes `index * chunk_size ..`, exactly `chunk_size` long but for the last).
 /// Requires: developer.
+#[utoipa::path(tag = "uploads", request_body(content = crate::routes::schemas::Binary, content_type = "application/octet-stream"), responses((status = 200, body = registry::uploads::UploadSession)))]
 #[put("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads/{id}/chunks/{index}")]
 async fn chunk(
     state: web::Data<AppState>,
@@ -118,6 +123,7 @@ async fn chunk(
 }
 
 /// Assembles the chunks, checks the declared size and sha256, records the file. Requires: developer.
+#[utoipa::path(tag = "uploads", responses((status = 201, body = registry::versions::VersionFile)))]
 #[post("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads/{id}/complete")]
 async fn complete(
     state: web::Data<AppState>,
@@ -130,6 +136,7 @@ async fn complete(
 }
 
 /// Requires: developer.
+#[utoipa::path(tag = "uploads", responses((status = 204, description = "Aborted")))]
 #[delete("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads/{id}")]
 async fn abort(
     state: web::Data<AppState>,

@@ -11,7 +11,8 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct UsageQuery {
     /// RFC 3339 or seconds since the epoch; default: 24 steps before `to`.
@@ -25,6 +26,7 @@ struct UsageQuery {
 }
 
 /// Requests, errors, tokens and latency per step. Requires: tenant admin.
+#[utoipa::path(tag = "usage", params(UsageQuery), responses((status = 200, body = crate::routes::schemas::UsageReport)))]
 #[get("/api/v1/tenants/{tenant}/usage")]
 async fn usage(
     state: web::Data<AppState>,

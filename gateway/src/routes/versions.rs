@@ -10,7 +10,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateVersion {
     #[serde(default)]
@@ -22,6 +22,7 @@ struct CreateVersion {
 }
 
 /// Starts a new draft version (the body is optional). Requires: developer.
+#[utoipa::path(tag = "versions", request_body(content = Option<CreateVersion>, content_type = "application/json"), responses((status = 201, body = registry::versions::Version)))]
 #[post("/api/v1/tenants/{tenant}/models/{model}/versions")]
 async fn create(
     state: web::Data<AppState>,
@@ -37,7 +38,8 @@ async fn create(
     Ok(HttpResponse::Created().json(version))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     limit: Option<i64>,
@@ -46,6 +48,7 @@ struct ListQuery {
 }
 
 /// Versions by number, `?status=` to keep one status. Requires: viewer.
+#[utoipa::path(tag = "versions", params(ListQuery), responses((status = 200, body = registry::page::Page<registry::versions::Version>)))]
 #[get("/api/v1/tenants/{tenant}/models/{model}/versions")]
 async fn list(
     state: web::Data<AppState>,
@@ -61,6 +64,7 @@ async fn list(
 }
 
 /// A version with its files. Requires: viewer.
+#[utoipa::path(tag = "versions", responses((status = 200, body = registry::versions::Version)))]
 #[get("/api/v1/tenants/{tenant}/models/{model}/versions/{version}")]
 async fn get(
     state: web::Data<AppState>,
@@ -74,6 +78,7 @@ async fn get(
 }
 
 /// Validates the draft and makes it ready and immutable; 422 lists every problem. Requires: developer.
+#[utoipa::path(tag = "versions", responses((status = 200, body = registry::versions::Version), (status = 422, description = "Validation failed: `details.problems` lists each", body = crate::routes::schemas::ErrorBody)))]
 #[post("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/commit")]
 async fn commit(
     state: web::Data<AppState>,
@@ -88,6 +93,7 @@ async fn commit(
 
 /// Archives a version: kept for audit, no longer callable; refused while an alias points at it.
 /// Requires: developer.
+#[utoipa::path(tag = "versions", responses((status = 200, body = registry::versions::Version)))]
 #[post("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/archive")]
 async fn archive(
     state: web::Data<AppState>,

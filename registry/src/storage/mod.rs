@@ -140,7 +140,7 @@ impl std::fmt::Debug for Storage {
 }
 
 /// A URL a client can use without credentials, and the headers it must send with it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SignedRequest {
     pub method: &'static str,
     pub url: String,

@@ -325,7 +325,8 @@ fn sampling(params: &GenerateParams) -> Sampling {
     if temperature <= 0.0 {
         return Sampling::ArgMax;
     }
-    match (params.top_k, params.top_p) {
+    // top_k 0 keeps every token, as in transformers (candle's sampler fails on an empty set).
+    match (params.top_k.filter(|k| *k > 0), params.top_p) {
         (None, None) => Sampling::All { temperature },
         (Some(k), None) => Sampling::TopK { k, temperature },
         (None, Some(p)) => Sampling::TopP { p, temperature },
@@ -390,6 +391,16 @@ impl<'a> TextOut<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by schemathesis: `top_k: 0` reached candle's sampler as an empty set and failed
+    /// the request with a 502.
+    #[test]
+    fn top_k_zero_keeps_every_token() {
+        let params = |top_k, top_p| GenerateParams { temperature: Some(0.7), top_k, top_p, ..Default::default() };
+        assert!(matches!(sampling(&params(Some(0), None)), Sampling::All { .. }));
+        assert!(matches!(sampling(&params(Some(0), Some(0.9))), Sampling::TopP { .. }));
+        assert!(matches!(sampling(&params(Some(5), None)), Sampling::TopK { k: 5, .. }));
+    }
 
     #[test]
     fn text_out_holds_back_possible_stop_sequences_and_ends_at_one() {
