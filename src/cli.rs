@@ -86,11 +86,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(dir) = data_dir {
                 config.data_dir = dir;
             }
-            telemetry::init(&config.log);
+            let telemetry = telemetry::init(&config.log, &config.tracing)?;
             std::fs::create_dir_all(&config.data_dir)?;
             let registry = startup::open_registry(&config).await?;
             registry.db().migrate().await.context("running migrations")?;
             println!("migrations applied");
+            telemetry.shutdown();
             Ok(())
         }
         Command::Dev(flags) => {
@@ -107,7 +108,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
-    telemetry::init(&config.log);
+    let telemetry = telemetry::init(&config.log, &config.tracing)?;
     let running = startup::start(&config, role).await?;
     if let Some(addr) = running.gateway_addr {
         println!("modelgate is serving http://{addr}");
@@ -120,5 +121,7 @@ async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
             None => println!("platform-admin key: see {}", config.admin_key_file().display()),
         }
     }
-    running.until_stopped().await
+    let stopped = running.until_stopped().await;
+    telemetry.shutdown();
+    stopped
 }

@@ -22,6 +22,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub runner: RunnerConfig,
     pub log: LogConfig,
+    pub tracing: TracingConfig,
     pub metrics: crate::metrics::MetricsConfig,
 }
 
@@ -51,6 +52,24 @@ pub enum LogFormat {
     Json,
 }
 
+/// Export of spans to an OpenTelemetry collector. Off unless an endpoint is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingConfig {
+    /// OTLP/gRPC endpoint of a collector (`http://otel-collector:4317`). Spans the log filter
+    /// lets through (the request, its gRPC call on the runner) are exported in batches; the
+    /// caller's `traceparent` is their parent.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self { otlp_endpoint: None, service_name: "modelgate".into() }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         Self { format: LogFormat::Compact, filter: "info".into() }
@@ -66,6 +85,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             runner: RunnerConfig::default(),
             log: LogConfig::default(),
+            tracing: TracingConfig::default(),
             metrics: crate::metrics::MetricsConfig::default(),
         }
     }

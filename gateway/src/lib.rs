@@ -152,8 +152,16 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
                 let path = req.path().to_owned();
                 // The pattern, not the path: one series per route, whatever the names in it.
                 let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-                let context = trace::RequestContext::from_headers(req.headers());
-                let span = tracing::info_span!("request", request.id = %context.request_id, trace.id = %context.trace_id);
+                let mut context = trace::RequestContext::from_headers(req.headers());
+                let span = tracing::info_span!(
+                    "request",
+                    request.id = %context.request_id,
+                    trace.id = tracing::field::Empty,
+                    http.method = %method,
+                    http.route = %route,
+                );
+                context.link(&span);
+                span.record("trace.id", tracing::field::display(&context.trace_id));
                 let (request_id, traceparent) = (context.request_id.clone(), context.traceparent());
                 let call = context.scope(srv.call(req)).instrument(span.clone());
                 async move {

@@ -18,6 +18,8 @@ pub struct RequestContext {
     /// This gateway's span in the trace (16 hex digits).
     pub span_id: String,
     sampled: bool,
+    /// The caller's span, from its `traceparent`.
+    caller_span: Option<String>,
 }
 
 tokio::task_local! {
@@ -30,8 +32,9 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
-/// `00-{trace}-{parent}-{flags}` with non-zero ids; None for anything else.
-fn parse_traceparent(value: &str) -> Option<(String, bool)> {
+/// `00-{trace}-{parent}-{flags}` with non-zero ids: the trace, the parent span and whether it is
+/// sampled; None for anything else.
+fn parse_traceparent(value: &str) -> Option<(String, String, bool)> {
     let mut parts = value.trim().split('-');
     let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
@@ -43,7 +46,7 @@ fn parse_traceparent(value: &str) -> Option<(String, bool)> {
         && hex(parent, 16)
         && nonzero(parent)
         && hex(flags, 2))
-    .then(|| (trace.to_owned(), u8::from_str_radix(flags, 16).is_ok_and(|f| f & 1 == 1)))
+    .then(|| (trace.to_owned(), parent.to_owned(), u8::from_str_radix(flags, 16).is_ok_and(|f| f & 1 == 1)))
 }
 
 /// A request id the caller may choose: short, printable, no spaces.
@@ -57,9 +60,36 @@ impl RequestContext {
         let request_id = header(REQUEST_ID)
             .filter(|v| acceptable_request_id(v))
             .map_or_else(|| uuid::Uuid::now_v7().simple().to_string(), str::to_owned);
-        let (trace_id, sampled) =
-            header(TRACEPARENT).and_then(parse_traceparent).unwrap_or_else(|| (random_hex(16), false));
-        Self { request_id, trace_id, span_id: random_hex(8), sampled }
+        let (trace_id, caller_span, sampled) = match header(TRACEPARENT).and_then(parse_traceparent) {
+            Some((trace, parent, sampled)) => (trace, Some(parent), sampled),
+            None => (random_hex(16), None, false),
+        };
+        Self { request_id, trace_id, span_id: random_hex(8), sampled, caller_span }
+    }
+
+    /// When spans are exported (an OpenTelemetry layer is installed), makes `span` the child of
+    /// the caller's span and takes its ids, so the logs, the answer's `traceparent` and the
+    /// runner's spans name the spans the collector receives. Without one it changes nothing.
+    pub fn link(&mut self, span: &tracing::Span) {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        if let Some(caller) = &self.caller_span {
+            let (Ok(trace), Ok(parent)) = (TraceId::from_hex(&self.trace_id), SpanId::from_hex(caller)) else {
+                return;
+            };
+            let flags = if self.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+            let remote = SpanContext::new(trace, parent, flags, true, TraceState::default());
+            if span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote)).is_err() {
+                return;
+            }
+        }
+        let cx = span.context();
+        let exported = cx.span().span_context().clone();
+        if exported.is_valid() {
+            self.trace_id = exported.trace_id().to_string();
+            self.span_id = exported.span_id().to_string();
+            self.sampled = exported.is_sampled();
+        }
     }
 
     /// The `traceparent` naming this gateway's span as the parent.
@@ -101,7 +131,8 @@ mod tests {
     #[test]
     fn traceparents_parse_strictly() {
         let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(parse_traceparent(good), Some(("4bf92f3577b34da6a3ce929d0e0e4736".into(), true)));
+        let parsed = Some(("4bf92f3577b34da6a3ce929d0e0e4736".into(), "00f067aa0ba902b7".into(), true));
+        assert_eq!(parse_traceparent(good), parsed);
         for bad in [
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",

@@ -143,11 +143,35 @@ fn device() -> candle_core::Device {
     candle_core::Device::Cpu
 }
 
-/// The gateway's request id and trace id (from the call's metadata) on this call's log lines.
+/// The gateway's request id and trace id (from the call's metadata) on this call's log lines;
+/// when spans are exported, the gateway's span is this one's parent.
 fn call_span<T>(rpc: &'static str, request: &Request<T>) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let meta = |name| request.metadata().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let trace_id = meta("traceparent").split('-').nth(1).unwrap_or_default();
-    tracing::info_span!("rpc", rpc, request.id = %meta("x-request-id"), trace.id = %trace_id)
+    let traceparent = meta("traceparent");
+    let trace_id = traceparent.split('-').nth(1).unwrap_or_default();
+    let span = tracing::info_span!("rpc", rpc, request.id = %meta("x-request-id"), trace.id = %trace_id);
+    if let Some(parent) = remote_parent(traceparent) {
+        // Fails only where no spans are exported.
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
+/// The span a W3C `traceparent` names, as an OpenTelemetry parent.
+fn remote_parent(traceparent: &str) -> Option<opentelemetry::Context> {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
+    let mut parts = traceparent.split('-');
+    let (_version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let flags = TraceFlags::new(u8::from_str_radix(flags, 16).ok()?);
+    let remote = SpanContext::new(
+        TraceId::from_hex(trace).ok()?,
+        SpanId::from_hex(span).ok()?,
+        flags,
+        true,
+        TraceState::default(),
+    );
+    remote.is_valid().then(|| opentelemetry::Context::new().with_remote_span_context(remote))
 }
 
 /// Runs a call inside its span and logs how it ended.

@@ -5,7 +5,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_modelgate");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_modelgate");
 
 /// The shell block between the README's try-it markers.
 fn readme_example() -> String {
@@ -18,13 +18,13 @@ fn readme_example() -> String {
     block[code_start..code_end].to_owned()
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-struct Dev {
+pub(crate) struct Dev {
     child: Child,
-    stdout: Vec<String>,
+    pub(crate) stdout: Vec<String>,
 }
 
 impl Drop for Dev {
@@ -34,13 +34,14 @@ impl Drop for Dev {
     }
 }
 
-/// Starts `modelgate dev` in `dir` and waits for the line that says it is serving.
-fn start_dev(dir: &std::path::Path, port: u16) -> Dev {
+/// Starts `modelgate dev` in `dir` with `env` set and waits for the line that says it is serving.
+pub(crate) fn start_dev(dir: &std::path::Path, port: u16, env: &[(&str, &str)]) -> Dev {
     let mut child = Command::new(BIN)
         .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
         .current_dir(dir)
         .env("RUST_LOG", "warn")
         .env("MODELGATE__METRICS__LISTEN", "127.0.0.1:0")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -79,7 +80,7 @@ fn dev_serves_the_readme_example_and_survives_a_restart() {
         }
     };
     let port = free_port();
-    let dev = start_dev(dir.path(), port);
+    let dev = start_dev(dir.path(), port, &[]);
     let printed_key = dev
         .stdout
         .iter()
@@ -114,7 +115,7 @@ fn dev_serves_the_readme_example_and_survives_a_restart() {
     drop(dev);
 
     // A restart keeps the data and the key, and prints no new key.
-    let dev = start_dev(dir.path(), port);
+    let dev = start_dev(dir.path(), port, &[]);
     assert!(!dev.stdout.iter().any(|l| l.trim_start().starts_with("mg_")), "no new key on restart: {:?}", dev.stdout);
     assert_eq!(std::fs::read_to_string(&key_file).expect("admin.key").trim(), printed_key);
     let answer = Command::new("curl")

@@ -37,13 +37,19 @@ fn port(container: &Value, name: &str) -> u16 {
 #[test]
 fn the_helm_chart_matches_the_binary() {
     let Some(python) = service_var("MODELGATE_TEST_PYTHON", "the Helm chart's rendering (PyYAML)") else { return };
-    let manifests = render(&python, &["gateway.ingress.enabled=true", "secrets.storageCredentialsSecret=s3-creds"]);
+    let sets = [
+        "gateway.ingress.enabled=true",
+        "secrets.storageCredentialsSecret=s3-creds",
+        "config.otlpEndpoint=http://otel-collector:4317",
+    ];
+    let manifests = render(&python, &sets);
 
     // The config file is one the binary accepts (unknown keys fail its loader).
     let toml = one(&manifests, "ConfigMap", "mg-modelgate-config")["data"]["modelgate.toml"].as_str().expect("toml");
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("modelgate.toml"), toml).expect("write");
     let config = modelgate::config::Config::load(Some(&dir.path().join("modelgate.toml"))).expect("the config loads");
+    assert_eq!(config.tracing.otlp_endpoint.as_deref(), Some("http://otel-collector:4317"));
 
     let gateway = one(&manifests, "Deployment", "mg-modelgate-gateway");
     let container = &gateway["spec"]["template"]["spec"]["containers"][0];

@@ -25,6 +25,7 @@ mod metrics;
 mod minilm;
 mod model_cache;
 mod openapi;
+mod otlp;
 mod outage;
 mod pagination;
 mod postgres_restart;
