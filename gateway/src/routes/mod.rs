@@ -25,7 +25,7 @@ pub mod kserve;
 mod kserve_generate;
 mod models;
 mod openai;
-pub mod openapi;
+mod openapi;
 pub(crate) mod runners;
 mod schemas;
 pub mod table;

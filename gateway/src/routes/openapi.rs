@@ -103,7 +103,7 @@ use super::table::{self, Need};
 struct ApiDoc;
 
 /// The document, built once.
-pub fn document() -> &'static Document {
+fn document() -> &'static Document {
     static DOCUMENT: OnceLock<Document> = OnceLock::new();
     DOCUMENT.get_or_init(ApiDoc::openapi)
 }
@@ -188,8 +188,9 @@ fn operations(item: &mut utoipa::openapi::PathItem) -> Vec<(&'static str, &mut O
 }
 
 /// An actix pattern as an OpenAPI path: `{path:.*}` is `{path}`, and the tree route's optional
-/// folder suffix is left out (a folder is named by the `path` query there).
-pub(crate) fn openapi_path(pattern: &str) -> String {
+/// folder suffix is left out (OpenAPI has no optional path segments; the document describes the
+/// revision's root, and a folder follows as more segments).
+fn openapi_path(pattern: &str) -> String {
     let mut out = String::with_capacity(pattern.len());
     let mut rest = pattern;
     while let Some(open) = rest.find('{') {
