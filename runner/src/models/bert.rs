@@ -7,8 +7,9 @@
 //!   than the arithmetic);
 //! - query, key and value are one product (their weights concatenated at load), with the
 //!   1/sqrt(head size) of the scores folded into the query weights;
-//! - softmax runs fused over the last dimension, and on the CPU the GELU with its bias, and
-//!   each block's bias, residual and layer norm, run as one pass each (`fused.rs`).
+//! - on the CPU, attention runs per sentence and head straight from the QKV product, over real
+//!   tokens only; the GELU with its bias, and each block's bias, residual and layer norm, run
+//!   as one pass each (`fused.rs`). Elsewhere softmax runs fused over the last dimension.
 
 use candle_core::{DType, Module as _, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
@@ -121,6 +122,7 @@ impl BertEncoder {
     /// Hidden states (batch, tokens, hidden) of `ids` (batch, tokens); `mask` is 1 for a real
     /// token and 0 for padding, which no token attends to.
     pub fn forward(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let token_mask = mask;
         let (batch, len) = ids.dims2()?;
         let (h, heads) = (self.hidden, self.heads);
         let head_size = h / heads;
@@ -133,13 +135,19 @@ impl BertEncoder {
         // (tokens, h) -> (batch, heads, tokens, head size), contiguous for the batched product.
         let split = |t: Tensor| t.reshape((batch, len, heads, head_size))?.transpose(1, 2)?.contiguous();
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(&x)?;
-            let q = split(qkv.narrow(1, 0, h)?)?;
-            let k = split(qkv.narrow(1, h, h)?)?;
-            let v = split(qkv.narrow(1, 2 * h, h)?)?;
-            let scores = q.matmul(&k.t()?)?.broadcast_add(&mask)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let context = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((batch * len, h))?;
+            let product = x.matmul(&layer.qkv.weight_t)?;
+            let context = match super::fused::attention(&product, &layer.qkv.bias, token_mask, heads)? {
+                Some(context) => context,
+                None => {
+                    let qkv = product.broadcast_add(&layer.qkv.bias)?;
+                    let q = split(qkv.narrow(1, 0, h)?)?;
+                    let k = split(qkv.narrow(1, h, h)?)?;
+                    let v = split(qkv.narrow(1, 2 * h, h)?)?;
+                    let scores = q.matmul(&k.t()?)?.broadcast_add(&mask)?;
+                    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                    probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((batch * len, h))?
+                }
+            };
             let attended = layer.attention_norm.forward(&context.matmul(&layer.attention_out.weight_t)?, &x)?;
             let inner = match self.activation {
                 // Bias and activation in one pass.

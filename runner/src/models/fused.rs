@@ -1,9 +1,10 @@
-//! Element-wise work fused into one parallel pass on the CPU, where candle would make several
-//! single-purpose passes: GELU (the exact, erf form) of a dense layer's output plus its bias,
-//! and the layer norm of a dense layer's output plus its bias plus the residual. Other
-//! devices and dtypes take candle's ops.
+//! Work fused into one parallel pass on the CPU, where candle would make several
+//! single-purpose passes: GELU (the exact, erf form) of a dense layer's output plus its bias;
+//! the layer norm of a dense layer's output plus its bias plus the residual; and multi-head
+//! self-attention straight from the fused QKV product. Other devices and dtypes take candle's
+//! ops.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module as _, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module as _, Result, Shape, Tensor};
 use candle_nn::LayerNorm;
 use rayon::prelude::*;
 
@@ -121,17 +122,150 @@ impl CustomOp2 for ResidualNormCpu {
     }
 }
 
+/// Multi-head self-attention of a batch of `batch` sentences of `len` tokens, from `qkv`, the
+/// QKV product (batch * len, 3 * hidden) before its `bias` (3 * hidden), with the query scale
+/// folded into the weights. Per sentence and head it computes softmax(q kᵀ) v over the
+/// sentence's real tokens only (`mask`, (batch, len), is 1 for a real token), reading q, k and
+/// v where the product left them: no head-layout copies, no padded keys, no mask pass. Rows of
+/// padding come out as zeros (nothing attends to them; pooling skips them). Answers
+/// (batch * len, hidden), or None off the CPU or for other dtypes (the caller takes candle's ops).
+pub fn attention(qkv: &Tensor, bias: &Tensor, mask: &Tensor, heads: usize) -> Result<Option<Tensor>> {
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if !(f32_cpu(qkv) && f32_cpu(bias)) {
+        return Ok(None);
+    }
+    let mask = mask.to_dtype(DType::F32)?.contiguous()?;
+    qkv.contiguous()?.apply_op3_no_bwd(&bias.contiguous()?, &mask, &Attention { heads }).map(Some)
+}
+
+struct Attention {
+    heads: usize,
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (qkv, bias) = f32_slices(self.name(), (s1, l1), (s2, l2))?;
+        let mask = f32_slice(self.name(), s3, l3)?;
+        let (&[tokens, width], &[batch, len]) = (l1.dims(), l3.dims()) else {
+            candle_core::bail!("attention: qkv {:?} and mask {:?} must be matrices", l1.dims(), l3.dims())
+        };
+        let hidden = width / 3;
+        let heads = self.heads;
+        if heads == 0 || hidden % heads != 0 || width != 3 * hidden || bias.len() != width || tokens != batch * len {
+            candle_core::bail!(
+                "attention: qkv {:?}, bias {}, mask {:?}, {heads} heads do not fit",
+                l1.dims(),
+                bias.len(),
+                l3.dims()
+            )
+        }
+        let size = hidden / heads;
+        // Per (sentence, head): its context rows, (len, size), head-major.
+        let mut per_head = vec![0f32; tokens * hidden];
+        if len > 0 {
+            per_head.par_chunks_mut(len * size).enumerate().for_each(|(task, out)| {
+                let (sentence, head) = (task / heads, task % heads);
+                let rows = &qkv[sentence * len * width..(sentence + 1) * len * width];
+                let real: Vec<usize> = (0..len).filter(|&j| mask[sentence * len + j] > 0.5).collect();
+                // This head's keys and values of the real tokens, with their biases.
+                let gather = |part: usize| -> Vec<f32> {
+                    let at = part * hidden + head * size;
+                    let mut out = Vec::with_capacity(real.len() * size);
+                    for &j in &real {
+                        let row = &rows[j * width + at..j * width + at + size];
+                        out.extend(row.iter().zip(&bias[at..at + size]).map(|(x, b)| x + b));
+                    }
+                    out
+                };
+                let (keys, values) = (gather(1), gather(2));
+                let mut query = vec![0f32; size];
+                let mut scores = vec![0f32; real.len()];
+                for &i in &real {
+                    let at = head * size;
+                    for ((q, &x), &b) in
+                        query.iter_mut().zip(&rows[i * width + at..i * width + at + size]).zip(&bias[at..])
+                    {
+                        *q = x + b;
+                    }
+                    let mut max = f32::NEG_INFINITY;
+                    for (score, key) in scores.iter_mut().zip(keys.chunks_exact(size)) {
+                        *score = dot(&query, key);
+                        max = max.max(*score);
+                    }
+                    let mut sum = 0f32;
+                    for score in &mut scores {
+                        *score = (*score - max).exp();
+                        sum += *score;
+                    }
+                    let context = &mut out[i * size..(i + 1) * size];
+                    for (&p, value) in scores.iter().zip(values.chunks_exact(size)) {
+                        let p = p / sum;
+                        for (c, &v) in context.iter_mut().zip(value) {
+                            *c += p * v;
+                        }
+                    }
+                }
+            });
+        }
+        // Back to one row per token: (batch * len, hidden).
+        let mut out = vec![0f32; tokens * hidden];
+        if len > 0 {
+            out.par_chunks_mut(len * hidden).enumerate().for_each(|(sentence, out)| {
+                for head in 0..heads {
+                    let from =
+                        &per_head[(sentence * heads + head) * len * size..(sentence * heads + head + 1) * len * size];
+                    for (row, context) in out.chunks_exact_mut(hidden).zip(from.chunks_exact(size)) {
+                        row[head * size..(head + 1) * size].copy_from_slice(context);
+                    }
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((tokens, hidden))))
+    }
+}
+
+/// A dot product in eight lanes, which the compiler vectorizes (a plain sum of products would
+/// have to keep its order and stay scalar).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (a8.remainder(), b8.remainder());
+    for (a, b) in a8.zip(b8) {
+        for l in 0..8 {
+            lanes[l] += a[l] * b[l];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(a, b)| a * b).sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// The data of a contiguous f32 tensor.
+fn f32_slice<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else { candle_core::bail!("{op} takes f32 tensors") };
+    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("{op} takes contiguous tensors") };
+    Ok(&data[start..end])
+}
+
 /// The data of two contiguous f32 tensors.
 fn f32_slices<'a>(
     op: &str,
     (s1, l1): (&'a CpuStorage, &Layout),
     (s2, l2): (&'a CpuStorage, &Layout),
 ) -> Result<(&'a [f32], &'a [f32])> {
-    let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else { candle_core::bail!("{op} takes f32 tensors") };
-    let (Some((a_start, a_end)), Some((b_start, b_end))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
-        candle_core::bail!("{op} takes contiguous tensors")
-    };
-    Ok((&a[a_start..a_end], &b[b_start..b_end]))
+    Ok((f32_slice(op, s1, l1)?, f32_slice(op, s2, l2)?))
 }
 
 #[inline(always)]
@@ -174,6 +308,38 @@ mod tests {
         let reference = x.to_dtype(DType::F64)?.broadcast_add(&bias.to_dtype(DType::F64)?)?.gelu_erf()?;
         let diff = (fused.to_dtype(DType::F64)? - reference)?.abs()?.max_all()?.to_scalar::<f64>()?;
         assert!(diff < 2e-6, "fused GELU differs from the exact one by {diff}");
+        Ok(())
+    }
+
+    /// The fused attention against the same attention in candle's ops, on a batch whose second
+    /// sentence is padded: real rows agree, padded rows are zeros.
+    #[test]
+    fn fused_attention_matches_candles_ops_on_real_tokens() -> candle_core::Result<()> {
+        let (batch, len, heads, size) = (2, 7, 3, 12);
+        let hidden = heads * size;
+        let cpu = &Device::Cpu;
+        let ramp = |n: usize, a: f64| Tensor::arange(0u32, n as u32, cpu)?.to_dtype(DType::F32)?.affine(a, 0.3)?.sin();
+        let qkv = ramp(batch * len * 3 * hidden, 0.37)?.reshape((batch * len, 3 * hidden))?;
+        let bias = ramp(3 * hidden, 0.11)?;
+        let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]], cpu)?;
+        let fused = super::attention(&qkv, &bias, &mask, heads)?.expect("the CPU path");
+
+        let with_bias = qkv.broadcast_add(&bias)?;
+        let split = |t: Tensor| t.reshape((batch, len, heads, size))?.transpose(1, 2)?.contiguous();
+        let (q, k, v) = (
+            split(with_bias.narrow(1, 0, hidden)?)?,
+            split(with_bias.narrow(1, hidden, hidden)?)?,
+            split(with_bias.narrow(1, 2 * hidden, hidden)?)?,
+        );
+        let additive = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((batch, 1, 1, len))?;
+        let probs = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?.broadcast_add(&additive)?)?;
+        let reference = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((batch * len, hidden))?;
+        let rows = |t: &Tensor, from: usize, n: usize| t.narrow(0, from, n);
+        for (from, n) in [(0, 7), (7, 4)] {
+            let diff = (rows(&fused, from, n)? - rows(&reference, from, n)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "rows {from}..{}: the fused attention differs by {diff}", from + n);
+        }
+        assert_eq!(rows(&fused, 11, 3)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0, "padded rows are zeros");
         Ok(())
     }
 
