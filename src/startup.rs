@@ -18,6 +18,10 @@ use tokio::sync::oneshot;
 
 use crate::config::Config;
 
+/// How long a stopping runner waits for its calls and connections to end (as the HTTP servers'
+/// `shutdown_timeout`).
+const RUNNER_DRAIN: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
     Gateway,
@@ -73,9 +77,20 @@ impl Running {
             handle.stop(true).await;
             task.await.context("the HTTP server task")?.context("the HTTP server")?;
         }
-        if let Some((stop, task)) = self.runner {
+        if let Some((stop, mut task)) = self.runner {
             let _ = stop.send(());
-            task.await.context("runner task")?.context("runner server")?;
+            // Graceful: calls in flight finish. A client that keeps its connection open would
+            // keep the server waiting for ever, so past the deadline it stops regardless.
+            match tokio::time::timeout(RUNNER_DRAIN, &mut task).await {
+                Ok(joined) => joined.context("runner task")?.context("runner server")?,
+                Err(_) => {
+                    tracing::warn!(
+                        deadline_secs = RUNNER_DRAIN.as_secs(),
+                        "runner connections still open; stopping it anyway"
+                    );
+                    task.abort();
+                }
+            }
         }
         if let Some((handle, task)) = self.metrics {
             handle.stop(true).await;

@@ -225,9 +225,14 @@ impl TestApp {
         response.text().await.expect("metrics text")
     }
 
+    /// The in-process runner's gRPC address.
+    pub fn runner_addr(&self) -> std::net::SocketAddr {
+        self.running.as_ref().and_then(|r| r.runner_addr).expect("the runner runs")
+    }
+
     /// A gRPC client of the in-process runner.
     pub async fn runner_client(&self) -> proto::v1::runner_client::RunnerClient<tonic::transport::Channel> {
-        let addr = self.running.as_ref().and_then(|r| r.runner_addr).expect("the runner runs");
+        let addr = self.runner_addr();
         proto::v1::runner_client::RunnerClient::connect(format!("http://{addr}")).await.expect("runner reachable")
     }
 

@@ -226,3 +226,15 @@ async fn a_client_that_leaves_mid_stream_stops_its_generation() {
     assert_eq!(status(&app).await.loaded[0].in_flight, 0);
     app.stop().await;
 }
+
+/// A client that connects to the runner and never finishes its HTTP/2 handshake (or keeps a
+/// connection open for any reason) must not keep a stopping runner waiting for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_stops_within_its_deadline_while_a_connection_stays_open() {
+    let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    let addr = app.runner_addr();
+    let _silent = tokio::net::TcpStream::connect(addr).await.expect("a connection to the runner");
+    let started = std::time::Instant::now();
+    tokio::time::timeout(std::time::Duration::from_secs(30), app.stop()).await.expect("the runner stopped");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "stopped after {:?}", started.elapsed());
+}
