@@ -125,15 +125,21 @@ impl Browser {
 
     /// Waits until the text of the element `css` contains `want`; answers the whole text.
     pub async fn wait_text(&self, css: &str, want: &str) -> String {
+        self.wait_new_text(css, want, None).await
+    }
+
+    /// The same, and the text must differ from `old`: after a post that answers with a page
+    /// like the one before it, the element may still be the old page's for a moment.
+    pub async fn wait_new_text(&self, css: &str, want: &str, old: Option<&str>) -> String {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let text = self.text(css).await;
-            if text.contains(want) {
+            if text.contains(want) && old != Some(text.as_str()) {
                 return text;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{css:?} says {text:?}, not {want:?}, on {}",
+                "{css:?} says {text:?}, not a new {want:?}, on {}",
                 self.url().await
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -161,9 +167,18 @@ impl Browser {
     }
 
     pub async fn click(&self, css: &str) {
-        let element = self.find(css).await;
-        let answer = self.post(&format!("/element/{element}/click"), json!({})).await;
-        assert!(answer.is_null(), "clicking {css:?} failed: {answer}");
+        // A part of the page that refreshes itself (runners, overview) may replace the element
+        // between finding and clicking it; a stale element was not clicked, so find it again.
+        for _ in 0..10 {
+            let element = self.find(css).await;
+            let answer = self.post(&format!("/element/{element}/click"), json!({})).await;
+            if answer.is_null() {
+                return;
+            }
+            assert_eq!(answer["error"], "stale element reference", "clicking {css:?} failed: {answer}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("clicking {css:?}: the element went stale ten times");
     }
 
     pub async fn execute(&self, script: &str) -> Value {
