@@ -122,7 +122,6 @@ impl BertEncoder {
     /// Hidden states (batch, tokens, hidden) of `ids` (batch, tokens); `mask` is 1 for a real
     /// token and 0 for padding, which no token attends to.
     pub fn forward(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let token_mask = mask;
         let (batch, len) = ids.dims2()?;
         let (h, heads) = (self.hidden, self.heads);
         let head_size = h / heads;
@@ -131,19 +130,19 @@ impl BertEncoder {
             .broadcast_add(&self.positions.forward(&positions)?)?;
         let mut x = self.embedding_norm.forward(&x)?.reshape((batch * len, h))?;
         // 0 where attended, a large negative number where padded: (batch, 1, 1, tokens).
-        let mask = ((mask.to_dtype(DType::F32)? - 1.0)? * f64::from(f32::MAX))?.reshape((batch, 1, 1, len))?;
+        let additive = ((mask.to_dtype(DType::F32)? - 1.0)? * f64::from(f32::MAX))?.reshape((batch, 1, 1, len))?;
         // (tokens, h) -> (batch, heads, tokens, head size), contiguous for the batched product.
         let split = |t: Tensor| t.reshape((batch, len, heads, head_size))?.transpose(1, 2)?.contiguous();
         for layer in &self.layers {
             let product = x.matmul(&layer.qkv.weight_t)?;
-            let context = match super::fused::attention(&product, &layer.qkv.bias, token_mask, heads)? {
+            let context = match super::fused::attention(&product, &layer.qkv.bias, mask, heads)? {
                 Some(context) => context,
                 None => {
                     let qkv = product.broadcast_add(&layer.qkv.bias)?;
                     let q = split(qkv.narrow(1, 0, h)?)?;
                     let k = split(qkv.narrow(1, h, h)?)?;
                     let v = split(qkv.narrow(1, 2 * h, h)?)?;
-                    let scores = q.matmul(&k.t()?)?.broadcast_add(&mask)?;
+                    let scores = q.matmul(&k.t()?)?.broadcast_add(&additive)?;
                     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
                     probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((batch * len, h))?
                 }
