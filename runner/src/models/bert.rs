@@ -129,13 +129,15 @@ impl BertEncoder {
         let x = (self.words.forward(ids)? + self.token_types.forward(type_ids)?)?
             .broadcast_add(&self.positions.forward(&positions)?)?;
         let mut x = self.embedding_norm.forward(&x)?.reshape((batch * len, h))?;
+        // Converted once for every layer's attention.
+        let mask = mask.to_dtype(DType::F32)?.contiguous()?;
         // 0 where attended, a large negative number where padded: (batch, 1, 1, tokens).
-        let additive = ((mask.to_dtype(DType::F32)? - 1.0)? * f64::from(f32::MAX))?.reshape((batch, 1, 1, len))?;
+        let additive = ((&mask - 1.0)? * f64::from(f32::MAX))?.reshape((batch, 1, 1, len))?;
         // (tokens, h) -> (batch, heads, tokens, head size), contiguous for the batched product.
         let split = |t: Tensor| t.reshape((batch, len, heads, head_size))?.transpose(1, 2)?.contiguous();
         for layer in &self.layers {
             let product = x.matmul(&layer.qkv.weight_t)?;
-            let context = match super::fused::attention(&product, &layer.qkv.bias, mask, heads)? {
+            let context = match super::fused::attention(&product, &layer.qkv.bias, &mask, heads)? {
                 Some(context) => context,
                 None => {
                     let qkv = product.broadcast_add(&layer.qkv.bias)?;

@@ -134,6 +134,7 @@ pub fn attention(qkv: &Tensor, bias: &Tensor, mask: &Tensor, heads: usize) -> Re
     if !(f32_cpu(qkv) && f32_cpu(bias)) {
         return Ok(None);
     }
+    // No copies where the caller converted already (bert.rs does, once for every layer).
     let mask = mask.to_dtype(DType::F32)?.contiguous()?;
     qkv.contiguous()?.apply_op3_no_bwd(&bias.contiguous()?, &mask, &Attention { heads }).map(Some)
 }
