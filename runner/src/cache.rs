@@ -2,8 +2,8 @@
 //! under the runner's budget.
 //!
 //! - A request holds a [`Lease`] on its model while it runs; a leased model is never evicted.
-//! - Before a load, room is made for the model (estimated from its weight files): idle,
-//!   unpinned models go, least recently used first. If the busy and pinned ones leave no
+//! - Before a load, once its files are fetched, room is made for the model (estimated from
+//!   its weights' headers, in the type they will take on the device): idle, unpinned models go, least recently used first. If the busy and pinned ones leave no
 //!   room, the load waits for a model to become idle (up to [`ROOM_WAIT`]), then fails with
 //!   RESOURCE_EXHAUSTED. Once loaded, the model's real cost replaces the estimate.
 //! - Concurrent first requests share one load; a failed load is reported to each of them
@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use candle_core::Device;
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 
 use crate::artifacts::ArtifactCache;
+use crate::device::Placement;
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::models::ModelFiles;
@@ -71,7 +71,7 @@ struct Inner {
     changed: tokio::sync::Notify,
     loading: Mutex<HashMap<String, Load>>,
     artifacts: ArtifactCache,
-    device: Device,
+    placement: Placement,
     limits: BatchLimits,
     budget_bytes: u64,
     loads: AtomicU64,
@@ -110,13 +110,13 @@ impl Drop for Lease {
 }
 
 impl ModelCache {
-    pub fn new(artifacts: ArtifactCache, device: Device, budget_bytes: u64, limits: BatchLimits) -> Self {
+    pub fn new(artifacts: ArtifactCache, placement: Placement, budget_bytes: u64, limits: BatchLimits) -> Self {
         let inner = Inner {
             state: Mutex::default(),
             changed: tokio::sync::Notify::new(),
             loading: Mutex::default(),
             artifacts,
-            device,
+            placement,
             limits,
             budget_bytes,
             loads: AtomicU64::new(0),
@@ -187,22 +187,20 @@ impl ModelCache {
     }
 
     async fn load(&self, spec: &ModelSpec) -> Result<()> {
-        let estimate: u64 = spec
-            .files
-            .iter()
-            .filter(|f| f.path.ends_with(".safetensors") || f.path.ends_with(".gguf"))
-            .map(|f| f.size)
-            .sum();
+        self.inner.loads.fetch_add(1, Ordering::Relaxed);
+        let local = self.inner.artifacts.fetch_all(&spec.display_name, &spec.files).await?;
+        let paths = spec.files.iter().map(|f| f.path.clone()).zip(local).collect();
+        let files = ModelFiles { model: spec.display_name.clone(), paths };
+        // Room for what the weights will take on the device, in the type they will take there.
+        let estimate = files.weight_bytes(self.inner.placement.float_bytes())?;
         self.make_room(&spec.version_id, &spec.display_name, estimate).await?;
-        let loaded = async {
-            self.inner.loads.fetch_add(1, Ordering::Relaxed);
-            let local = self.inner.artifacts.fetch_all(&spec.display_name, &spec.files).await?;
-            let paths = spec.files.iter().map(|f| f.path.clone()).zip(local).collect();
-            let files = ModelFiles { model: spec.display_name.clone(), paths };
-            let limits = self.inner.limits;
-            ModelWorker::start(spec.display_name.clone(), spec.task.clone(), files, self.inner.device.clone(), limits)
-                .await
-        }
+        let loaded = ModelWorker::start(
+            spec.display_name.clone(),
+            spec.task.clone(),
+            files,
+            self.inner.placement.clone(),
+            self.inner.limits,
+        )
         .await;
         let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.reserved.remove(&spec.version_id);
@@ -357,7 +355,7 @@ impl ModelCache {
         self.inner.budget_bytes
     }
 
-    pub fn device(&self) -> &Device {
-        &self.inner.device
+    pub fn device(&self) -> &candle_core::Device {
+        &self.inner.placement.device
     }
 }

@@ -22,6 +22,8 @@ pub enum Error {
     WorkerGone(String),
     #[error("inference failed: {0}")]
     Inference(String),
+    #[error("the GPU failed: {0}")]
+    Device(String),
     #[error("I/O error in the artifact cache")]
     Io(#[from] std::io::Error),
 }
@@ -43,7 +45,7 @@ impl Error {
             Error::DigestMismatch { .. } => Status::data_loss(message),
             Error::Fetch { .. } | Error::WorkerGone(_) => Status::unavailable(message),
             Error::Overloaded(_) => Status::resource_exhausted(message),
-            Error::Inference(_) | Error::Io(_) => Status::internal(message),
+            Error::Inference(_) | Error::Device(_) | Error::Io(_) => Status::internal(message),
         }
     }
 }

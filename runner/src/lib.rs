@@ -3,6 +3,7 @@
 mod artifacts;
 mod cache;
 pub mod convert;
+mod device;
 mod error;
 pub mod metrics;
 mod models;
@@ -19,6 +20,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::models::GenerateParams;
+pub use device::GpuDtype;
 pub use error::Error;
 pub use models::Embedded;
 use proto::v1::runner_server::{Runner as RunnerRpc, RunnerServer};
@@ -40,7 +42,7 @@ pub struct RunnerConfig {
     pub cache_dir: Option<PathBuf>,
     /// Bytes the artifact cache may keep; least recently used files go first.
     pub cache_max_bytes: u64,
-    /// Memory the loaded models may take together.
+    /// Memory the loaded models may take together (device memory on a GPU).
     pub memory_budget_mib: u64,
     /// The same in bytes, when set (it wins over `memory_budget_mib`).
     pub memory_budget_bytes: Option<u64>,
@@ -56,6 +58,9 @@ pub struct RunnerConfig {
     /// How long (µs) a batch waits for more requests once one arrives; 0 takes only what is
     /// already queued.
     pub max_batch_wait_us: u64,
+    /// The type of model weights on a GPU: `auto` (the model's own half-precision type, else
+    /// f16 for encoders and bf16 for generators), `f16`, `bf16` or `f32`. The CPU computes in f32.
+    pub gpu_dtype: GpuDtype,
 }
 
 impl Default for RunnerConfig {
@@ -71,6 +76,7 @@ impl Default for RunnerConfig {
             max_batch_inputs: 256,
             max_batch_tokens: 16_384,
             max_batch_wait_us: 0,
+            gpu_dtype: GpuDtype::Auto,
         }
     }
 }
@@ -86,8 +92,8 @@ impl Runner {
     /// is where fetched files are kept (the config's, resolved by the caller).
     pub fn new(config: &RunnerConfig, cache_dir: PathBuf, store: Arc<dyn ObjectStore>) -> Result<Self, Error> {
         let artifacts = artifacts::ArtifactCache::new(cache_dir, store, config.cache_max_bytes)?;
-        let device = device();
-        tracing::info!(device = ?device, memory_budget_mib = config.memory_budget_mib, "runner ready");
+        let placement = device::Placement::new(config.gpu_dtype);
+        tracing::info!(device = ?placement.device, gpu_dtype = ?config.gpu_dtype, memory_budget_mib = config.memory_budget_mib, "runner ready");
         let limits = worker::BatchLimits {
             queue_depth: config.queue_depth.max(1),
             max_batch_inputs: config.max_batch_inputs.max(1),
@@ -95,7 +101,7 @@ impl Runner {
             max_batch_wait: std::time::Duration::from_micros(config.max_batch_wait_us),
         };
         let budget = config.memory_budget_bytes.unwrap_or(config.memory_budget_mib * 1024 * 1024);
-        let models = cache::ModelCache::new(artifacts, device, budget, limits);
+        let models = cache::ModelCache::new(artifacts, placement, budget, limits);
         if config.idle_ttl_secs > 0 {
             tokio::spawn(models.clone().expire_idle(std::time::Duration::from_secs(config.idle_ttl_secs)));
         }
@@ -125,22 +131,12 @@ impl Runner {
     }
 }
 
-/// The CUDA GPU when built with `cuda` and one is present, else the CPU.
 /// A seed for a generation that asked for none.
 fn rand_seed() -> u64 {
     use std::hash::{BuildHasher as _, Hasher as _};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
     hasher.finish()
-}
-
-fn device() -> candle_core::Device {
-    #[cfg(feature = "cuda")]
-    match candle_core::Device::cuda_if_available(0) {
-        Ok(device) => return device,
-        Err(e) => tracing::warn!(error = %e, "no usable CUDA device; using the CPU"),
-    }
-    candle_core::Device::Cpu
 }
 
 /// The gateway's request id and trace id (from the call's metadata) on this call's log lines;

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::time::Instant;
 
-use candle_core::Device;
 use tokio::sync::oneshot;
 
+use crate::device::Placement;
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::models::{Embedded, GenerateParams, LoadedModel, ModelFiles, Piece};
@@ -74,7 +74,7 @@ impl ModelWorker {
         display_name: String,
         task: String,
         files: ModelFiles,
-        device: Device,
+        placement: Placement,
         limits: BatchLimits,
     ) -> Result<Self> {
         let (queue, jobs) = mpsc::sync_channel::<Job>(limits.queue_depth);
@@ -86,7 +86,7 @@ impl ModelWorker {
             let started = Instant::now();
             // A loader that panics on weights it cannot use must not take the runner down.
             let loaded =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| LoadedModel::load(&task, &files, &device)))
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| LoadedModel::load(&task, &files, &placement)))
                     .unwrap_or_else(|_| Err(files.invalid("the weights do not match the config")));
             let mut model = match loaded {
                 Ok((model, bytes)) => {

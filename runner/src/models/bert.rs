@@ -131,8 +131,9 @@ impl BertEncoder {
         let mut x = self.embedding_norm.forward(&x)?.reshape((batch * len, h))?;
         // Converted once for every layer's attention.
         let mask = mask.to_dtype(DType::F32)?.contiguous()?;
-        // 0 where attended, a large negative number where padded: (batch, 1, 1, tokens).
-        let additive = ((&mask - 1.0)? * f64::from(f32::MAX))?.reshape((batch, 1, 1, len))?;
+        // 0 where attended, a large negative number where padded (-inf in half precision):
+        // (batch, 1, 1, tokens), in the type the scores are in.
+        let additive = ((&mask - 1.0)? * f64::from(f32::MAX))?.to_dtype(x.dtype())?.reshape((batch, 1, 1, len))?;
         // (tokens, h) -> (batch, heads, tokens, head size), contiguous for the batched product.
         let split = |t: Tensor| t.reshape((batch, len, heads, head_size))?.transpose(1, 2)?.contiguous();
         for layer in &self.layers {

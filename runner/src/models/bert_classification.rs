@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{D, Tensor};
+use candle_core::{D, DType, Tensor};
 use candle_nn::{Linear, Module as _, VarBuilder};
 use serde::Deserialize;
 
@@ -57,12 +57,12 @@ impl ClassifierHead {
         })
     }
 
-    /// Label scores (batch, labels) from the encoder's states (batch, tokens, hidden).
+    /// Label scores (batch, labels), in f32, from the encoder's states (batch, tokens, hidden).
     pub fn scores(&self, hidden: &Tensor) -> Result<Tensor> {
         (|| {
             let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;
             let pooled = self.pooler.forward(&cls)?.tanh()?;
-            let logits = self.classifier.forward(&pooled)?;
+            let logits = self.classifier.forward(&pooled)?.to_dtype(DType::F32)?;
             if self.multi_label {
                 candle_nn::ops::sigmoid(&logits)
             } else {

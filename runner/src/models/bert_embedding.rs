@@ -54,12 +54,12 @@ pub struct BertEmbedder {
 
 impl BertEmbedder {
     /// A sequence classifier: the same encoder, with the classification head of its weights.
-    pub fn load_classifier(config: Config, files: &ModelFiles, device: &Device) -> Result<(Self, u64)> {
-        Self::load_with(config, files, device, true)
+    pub fn load_classifier(config: Config, files: &ModelFiles, device: &Device, dtype: DType) -> Result<(Self, u64)> {
+        Self::load_with(config, files, device, dtype, true)
     }
 
-    pub fn load(config: Config, files: &ModelFiles, device: &Device) -> Result<(Self, u64)> {
-        Self::load_with(config, files, device, false)
+    pub fn load(config: Config, files: &ModelFiles, device: &Device, dtype: DType) -> Result<(Self, u64)> {
+        Self::load_with(config, files, device, dtype, false)
     }
 
     /// The labels a classifier scores, in the order of its scores.
@@ -67,7 +67,13 @@ impl BertEmbedder {
         self.head.as_ref().map(|h| h.labels.as_slice())
     }
 
-    fn load_with(config: Config, files: &ModelFiles, device: &Device, classify: bool) -> Result<(Self, u64)> {
+    fn load_with(
+        config: Config,
+        files: &ModelFiles,
+        device: &Device,
+        dtype: DType,
+        classify: bool,
+    ) -> Result<(Self, u64)> {
         // sentence-transformers layout: modules.json names the pooling folder and whether a
         // Normalize module follows. Without it: mean pooling, normalised, as all-MiniLM does.
         let modules: Option<Vec<Module>> =
@@ -113,8 +119,8 @@ impl BertEmbedder {
             .with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
             .map_err(|e| files.invalid(format!("tokenizer.json truncation: {e}")))?;
 
-        let (tensors, bytes) = super::load_weights(files, device)?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let (tensors, bytes) = super::load_weights(files, device, dtype)?;
+        let vb = VarBuilder::from_tensors(tensors, dtype, device);
         let head = if classify { Some(ClassifierHead::load(&vb, files)?) } else { None };
         let model = BertEncoder::load(vb, &config)
             .map_err(|e| files.invalid(format!("weights do not match config.json: {e}")))?;
@@ -160,6 +166,8 @@ impl BertEmbedder {
             let rows: Vec<Vec<f32>> = head.scores(&hidden)?.to_vec2().map_err(inference)?;
             return Ok(rows.into_iter().zip(tokens).map(|(values, tokens)| Embedded { values, tokens }).collect());
         }
+        // Pooling and normalisation in f32, whatever the encoder ran in.
+        let hidden = hidden.to_dtype(DType::F32).map_err(inference)?;
         let pooled = match self.pooling {
             Pooling::Cls => hidden.narrow(1, 0, 1).and_then(|t| t.squeeze(1)),
             Pooling::Mean => (|| {
@@ -179,7 +187,7 @@ impl BertEmbedder {
         } else {
             pooled
         };
-        let rows: Vec<Vec<f32>> = pooled.to_dtype(DType::F32).and_then(|t| t.to_vec2()).map_err(inference)?;
+        let rows: Vec<Vec<f32>> = pooled.to_vec2().map_err(inference)?;
         Ok(rows.into_iter().zip(tokens).map(|(values, tokens)| Embedded { values, tokens }).collect())
     }
 }

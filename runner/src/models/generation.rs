@@ -1,4 +1,5 @@
-//! Text generation with Llama-family models, from safetensors (f32) or from a quantized GGUF
+//! Text generation with Llama-family models, from safetensors (f32 on the CPU, half precision
+//! on a GPU by default) or from a quantized GGUF
 //! file (any of candle's quantizations: Q8_0, Q4_K, …): a KV cache per request, sampling
 //! (temperature, top-p, top-k, seed, repetition penalty), stop sequences, and the chat
 //! template of `tokenizer_config.json`.
@@ -70,10 +71,21 @@ impl TokenText {
 /// full-precision Llama keep their own KV cache, which a generation starting at position 0
 /// resets or clears).
 enum Backbone {
-    Safetensors { model: Llama, config: Config },
-    Gguf { model: ModelWeights },
-    Qwen2 { model: Box<qwen2::ModelForCausalLM> },
-    GgufQwen2 { model: Box<quantized_qwen2::ModelWeights> },
+    /// `dtype`: the weights' type, which the KV cache takes too.
+    Safetensors {
+        model: Llama,
+        config: Config,
+        dtype: DType,
+    },
+    Gguf {
+        model: ModelWeights,
+    },
+    Qwen2 {
+        model: Box<qwen2::ModelForCausalLM>,
+    },
+    GgufQwen2 {
+        model: Box<quantized_qwen2::ModelWeights>,
+    },
 }
 
 pub struct TextGenerator {
@@ -89,7 +101,8 @@ pub struct TextGenerator {
 }
 
 impl TextGenerator {
-    pub fn load(config: LlamaConfig, files: &ModelFiles, device: &Device) -> Result<(Self, u64)> {
+    /// A Llama-family model; safetensors weights take `dtype` (GGUF ones stay as quantized).
+    pub fn load(config: LlamaConfig, files: &ModelFiles, device: &Device, dtype: DType) -> Result<(Self, u64)> {
         let eos = match &config.eos_token_id {
             Some(LlamaEosToks::Single(id)) => vec![*id],
             Some(LlamaEosToks::Multiple(ids)) => ids.clone(),
@@ -106,20 +119,20 @@ impl TextGenerator {
                 (Backbone::Gguf { model }, context, bytes)
             }
             None => {
-                let (tensors, bytes) = super::load_weights(files, device)?;
-                let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+                let (tensors, bytes) = super::load_weights(files, device, dtype)?;
+                let vb = VarBuilder::from_tensors(tensors, dtype, device);
                 let model = Llama::load(vb, &config)
                     .map_err(|e| files.invalid(format!("weights do not fit the config: {e}")))?;
                 let context = config.max_position_embeddings;
-                (Backbone::Safetensors { model, config }, context, bytes)
+                (Backbone::Safetensors { model, config, dtype }, context, bytes)
             }
         };
         Self::assemble(backbone, context, eos, files, device).map(|g| (g, bytes))
     }
 
-    /// A Qwen2-family model from safetensors; it keeps its own KV cache, cleared for each
-    /// generation.
-    pub fn load_qwen2(config: qwen2::Config, files: &ModelFiles, device: &Device) -> Result<(Self, u64)> {
+    /// A Qwen2-family model (safetensors weights take `dtype`); it keeps its own KV cache,
+    /// cleared for each generation.
+    pub fn load_qwen2(config: qwen2::Config, files: &ModelFiles, device: &Device, dtype: DType) -> Result<(Self, u64)> {
         #[derive(Deserialize)]
         struct Eos {
             eos_token_id: Option<LlamaEosToks>,
@@ -138,8 +151,8 @@ impl TextGenerator {
             let backbone = Backbone::GgufQwen2 { model: Box::new(model) };
             return Self::assemble(backbone, context, eos, files, device).map(|g| (g, bytes));
         }
-        let (tensors, bytes) = super::load_weights(files, device)?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let (tensors, bytes) = super::load_weights(files, device, dtype)?;
+        let vb = VarBuilder::from_tensors(tensors, dtype, device);
         let model = qwen2::ModelForCausalLM::new(&config, vb)
             .map_err(|e| files.invalid(format!("weights do not fit the config: {e}")))?;
         let backbone = Backbone::Qwen2 { model: Box::new(model) };
@@ -228,8 +241,8 @@ impl TextGenerator {
         let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling(params));
         // A fresh KV cache per generation (a quantized model resets its own at position 0).
         let mut cache = match &mut self.backbone {
-            Backbone::Safetensors { config, .. } => {
-                Some(Cache::new(true, DType::F32, config, &self.device).map_err(inference)?)
+            Backbone::Safetensors { config, dtype, .. } => {
+                Some(Cache::new(true, *dtype, config, &self.device).map_err(inference)?)
             }
             Backbone::Gguf { .. } => None,
             Backbone::Qwen2 { model } => {
@@ -257,7 +270,8 @@ impl TextGenerator {
                 (Backbone::GgufQwen2 { model }, _) => model.forward(&input, index_pos),
                 (Backbone::Safetensors { .. }, None) => Err(candle_core::Error::Msg("no KV cache (a bug)".into())),
             }
-            .and_then(|l| l.squeeze(0))
+            // The sampler reads f32, whatever the model computes in.
+            .and_then(|l| l.squeeze(0)?.to_dtype(DType::F32))
             .map_err(inference)?;
             index_pos += context.len();
             let logits = match params.repetition_penalty {

@@ -62,7 +62,7 @@ impl LstmClassifier {
                 files.invalid(format!("vocab.json gives {word:?} id {id}, past vocab_size {}", config.vocab_size))
             );
         }
-        let (tensors, bytes) = super::load_weights(files, device)?;
+        let (tensors, bytes) = super::load_weights(files, device, DType::F32)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         let weights = |e: candle_core::Error| files.invalid(format!("weights do not fit config.json: {e}"));
         let embedding =

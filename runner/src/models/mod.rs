@@ -11,12 +11,13 @@ mod lstm_classifier;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use serde::Deserialize;
 
 pub use bert_embedding::BertEmbedder;
 pub use generation::{GenerateParams, Piece, TextGenerator};
 
+use crate::device::Placement;
 use crate::error::{Error, Result};
 
 /// The local copies of a version's files, by their path in the version.
@@ -37,6 +38,28 @@ impl ModelFiles {
     pub fn read_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
         let bytes = std::fs::read(self.require(path)?)?;
         serde_json::from_slice(&bytes).map_err(|e| self.invalid(format!("{path}: {e}")))
+    }
+
+    /// What the weights will take once loaded, read from their files: the values of the
+    /// top-level safetensors files, floating-point ones at `float_bytes` each (the type they
+    /// are converted to), and GGUF files as they are.
+    pub fn weight_bytes(&self, float_bytes: u64) -> Result<u64> {
+        let mut total = 0;
+        for (path, local) in &self.paths {
+            if path.contains('/') {
+                continue;
+            }
+            if path.ends_with(".gguf") {
+                total += std::fs::metadata(local)?.len();
+            } else if path.ends_with(".safetensors") {
+                let header = safetensors_header(local).map_err(|e| self.invalid(format!("{path}: {e}")))?;
+                for (dtype, values) in header {
+                    total += values
+                        * if dtype.starts_with('F') || dtype == "BF16" { float_bytes } else { dtype_bytes(&dtype) };
+                }
+            }
+        }
+        Ok(total)
     }
 
     pub fn invalid(&self, reason: impl Into<String>) -> Error {
@@ -68,34 +91,50 @@ pub enum LoadedModel {
     LstmClassification(Box<lstm_classifier::LstmClassifier>),
 }
 
+/// The floating-point type config.json says the weights are in (`torch_dtype`, or `dtype`
+/// since transformers 5).
+#[derive(Deserialize)]
+struct DeclaredDtype {
+    torch_dtype: Option<String>,
+    dtype: Option<String>,
+}
+
 impl LoadedModel {
-    /// Loads the family that `task` and `config.json` name. Returns the model and the
-    /// bytes its tensors take on the device.
-    pub fn load(task: &str, files: &ModelFiles, device: &Device) -> Result<(Self, u64)> {
+    /// Loads the family that `task` and `config.json` name. Returns the model and its cost:
+    /// the bytes its tensors take on the CPU, the device memory it took on a GPU.
+    pub fn load(task: &str, files: &ModelFiles, placement: &Placement) -> Result<(Self, u64)> {
         let config: ModelConfig = files.read_json("config.json")?;
-        match (task, config) {
+        let declared = files.read_json::<DeclaredDtype>("config.json")?;
+        let declared = declared.dtype.or(declared.torch_dtype);
+        // Encoders default to f16 on a GPU, as text-embeddings-inference does; generators to
+        // bf16, whose range large activations need.
+        let encoder = placement.dtype(declared.as_deref(), DType::F16);
+        let generator = placement.dtype(declared.as_deref(), DType::BF16);
+        let device = &placement.device;
+        placement.measure_load(|| match (task, config) {
             ("embedding", ModelConfig::Bert(config)) => {
-                let (model, bytes) = BertEmbedder::load(config, files, device)?;
+                let (model, bytes) = BertEmbedder::load(config, files, device, encoder)?;
                 Ok((LoadedModel::BertEmbedding(Box::new(model)), bytes))
             }
             ("classification", ModelConfig::Bert(config)) => {
-                let (model, bytes) = BertEmbedder::load_classifier(config, files, device)?;
+                let (model, bytes) = BertEmbedder::load_classifier(config, files, device, encoder)?;
                 Ok((LoadedModel::BertEmbedding(Box::new(model)), bytes))
             }
+            // A few thousand weights run step by step: f32 everywhere.
             ("classification", ModelConfig::LstmClassifier(config)) => {
                 let (model, bytes) = lstm_classifier::LstmClassifier::load(config, files, device)?;
                 Ok((LoadedModel::LstmClassification(Box::new(model)), bytes))
             }
             ("generation", ModelConfig::Llama(config)) => {
-                let (model, bytes) = TextGenerator::load(config, files, device)?;
+                let (model, bytes) = TextGenerator::load(config, files, device, generator)?;
                 Ok((LoadedModel::Generation(Box::new(model)), bytes))
             }
             ("generation", ModelConfig::Qwen2(config)) => {
-                let (model, bytes) = TextGenerator::load_qwen2(config, files, device)?;
+                let (model, bytes) = TextGenerator::load_qwen2(config, files, device, generator)?;
                 Ok((LoadedModel::Generation(Box::new(model)), bytes))
             }
             (task, _) => Err(files.invalid(format!("no model family serves task {task:?} for this architecture"))),
-        }
+        })
     }
 
     pub fn embed(&self, inputs: &[&str]) -> Result<Vec<Embedded>> {
@@ -138,15 +177,25 @@ impl LoadedModel {
     }
 }
 
-/// Every tensor of the version's top-level `.safetensors` files, on `device`, and the bytes
-/// they take there.
-fn load_weights(files: &ModelFiles, device: &Device) -> Result<(HashMap<String, candle_core::Tensor>, u64)> {
+/// Every tensor of the version's top-level `.safetensors` files on `device`, floating-point
+/// ones as `dtype` (each converted there as it arrives, so at most one tensor is held twice),
+/// and the bytes they take.
+fn load_weights(
+    files: &ModelFiles,
+    device: &Device,
+    dtype: DType,
+) -> Result<(HashMap<String, candle_core::Tensor>, u64)> {
     let mut tensors = HashMap::new();
     for (path, local) in &files.paths {
         if path.ends_with(".safetensors") && !path.contains('/') {
-            let loaded =
-                candle_core::safetensors::load(local, device).map_err(|e| files.invalid(format!("{path}: {e}")))?;
-            tensors.extend(loaded);
+            use candle_core::safetensors::{Load as _, SliceSafetensors};
+            let invalid = |e: candle_core::Error| files.invalid(format!("{path}: {e}"));
+            let data = std::fs::read(local)?;
+            for (name, view) in SliceSafetensors::new(&data).map_err(invalid)?.tensors() {
+                let tensor = view.load(device).map_err(invalid)?;
+                let tensor = if tensor.dtype().is_float() { tensor.to_dtype(dtype).map_err(invalid)? } else { tensor };
+                tensors.insert(name, tensor);
+            }
         }
     }
     if tensors.is_empty() {
@@ -154,6 +203,46 @@ fn load_weights(files: &ModelFiles, device: &Device) -> Result<(HashMap<String, 
     }
     let bytes = tensors.values().map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64).sum();
     Ok((tensors, bytes))
+}
+
+/// Each tensor's dtype (as safetensors names it: F32, BF16, I64, …) and number of values, read
+/// from the file's header alone.
+fn safetensors_header(path: &Path) -> std::result::Result<Vec<(String, u64)>, String> {
+    use std::io::Read as _;
+    #[derive(Deserialize)]
+    struct Entry {
+        dtype: String,
+        shape: Vec<u64>,
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|_| "shorter than a safetensors header".to_owned())?;
+    let len = u64::from_le_bytes(len);
+    // The registry checked the header at commit; a bound keeps a bad one from taking memory.
+    if len > 100 * 1024 * 1024 {
+        return Err(format!("a safetensors header of {len} bytes"));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(|_| "its header is cut short".to_owned())?;
+    let entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header).map_err(|e| e.to_string())?;
+    entries
+        .into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .map(|(name, value)| {
+            let entry: Entry = serde_json::from_value(value).map_err(|e| format!("tensor {name}: {e}"))?;
+            Ok((entry.dtype, entry.shape.iter().product()))
+        })
+        .collect()
+}
+
+/// Bytes of one value of a safetensors dtype that is not floating point.
+fn dtype_bytes(dtype: &str) -> u64 {
+    match dtype {
+        "I64" | "U64" => 8,
+        "I32" | "U32" => 4,
+        "I16" | "U16" => 2,
+        _ => 1,
+    }
 }
 
 /// candle's errors carry a backtrace after their first line when RUST_BACKTRACE is set;
@@ -164,4 +253,31 @@ fn first_line(message: &str) -> String {
 
 fn inference(e: impl std::fmt::Display) -> Error {
     Error::Inference(first_line(&e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_bytes_count_floats_in_the_type_they_will_take() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let weights = dir.path().join("model.safetensors");
+        let floats = candle_core::Tensor::zeros((3, 5), DType::F32, &Device::Cpu).expect("tensor");
+        let ids = candle_core::Tensor::zeros(7, DType::I64, &Device::Cpu).expect("tensor");
+        let half = candle_core::Tensor::zeros(4, DType::BF16, &Device::Cpu).expect("tensor");
+        candle_core::safetensors::save(&HashMap::from([("w", floats), ("ids", ids), ("h", half)]), &weights)
+            .expect("saved");
+        let files = ModelFiles {
+            model: "t/m@1".into(),
+            paths: HashMap::from([("model.safetensors".to_owned(), weights), ("config.json".to_owned(), "x".into())]),
+        };
+        // 19 floating-point values and 7 eight-byte integers.
+        assert_eq!(files.weight_bytes(4).expect("estimate"), 19 * 4 + 7 * 8);
+        assert_eq!(files.weight_bytes(2).expect("estimate"), 19 * 2 + 7 * 8);
+
+        std::fs::write(files.paths["model.safetensors"].clone(), [255u8; 12]).expect("written");
+        let err = files.weight_bytes(4).expect_err("a broken header");
+        assert!(err.to_string().contains("model.safetensors"), "{err}");
+    }
 }
