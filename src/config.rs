@@ -56,17 +56,20 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TracingConfig {
-    /// OTLP/gRPC endpoint of a collector (`http://otel-collector:4317`). Spans the log filter
+    /// OTLP/gRPC endpoint of a collector (`http://otel-collector:4317`). Spans that `filter`
     /// lets through (the request, its gRPC call on the runner) are exported in batches; the
     /// caller's `traceparent` is their parent.
     pub otlp_endpoint: Option<String>,
     /// `service.name` of the exported spans.
     pub service_name: String,
+    /// A tracing filter for the exported spans, apart from the log's (`RUST_LOG` does not
+    /// change it): quiet logs still export every request's spans.
+    pub filter: String,
 }
 
 impl Default for TracingConfig {
     fn default() -> Self {
-        Self { otlp_endpoint: None, service_name: "modelgate".into() }
+        Self { otlp_endpoint: None, service_name: "modelgate".into(), filter: "info".into() }
     }
 }
 

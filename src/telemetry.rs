@@ -7,6 +7,7 @@ use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -21,7 +22,7 @@ pub struct Telemetry {
 /// Installs the process's subscriber. Call it inside the Tokio runtime: the exporter's gRPC
 /// channel lives on it.
 pub fn init(log: &LogConfig, tracing: &TracingConfig) -> anyhow::Result<Telemetry> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
+    let log_filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
     let provider = match &tracing.otlp_endpoint {
         Some(endpoint) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -34,13 +35,21 @@ pub fn init(log: &LogConfig, tracing: &TracingConfig) -> anyhow::Result<Telemetr
         }
         None => None,
     };
-    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("modelgate")));
-    let json = (log.format == LogFormat::Json)
-        .then(|| tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr));
+    // Each layer has its own filter: the log's does not decide what is exported.
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer().with_tracer(p.tracer("modelgate")).with_filter(EnvFilter::new(&tracing.filter))
+    });
+    let json = (log.format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .with_filter(log_filter())
+    });
     let compact = (log.format == LogFormat::Compact)
-        .then(|| tracing_subscriber::fmt::layer().compact().with_writer(std::io::stderr));
+        .then(|| tracing_subscriber::fmt::layer().compact().with_writer(std::io::stderr).with_filter(log_filter()));
     // A second init (tests start several roles in one process) keeps the first subscriber.
-    let _ = tracing_subscriber::registry().with(filter).with(otel).with(json).with(compact).try_init();
+    let _ = tracing_subscriber::registry().with(otel).with(json).with(compact).try_init();
     Ok(Telemetry { provider })
 }
 

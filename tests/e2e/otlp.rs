@@ -2,6 +2,7 @@
 //! collector (this test's own, on loopback). The caller's `traceparent` is the parent of the
 //! gateway's request span, the runner's gRPC call is that span's child, and the answer's
 //! `traceparent` names the gateway's span, so a caller can find its request in the tracing UI.
+//! The logs are quiet (`warn`) meanwhile: the span filter is not the log's.
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -96,7 +97,8 @@ async fn spans_reach_an_otlp_collector_as_one_trace_under_the_callers_span() {
         let env = [
             ("MODELGATE__TRACING__OTLP_ENDPOINT", endpoint.as_str()),
             ("MODELGATE__TRACING__SERVICE_NAME", "modelgate-under-test"),
-            ("RUST_LOG", "info"),
+            // Quiet logs (start_dev's RUST_LOG=warn) export the spans all the same: `[tracing]
+            // filter` decides that, not the log's filter.
             // The SDK's batch interval (5 s by default), shortened so the test waits less.
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
         ];
