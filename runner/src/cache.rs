@@ -3,9 +3,10 @@
 //!
 //! - A request holds a [`Lease`] on its model while it runs; a leased model is never evicted.
 //! - Before a load, once its files are fetched, room is made for the model (estimated from
-//!   its weights' headers, in the type they will take on the device): idle, unpinned models go, least recently used first. If the busy and pinned ones leave no
-//!   room, the load waits for a model to become idle (up to [`ROOM_WAIT`]), then fails with
-//!   RESOURCE_EXHAUSTED. Once loaded, the model's real cost replaces the estimate.
+//!   its weights' headers, in the type they will take on the device): idle, unpinned models
+//!   go, least recently used first. If the busy and pinned ones leave no room, the load waits
+//!   for a model to become idle (up to [`ROOM_WAIT`]), then fails with RESOURCE_EXHAUSTED.
+//!   Once loaded, the model's real cost replaces the estimate.
 //! - Concurrent first requests share one load; a failed load is reported to each of them
 //!   and is not remembered: the next request tries again.
 //! - Models can be pinned (never evicted), unloaded when idle, and are unloaded after
