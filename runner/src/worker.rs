@@ -17,13 +17,35 @@ enum Job {
     Embed {
         inputs: Vec<String>,
         reply: oneshot::Sender<Result<Vec<Embedded>>>,
-        queued: Instant,
+        queued: Queued,
     },
     /// Pieces go out as they are made; a closed channel (the client left) stops the work.
     Generate {
         params: Box<GenerateParams>,
         pieces: tokio::sync::mpsc::Sender<Result<Piece>>,
+        queued: Queued,
     },
+}
+
+/// A request's wait in the queue: since when, and a `queue` span under the caller's (the
+/// runner's `rpc` span), which ends when the request starts to run.
+struct Queued {
+    at: Instant,
+    caller: tracing::Span,
+    span: tracing::Span,
+}
+
+impl Queued {
+    fn now() -> Self {
+        Self { at: Instant::now(), caller: tracing::Span::current(), span: tracing::info_span!("queue") }
+    }
+
+    /// Ends the wait; answers the `compute` span, under the caller's, that the work runs in
+    /// (a batch has one per request, since each request has its own trace).
+    fn start(self, requests: usize, inputs: usize) -> tracing::Span {
+        drop(self.span);
+        tracing::info_span!(parent: &self.caller, "compute", batch.requests = requests, batch.inputs = inputs)
+    }
 }
 
 /// Limits of one model's queue and batches.
@@ -111,7 +133,7 @@ impl ModelWorker {
     /// Queues inputs for the model; refuses at once when the queue is full.
     pub async fn embed(&self, inputs: Vec<String>) -> Result<Vec<Embedded>> {
         let (reply, answer) = oneshot::channel();
-        self.enqueue(Job::Embed { inputs, reply, queued: Instant::now() })?;
+        self.enqueue(Job::Embed { inputs, reply, queued: Queued::now() })?;
         answer.await.map_err(|_| Error::WorkerGone(self.display_name.clone()))?
     }
 
@@ -119,7 +141,7 @@ impl ModelWorker {
     /// stops the generation at its next token.
     pub fn generate(&self, params: GenerateParams) -> Result<tokio::sync::mpsc::Receiver<Result<Piece>>> {
         let (pieces, receiver) = tokio::sync::mpsc::channel(64);
-        self.enqueue(Job::Generate { params: Box::new(params), pieces })?;
+        self.enqueue(Job::Generate { params: Box::new(params), pieces, queued: Queued::now() })?;
         Ok(receiver)
     }
 
@@ -141,7 +163,8 @@ fn serve(name: &str, model: &mut LoadedModel, jobs: &Receiver<Job>, limits: Batc
     while let Some(first) = held.take().or_else(|| jobs.recv().ok()) {
         let (inputs, reply, queued) = match first {
             Job::Embed { inputs, reply, queued } => (inputs, reply, queued),
-            Job::Generate { params, pieces } => {
+            Job::Generate { params, pieces, queued } => {
+                let _compute = queued.start(1, 1);
                 generate(name, model, &params, &pieces, stats);
                 continue;
             }
@@ -173,13 +196,20 @@ fn serve(name: &str, model: &mut LoadedModel, jobs: &Receiver<Job>, limits: Batc
             }
         }
         let started = Instant::now();
-        for (_, _, queued) in &batch {
-            let waited = started.duration_since(*queued);
-            WorkerStats::add(&stats.queue_us, waited.as_micros() as u64);
-            metrics::QUEUE_DURATION.with_label_values(&[name]).observe(waited.as_secs_f64());
-        }
-        let batch = batch.into_iter().map(|(inputs, reply, _)| (inputs, reply)).collect();
+        let requests = batch.len();
+        let mut compute = Vec::with_capacity(requests);
+        let batch = batch
+            .into_iter()
+            .map(|(inputs, reply, queued)| {
+                let waited = started.duration_since(queued.at);
+                WorkerStats::add(&stats.queue_us, waited.as_micros() as u64);
+                metrics::QUEUE_DURATION.with_label_values(&[name]).observe(waited.as_secs_f64());
+                compute.push(queued.start(requests, count));
+                (inputs, reply)
+            })
+            .collect();
         embed_batch(name, model, batch, stats);
+        drop(compute);
     }
 }
 

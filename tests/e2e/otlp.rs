@@ -1,6 +1,7 @@
 //! Traces over OTLP: `modelgate dev` with `tracing.otlp_endpoint` set exports its spans to a
 //! collector (this test's own, on loopback). The caller's `traceparent` is the parent of the
-//! gateway's request span, the runner's gRPC call is that span's child, and the answer's
+//! gateway's request span, the runner's gRPC call is that span's child (and the model thread's
+//! queue wait and compute are its children), and the answer's
 //! `traceparent` names the gateway's span, so a caller can find its request in the tracing UI.
 //! The logs are quiet (`warn`) meanwhile: the span filter is not the log's.
 
@@ -158,6 +159,11 @@ async fn spans_reach_an_otlp_collector_as_one_trace_under_the_callers_span() {
     assert_eq!(request.service, "modelgate-under-test");
     let rpc = collector.wait_for("runner span", |s| s.name == "rpc" && s.parent_span_id == gateway_span).await;
     assert_eq!(rpc.trace_id, trace, "the runner's span is in the same trace");
+    // On the model's thread: the wait in its queue, then the batch it ran in.
+    for name in ["queue", "compute"] {
+        let span = collector.wait_for(name, |s| s.name == name && s.parent_span_id == rpc.span_id).await;
+        assert_eq!(span.trace_id, trace);
+    }
 
     // A call without one starts a trace, and its answer names it.
     let answer = http.get(format!("{base}/api/v1/auth/whoami")).bearer_auth(&key).send().await.expect("whoami");
