@@ -103,8 +103,10 @@ impl LoadedModel {
     /// Loads the family that `task` and `config.json` name. Returns the model and its cost:
     /// the bytes its tensors take on the CPU, the device memory it took on a GPU.
     pub fn load(task: &str, files: &ModelFiles, placement: &Placement) -> Result<(Self, u64)> {
-        let config: ModelConfig = files.read_json("config.json")?;
-        let declared = files.read_json::<DeclaredDtype>("config.json")?;
+        let raw: serde_json::Value = files.read_json("config.json")?;
+        let parse = |e: serde_json::Error| files.invalid(format!("config.json: {e}"));
+        let declared = DeclaredDtype::deserialize(&raw).map_err(parse)?;
+        let config = ModelConfig::deserialize(raw).map_err(parse)?;
         let declared = declared.dtype.or(declared.torch_dtype);
         // Encoders default to f16 on a GPU, as text-embeddings-inference does; generators to
         // bf16, whose range large activations need.
