@@ -169,13 +169,19 @@ impl Browser {
     pub async fn click(&self, css: &str) {
         // A part of the page that refreshes itself (runners, overview) may replace the element
         // between finding and clicking it; a stale element was not clicked, so find it again.
+        // ChromeDriver reports it as a stale element, or (while it swaps the node) as an
+        // "unknown error" about a node that no longer belongs to the document.
+        let stale = |answer: &Value| {
+            answer["error"] == "stale element reference"
+                || answer["message"].as_str().is_some_and(|m| m.contains("does not belong to the document"))
+        };
         for _ in 0..10 {
             let element = self.find(css).await;
             let answer = self.post(&format!("/element/{element}/click"), json!({})).await;
             if answer.is_null() {
                 return;
             }
-            assert_eq!(answer["error"], "stale element reference", "clicking {css:?} failed: {answer}");
+            assert!(stale(&answer), "clicking {css:?} failed: {answer}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("clicking {css:?}: the element went stale ten times");
