@@ -33,6 +33,10 @@ pub enum Error {
     Upload(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("I/O error while {0}")]
     Io(&'static str, #[source] std::io::Error),
+    /// The version took its runner down (see quarantine.rs); it answers no inference until a
+    /// platform admin clears it.
+    #[error("the version is quarantined: {}", .0.reason)]
+    Quarantined(Box<crate::quarantine::Quarantine>),
 }
 
 /// One reason a version failed validation, tied to the file it concerns when there is one.

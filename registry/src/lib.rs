@@ -13,6 +13,7 @@ pub mod limits;
 pub mod models;
 pub mod names;
 pub mod page;
+pub mod quarantine;
 pub mod storage;
 pub mod tenants;
 pub mod uploads;
