@@ -169,8 +169,9 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
                     let status = res.status().as_u16();
                     let elapsed = started.elapsed();
                     let duration_ms = elapsed.as_millis() as u64;
-                    metrics::HTTP_REQUESTS.with_label_values(&[method.as_str(), &route, &status.to_string()]).inc();
-                    metrics::HTTP_DURATION.with_label_values(&[method.as_str(), &route]).observe(elapsed.as_secs_f64());
+                    let method_label = metrics::method_label(&method);
+                    metrics::HTTP_REQUESTS.with_label_values(&[method_label, &route, &status.to_string()]).inc();
+                    metrics::HTTP_DURATION.with_label_values(&[method_label, &route]).observe(elapsed.as_secs_f64());
                     span.in_scope(|| {
                         tracing::info!(http.method = %method, http.path = %path, http.status = status, duration_ms, "request");
                     });

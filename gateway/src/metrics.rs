@@ -83,3 +83,21 @@ pub fn upload(tenant: &str, bytes: u64, elapsed: std::time::Duration) {
     UPLOAD_BYTES.with_label_values(&[tenant]).inc_by(bytes);
     UPLOAD_DURATION.with_label_values(&[tenant]).observe(elapsed.as_secs_f64());
 }
+
+/// The method as a label: the standard ones by name, any other token (a client may send a
+/// made-up method of any length) as `other`, so clients cannot mint series.
+pub fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::PATCH => "PATCH",
+        M::OPTIONS => "OPTIONS",
+        M::CONNECT => "CONNECT",
+        M::TRACE => "TRACE",
+        _ => "other",
+    }
+}

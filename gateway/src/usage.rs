@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use registry::Registry;
-use registry::usage::{UsageCounts, UsageKey};
+use registry::usage::{MAX_MODEL_LEN, UNRESOLVED_MODEL, UsageCounts, UsageKey, bounded};
 
 #[derive(Default)]
 pub struct UsageMeter {
@@ -29,17 +29,21 @@ pub struct Metered<'a> {
 }
 
 impl UsageMeter {
+    /// Counts one request. One that named no model that exists (version 0) counts under
+    /// [`UNRESOLVED_MODEL`], whatever name it sent: a caller's made-up names must not grow the
+    /// usage tables or the metrics' series.
     pub fn record(&self, m: Metered<'_>) {
         let now = registry::db::now_ms();
+        let model = if m.version == 0 { UNRESOLVED_MODEL } else { bounded(m.model, MAX_MODEL_LEN) };
         let key = UsageKey {
             tenant_id: m.tenant_id.to_owned(),
             key_id: m.key_id.to_owned(),
-            model: m.model.to_owned(),
+            model: model.to_owned(),
             version: m.version,
             minute: now - now.rem_euclid(60_000),
         };
         let outcome = if m.ok { "ok" } else { "error" };
-        let labels = [m.tenant, m.model, &m.version.to_string(), outcome];
+        let labels = [m.tenant, model, &m.version.to_string(), outcome];
         crate::metrics::INFERENCE_REQUESTS.with_label_values(&labels).inc();
         crate::metrics::INFERENCE_DURATION.with_label_values(&labels).observe(m.latency.as_secs_f64());
         let latency_ms = i64::try_from(m.latency.as_millis()).unwrap_or(i64::MAX);

@@ -18,11 +18,22 @@ const DAY_MS: i64 = 86_400_000;
 /// How long minute and hour rows are kept; day rows are kept.
 const MINUTE_RETENTION_MS: i64 = 2 * DAY_MS;
 const HOUR_RETENTION_MS: i64 = 90 * DAY_MS;
+/// The model requests that named no model that exists are metered under: the name a caller
+/// sent is theirs to choose, so it must not become a row of its own (or a metrics series).
+pub const UNRESOLVED_MODEL: &str = "(unresolved)";
+/// The longest model name a usage row keeps (model names are at most 128 bytes).
+pub const MAX_MODEL_LEN: usize = 128;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub fn bounded(s: &str, max: usize) -> &str {
+    &s[..s.floor_char_boundary(max)]
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UsageKey {
     pub tenant_id: String,
     pub key_id: String,
+    /// The model's name, or [`UNRESOLVED_MODEL`]; cut to [`MAX_MODEL_LEN`] when written.
     pub model: String,
     /// 0 when the request named no version that exists.
     pub version: i64,
@@ -173,7 +184,7 @@ impl Registry {
                     .bind(key.minute - key.minute.rem_euclid(step.millis()))
                     .bind(&key.tenant_id)
                     .bind(&key.key_id)
-                    .bind(&key.model)
+                    .bind(bounded(&key.model, MAX_MODEL_LEN))
                     .bind(key.version)
                     .bind(counts.requests)
                     .bind(counts.errors)

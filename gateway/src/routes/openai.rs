@@ -187,7 +187,13 @@ pub(super) async fn resolve_spec(
         ApiError::new(
             actix_web::http::StatusCode::NOT_FOUND,
             "model_not_found",
-            format!("model {requested:?} does not exist"),
+            // A made-up name may be of any length; the answer names at most its start.
+            match registry::usage::bounded(requested, registry::usage::MAX_MODEL_LEN) {
+                shown if shown.len() < requested.len() => {
+                    format!("model {shown:?}… ({} bytes) does not exist", requested.len())
+                }
+                _ => format!("model {requested:?} does not exist"),
+            },
         )
     };
     let reference = ModelRef::parse(requested).map_err(|_| not_found())?;
