@@ -152,6 +152,19 @@ impl Registry {
             // (see gc.rs); no row means new content, or content collected meanwhile.
             let new_blob = !touch_blob(&mut tx, tenant_id, &file.digest, now).await?;
             if new_blob {
+                // New bytes count against the quota: checked again under the tenant's lock, as
+                // uploads running side by side each passed the first check (a session being
+                // completed does not count its own reservation). Bytes a direct upload wrote to
+                // the content address were bounded by the quota as they streamed.
+                let recheck = match &bytes {
+                    Content::Staged(_) => Some(None),
+                    Content::Assembled { session_id, .. } => Some(Some(session_id.as_str())),
+                    Content::Stored { .. } => None,
+                };
+                if let Some(except_session) = recheck {
+                    lock_tenant(&mut tx, tenant_id).await?;
+                    quota_room(&mut tx, tenant_id, file.size, except_session).await?;
+                }
                 // Object first, row second: a crash in between leaves an orphan object, never a
                 // row pointing at nothing.
                 match &bytes {
@@ -235,24 +248,66 @@ impl Registry {
     }
 
     /// Fails unless `size` more bytes fit the tenant's storage quota (a digest it already
-    /// stores costs nothing); returns the bytes left, if there is a quota.
+    /// stores costs nothing); returns the bytes left, if there is a quota. Open upload sessions
+    /// hold their declared sizes (see [`quota_room`]). A first check, without locks: what
+    /// reserves or records bytes checks again under the tenant's lock.
     pub(crate) async fn check_quota(&self, tenant_id: &str, size: u64, digest: Option<&Digest>) -> Result<Option<u64>> {
         if let Some(digest) = digest
             && self.blob_size(tenant_id, digest).await?.is_some()
         {
             return Ok(None);
         }
-        let usage = self.storage_usage(tenant_id).await?;
-        let Some(quota) = usage.quota_bytes else { return Ok(None) };
-        let left = u64::try_from(quota - usage.used_bytes).unwrap_or(0);
-        if size > left {
-            return Err(Error::QuotaExceeded(format!(
-                "this {size}-byte file does not fit: the tenant stores {} of its {quota} bytes",
-                usage.used_bytes
-            )));
-        }
-        Ok(Some(left))
+        let mut conn = self.db.pool().acquire().await?;
+        quota_room(&mut conn, tenant_id, size, None).await
     }
+}
+
+/// Takes the tenant's row lock for the rest of `tx`, so decisions against its storage quota
+/// (check, then reserve or record) take turns: concurrent uploads cannot each see the same
+/// room. Take it after any blob row's lock (`touch_blob`), never before, as every caller does.
+pub(crate) async fn lock_tenant(tx: &mut sqlx::AnyConnection, tenant_id: &str) -> Result<()> {
+    sqlx::query("UPDATE tenants SET storage_quota_bytes = storage_quota_bytes WHERE id = $1")
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Fails with [`Error::QuotaExceeded`] unless `size` more bytes fit the tenant's quota, where
+/// stored blobs and the declared sizes of its open upload sessions count as used (a session
+/// reserves its size when it starts; one for content stored since costs nothing), except
+/// `session`, the one being completed. Answers the bytes left, if there is a quota.
+pub(crate) async fn quota_room(
+    conn: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    size: u64,
+    session: Option<&str>,
+) -> Result<Option<u64>> {
+    let row = sqlx::query(
+        "SELECT t.storage_quota_bytes AS quota,
+         (SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) FROM blobs b WHERE b.tenant_id = t.id) AS used,
+         (SELECT CAST(COALESCE(SUM(s.size), 0) AS BIGINT) FROM upload_sessions s
+          WHERE s.tenant_id = t.id AND s.expires_at > $2 AND s.id <> $3
+            AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.tenant_id = s.tenant_id AND b.sha256 = s.sha256)) AS reserved
+         FROM tenants t WHERE t.id = $1",
+    )
+    .bind(tenant_id)
+    .bind(now_ms())
+    .bind(session.unwrap_or(""))
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| Error::not_found("tenant", tenant_id))?;
+    let Some(quota) = row.try_get::<Option<i64>, _>("quota")? else { return Ok(None) };
+    let (used, reserved): (i64, i64) = (row.try_get("used")?, row.try_get("reserved")?);
+    let left = u64::try_from(quota - used - reserved).unwrap_or(0);
+    if size > left {
+        let held =
+            if reserved > 0 { format!(" and its open upload sessions hold {reserved} more") } else { String::new() };
+        return Err(Error::QuotaExceeded(format!(
+            "this {size}-byte file does not fit: the tenant stores {used} of its {quota} bytes{held}"
+        )));
+    }
+    Ok(Some(left))
 }
 
 /// Marks the blob used now; answers whether the tenant has it. The `UPDATE` takes the row's

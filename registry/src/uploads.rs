@@ -6,6 +6,8 @@
 //! Completing assembles the parts, checks size and sha256, and records the file as a plain
 //! upload does. A session for content the tenant already stores completes when it starts.
 //! Sessions expire; garbage collection aborts and deletes what expired ones left.
+//! An open session holds its declared size against the tenant's storage quota (it counts as
+//! used from its start to its end), and completing checks the quota again.
 
 use std::time::Duration;
 
@@ -15,7 +17,7 @@ use serde::Serialize;
 use sqlx::Row as _;
 
 use crate::db::{new_id, now_ms};
-use crate::files::{Content, touch_blob};
+use crate::files::{Content, lock_tenant, quota_room, touch_blob};
 use crate::models::Model;
 use crate::names::{Digest, FilePath};
 use crate::page::{Page, PageRequest};
@@ -155,7 +157,21 @@ impl Registry {
         // The session keeps GC off the blob it will write (gc.rs); touching the blob's row orders
         // the two should this content be stored, and be collected, right now.
         let mut tx = self.db.begin().await?;
-        touch_blob(&mut tx, &model.tenant_id, sha256, now).await?;
+        let reserved = async {
+            touch_blob(&mut tx, &model.tenant_id, sha256, now).await?;
+            // The session reserves its size against the quota until it ends: checked again under
+            // the tenant's lock, so sessions started side by side cannot share the same room.
+            lock_tenant(&mut tx, &model.tenant_id).await?;
+            quota_room(&mut tx, &model.tenant_id, size, None).await
+        }
+        .await;
+        if let Err(e) = reserved {
+            drop(tx);
+            if multipart_id.is_some() {
+                self.storage.delete_session(&model.tenant_id, &id, multipart_id.as_deref()).await?;
+            }
+            return Err(e);
+        }
         sqlx::query(
             "INSERT INTO upload_sessions (id, tenant_id, version_id, path, size, sha256, chunk_size, created_by,
              created_at, expires_at, presigned, multipart_id)
@@ -314,6 +330,14 @@ impl Registry {
         }
         let version = self.version_by_id(model, &session.version_id).await?;
         let tenant_id = model.tenant_id.as_str();
+        // The session reserved its size when it started; the quota may have been lowered since,
+        // or the session opened before reservations counted. Checked before any byte moves.
+        if self.blob_size(tenant_id, &session.sha256).await?.is_none() {
+            let mut tx = self.db.begin().await?;
+            lock_tenant(&mut tx, tenant_id).await?;
+            quota_room(&mut tx, tenant_id, session.size, Some(id)).await?;
+            tx.commit().await?;
+        }
         let mismatch = |actual: &Digest, size: u64| {
             if *actual != session.sha256 || size != session.size {
                 Err(Error::DigestMismatch { declared: session.sha256.to_string(), actual: actual.to_string() })
