@@ -229,6 +229,14 @@ pub async fn authenticate_credential(
         return Ok(Principal { key_id: external.actor, limits, scope, credential: Credential::Token, source_ip });
     }
     let claims = auth.tokens.verify(bearer)?;
+    if claims.sid.is_some() {
+        // A session token lives in an HttpOnly cookie scoped to /admin; one found elsewhere
+        // was lifted from there, and would outlive its sign-out as a bearer token.
+        return Err(tokens::invalid_token(
+            "this is a dashboard session token, valid only as the /admin session cookie; call the API with an \
+             API key or a token from POST /api/v1/auth/token",
+        ));
+    }
     authenticate_token_claims(state, &claims, source_ip).await
 }
 

@@ -14,6 +14,7 @@ pub mod models;
 pub mod names;
 pub mod page;
 pub mod quarantine;
+pub mod sessions;
 pub mod storage;
 pub mod tenants;
 pub mod uploads;

@@ -5,7 +5,9 @@
 //! random session id, `sid`, which is also the session's CSRF token: every form posts it back
 //! and the gate compares the two. The token is renewed while the session is in use; the key
 //! it names is checked on every request, so revoking the key or suspending its tenant ends
-//! the session at once (within the key cache's lifetime on other gateways).
+//! the session at once (within the key cache's lifetime on other gateways). Signing out
+//! revokes the session's `sid` in the database: a copy of the cookie kept elsewhere is dead
+//! too. A session token is not an API credential: the API's bearer auth refuses it.
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::dev::{Payload, ServiceRequest};
@@ -53,6 +55,10 @@ pub(crate) async fn admit(req: &mut ServiceRequest) -> Result<Option<Cookie<'sta
         .filter(|claims| claims.sid.is_some())
         .ok_or_else(|| to_login(req.request(), None))?;
     let sid = claims.sid.clone().unwrap_or_default();
+    // Signed out: the session is over, whatever copy of its cookie comes back.
+    if state.registry.session_revoked(&sid).await.map_err(|e| error_page(&ApiError::from(e)))? {
+        return Err(to_login(req.request(), Some("out")));
+    }
     let source_ip = req.connection_info().peer_addr().map(str::to_owned);
     let principal = authenticate_token_claims(&state, &claims, source_ip).await.map_err(|e| {
         if e.status() == StatusCode::UNAUTHORIZED { to_login(req.request(), Some("ended")) } else { error_page(&e) }
@@ -222,9 +228,15 @@ async fn login(
     Ok(response)
 }
 
-/// Ends the session in this browser. Requires: a session.
+/// Ends the session: its `sid` is revoked (on every gateway, for every copy of its cookie)
+/// and the cookie removed from this browser. Requires: a session.
 #[post("/admin/logout")]
-async fn logout(req: HttpRequest, _session: Session) -> Result<HttpResponse, PageError> {
+async fn logout(state: web::Data<AppState>, req: HttpRequest, session: Session) -> Result<HttpResponse, PageError> {
+    // Every token of the session expires within a lifetime (and the verifier's leeway) from now.
+    let last_expiry =
+        registry::db::now_ms() + (state.auth.tokens.ttl_secs() + crate::tokens::LEEWAY_SECS as i64) * 1000;
+    state.registry.revoke_session(&session.csrf, last_expiry).await.map_err(ApiError::from)?;
+    tracing::info!(key.id = %session.principal.key_id, "dashboard sign-out");
     let mut response = see_other("/admin/login?session=out");
     response.add_removal_cookie(&session_cookie(&req, String::new(), 0)).map_err(ApiError::internal)?;
     Ok(response)
