@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod auth;
+pub mod body;
 pub mod dashboard;
 pub mod error;
 pub mod limits;
@@ -74,6 +75,11 @@ pub struct GatewayConfig {
     pub upload_session_ttl_secs: u64,
     /// Drafts not committed within this are marked failed and their files collected.
     pub draft_ttl_secs: u64,
+    /// An upload body (a file or a chunk) that sends nothing for this long ends with 408.
+    pub body_idle_timeout_secs: u64,
+    /// Memory for resumable chunks being received (each is held whole), all tenants together;
+    /// one tenant takes at most a quarter. Past it, a chunk is refused with 429.
+    pub chunk_buffer_mib: u64,
 }
 
 impl Default for GatewayConfig {
@@ -95,6 +101,8 @@ impl Default for GatewayConfig {
             gc_grace_secs: 24 * 3600,
             upload_session_ttl_secs: 24 * 3600,
             draft_ttl_secs: 7 * 24 * 3600,
+            body_idle_timeout_secs: 30,
+            chunk_buffer_mib: 512,
         }
     }
 }
@@ -137,9 +145,14 @@ pub async fn collect_garbage_periodically(registry: Registry, config: GatewayCon
 pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayConfig) -> std::io::Result<Server> {
     let state = web::Data::new(state);
     let max_json = config.max_json_bytes;
+    let body_limits = web::Data::new(body::BodyLimits::new(
+        std::time::Duration::from_secs(config.body_idle_timeout_secs.max(1)),
+        config.chunk_buffer_mib,
+    ));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(body_limits.clone())
             .app_data(web::JsonConfig::default().limit(max_json).error_handler(|e, _| json_error(e).into()))
             .app_data(web::PayloadConfig::default().limit(max_json))
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
@@ -152,6 +165,7 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
                 let path = req.path().to_owned();
                 // The pattern, not the path: one series per route, whatever the names in it.
                 let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+                let had_body = body::has_body(req.headers());
                 let mut context = trace::RequestContext::from_headers(req.headers());
                 let span = tracing::info_span!(
                     "request",
@@ -166,6 +180,7 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
                 let call = context.scope(srv.call(req)).instrument(span.clone());
                 async move {
                     let mut res = call.await?;
+                    body::close_if_answered_early(had_body, &mut res);
                     let status = res.status().as_u16();
                     let elapsed = started.elapsed();
                     let duration_ms = elapsed.as_millis() as u64;

@@ -11,12 +11,14 @@ use serde_json::json;
 use super::{model_in, version_number};
 use crate::AppState;
 use crate::auth::Principal;
+use crate::body::{BodyLimits, idle_timeout, upload_error};
 use crate::error::ApiError;
 
 /// The client's sha256 of the body, hex or base64; a mismatch rejects the file.
 const CHECKSUM_HEADER: &str = "x-checksum-sha256";
 
-/// Streams one file into a draft version (`path` may name folders). Requires: developer.
+/// Streams one file into a draft version (`path` may name folders); a body that stalls ends
+/// with 408. Requires: developer.
 #[utoipa::path(tag = "files", path = "/api/v1/tenants/{tenant}/models/{model}/versions/{version}/files/{path}", params(("tenant" = String, Path), ("model" = String, Path), ("version" = String, Path), ("path" = String, Path, description = "The file's path in the version; may name folders"), ("x-checksum-sha256" = Option<String>, Header, description = "The body's sha256, hex or base64; a mismatch rejects the file")), request_body(content = crate::routes::schemas::Binary, content_type = "application/octet-stream"), responses((status = 201, body = registry::versions::VersionFile)))]
 #[put("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/files/{path:.*}")]
 async fn put(
@@ -24,10 +26,12 @@ async fn put(
     principal: Principal,
     req: HttpRequest,
     path: web::Path<(String, String, String, String)>,
+    limits: web::Data<BodyLimits>,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, model, version, file) = path.into_inner();
     let model = model_in(&state, &principal, &tenant, &model, Role::Developer).await?;
+    let body = idle_timeout(body, limits.idle);
     let number = version_number(&version)?;
     let file = super::parse(FilePath::parse(&file))?;
     let declared = match req.headers().get(CHECKSUM_HEADER) {
@@ -42,7 +46,8 @@ async fn put(
     let length = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let upload = Upload { path: &file, declared: declared.as_ref(), content_length: length, body };
     let started = std::time::Instant::now();
-    let recorded = state.registry.upload_file(&principal.actor(), &model, number, upload).await?;
+    let recorded =
+        state.registry.upload_file(&principal.actor(), &model, number, upload).await.map_err(upload_error)?;
     crate::metrics::upload(&tenant, recorded.size, started.elapsed());
     Ok(HttpResponse::Created().json(recorded))
 }

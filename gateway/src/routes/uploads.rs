@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::{model_in, version_number};
 use crate::AppState;
 use crate::auth::Principal;
+use crate::body::{BodyLimits, idle_timeout, upload_error};
 use crate::error::ApiError;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -102,6 +103,7 @@ async fn status(
 }
 
 /// Chunk `index` (bytes `index * chunk_size ..`, exactly `chunk_size` long but for the last).
+/// A body that stalls ends with 408; chunks beyond the gateway's buffer budget get 429.
 /// Requires: developer.
 #[utoipa::path(tag = "uploads", request_body(content = crate::routes::schemas::Binary, content_type = "application/octet-stream"), responses((status = 200, body = registry::uploads::UploadSession)))]
 #[put("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads/{id}/chunks/{index}")]
@@ -109,14 +111,24 @@ async fn chunk(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<(String, String, String, String, String)>,
+    limits: web::Data<BodyLimits>,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, model, _, id, index) = path.into_inner();
     let model = draft_model(&state, &principal, &tenant, &model).await?;
     let index =
         index.parse::<u64>().map_err(|_| ApiError::bad_request("invalid_request", "the chunk index is a number"))?;
+    // The chunk is held whole until it is stored: room for it is taken from the budget first
+    // (an unknown session or a bad index is refused by put_chunk, which holds nothing then).
+    let session = state.registry.upload_session(&model, &id).await?;
+    let expected = match index.checked_mul(session.chunk_size) {
+        Some(first) if first < session.size => session.chunk_size.min(session.size - first),
+        _ => 0,
+    };
+    let _room = limits.chunk_room(&model.tenant_id, expected)?;
     let started = std::time::Instant::now();
-    let session = state.registry.put_chunk(&model, &id, index, body).await?;
+    let body = idle_timeout(body, limits.idle);
+    let session = state.registry.put_chunk(&model, &id, index, body).await.map_err(upload_error)?;
     let bytes = session.chunk_size.min(session.size.saturating_sub(index.saturating_mul(session.chunk_size)));
     crate::metrics::upload(&tenant, bytes, started.elapsed());
     Ok(HttpResponse::Ok().json(session))

@@ -1,0 +1,148 @@
+//! Request bodies a caller sends: none may hold the gateway's memory or a connection for free.
+//!
+//! - An upload body (a file, a resumable chunk) that sends nothing for `body_idle_timeout_secs`
+//!   ends with 408 `body_timeout`, and what it had sent is dropped.
+//! - A resumable chunk is held whole before it goes to the store (an object store takes a part
+//!   in one request), so chunks being received draw their size from a budget of
+//!   `chunk_buffer_mib`, of which one tenant takes at most a quarter; past it, 429 with
+//!   `Retry-After` before any byte is read.
+//! - An error answered to a request whose body may be unread closes the connection, so the
+//!   rest of the body is neither read nor left waiting on a connection that stays open.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use actix_web::dev::ServiceResponse;
+use actix_web::error::PayloadError;
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::{ConnectionType, StatusCode};
+use bytes::Bytes;
+use futures::{Stream, StreamExt as _};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::ApiError;
+
+const MIB: u64 = 1024 * 1024;
+
+/// A body that stopped sending, or broke off.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the request body sent nothing for {} s; the upload was ended", .0.as_secs())]
+    Idle(Duration),
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+}
+
+/// The request body, ending with [`BodyError::Idle`] when no byte arrives for `idle`.
+pub fn idle_timeout<S>(body: S, idle: Duration) -> Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>>>>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin + 'static,
+{
+    Box::pin(futures::stream::unfold(Some(body), move |body| async move {
+        let mut body = body?;
+        match tokio::time::timeout(idle, body.next()).await {
+            Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(body))),
+            Ok(Some(Err(e))) => Some((Err(e.into()), None)),
+            Ok(None) => None,
+            Err(_) => Some((Err(BodyError::Idle(idle)), None)),
+        }
+    }))
+}
+
+/// A registry error from reading an upload body as the caller should see it: a stalled body
+/// is 408 `body_timeout`, everything else as usual.
+pub fn upload_error(e: registry::Error) -> ApiError {
+    if let registry::Error::Upload(source) = &e
+        && let Some(idle @ BodyError::Idle(_)) = source.downcast_ref::<BodyError>()
+    {
+        return ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", idle.to_string());
+    }
+    e.into()
+}
+
+/// What bounds upload bodies; one per gateway.
+pub struct BodyLimits {
+    pub idle: Duration,
+    chunks: Arc<Semaphore>,
+    /// Bytes of chunks being received, per tenant id (entries leave at zero).
+    per_tenant: Arc<Mutex<HashMap<String, u64>>>,
+    tenant_share: u64,
+}
+
+/// Room for one chunk in the budget, given back when dropped.
+pub struct ChunkRoom {
+    _permit: OwnedSemaphorePermit,
+    per_tenant: Arc<Mutex<HashMap<String, u64>>>,
+    tenant_id: String,
+    bytes: u64,
+}
+
+impl Drop for ChunkRoom {
+    fn drop(&mut self) {
+        let mut per_tenant = self.per_tenant.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = per_tenant.get_mut(&self.tenant_id) {
+            *held = held.saturating_sub(self.bytes);
+            if *held == 0 {
+                per_tenant.remove(&self.tenant_id);
+            }
+        }
+    }
+}
+
+impl BodyLimits {
+    pub fn new(idle: Duration, chunk_buffer_mib: u64) -> Self {
+        let mib = chunk_buffer_mib.clamp(64, u64::from(u32::MAX >> 1));
+        let permits = usize::try_from(mib).unwrap_or(usize::MAX >> 1);
+        Self {
+            idle,
+            chunks: Arc::new(Semaphore::new(permits)),
+            per_tenant: Arc::default(),
+            tenant_share: (mib / 4).max(64) * MIB,
+        }
+    }
+
+    /// Room for a chunk of `bytes` of the tenant `tenant_id`, or 429 when chunks being
+    /// received hold the budget (or the tenant's share of it).
+    pub fn chunk_room(&self, tenant_id: &str, bytes: u64) -> Result<ChunkRoom, ApiError> {
+        let busy = || {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_chunks",
+                "too many chunks are being received at once; send this one again shortly, or fewer in parallel",
+            )
+            .retry_after(1)
+        };
+        let mut per_tenant = self.per_tenant.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = per_tenant.get(tenant_id).copied().unwrap_or(0);
+        if held + bytes > self.tenant_share {
+            return Err(busy());
+        }
+        let mib = u32::try_from(bytes.div_ceil(MIB).max(1)).map_err(|_| busy())?;
+        let permit = self.chunks.clone().try_acquire_many_owned(mib).map_err(|_| busy())?;
+        per_tenant.insert(tenant_id.to_owned(), held + bytes);
+        Ok(ChunkRoom { _permit: permit, per_tenant: self.per_tenant.clone(), tenant_id: tenant_id.to_owned(), bytes })
+    }
+}
+
+/// Whether the request comes with a body (a length above zero, or chunked).
+pub fn has_body(headers: &HeaderMap) -> bool {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return true;
+    }
+    match headers.get(header::CONTENT_LENGTH) {
+        None => false,
+        Some(length) => length.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) != Some(0),
+    }
+}
+
+/// An error answered to a request with a body may come before the body was read (refused by
+/// its headers, its length, its credential): the connection is closed after the answer, not
+/// kept alive with the rest of the body unread in it.
+pub fn close_if_answered_early<B>(had_body: bool, res: &mut ServiceResponse<B>) {
+    let status = res.status();
+    if had_body && (status.is_client_error() || status.is_server_error()) {
+        res.response_mut().head_mut().set_connection_type(ConnectionType::Close);
+    }
+}
