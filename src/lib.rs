@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod metrics;
+pub mod private;
 pub mod pull;
 pub mod push;
 pub mod startup;

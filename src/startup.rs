@@ -125,7 +125,8 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
 /// Starts `role`. With `Role::All` the gateway talks to the in-process runner over
 /// loopback gRPC (on an ephemeral port), exactly as it would to a remote one.
 pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&config.data_dir)
+    crate::private::own_files_only();
+    crate::private::private_dir(&config.data_dir)
         .with_context(|| format!("creating data folder {}", config.data_dir.display()))?;
     let storage_config = config.storage()?;
     let storage = Storage::open(&storage_config).context("opening object storage")?;
@@ -161,6 +162,7 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
     if matches!(role, Role::Gateway | Role::All) {
         let db = Db::connect(config.database_url()?.expose_secret()).await.context("connecting to the database")?;
         db.migrate().await.context("running database migrations")?;
+        crate::private::private_sqlite(config.database_url()?.expose_secret())?;
         tracing::info!(database.backend = ?db.backend(), "database ready");
         db_for_metrics = Some(db.clone());
         let registry = Registry::new(db, storage);
