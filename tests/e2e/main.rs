@@ -34,6 +34,7 @@ mod registry;
 mod routing;
 mod sdk_clients;
 mod storage;
+mod tenant_bounds;
 mod tiny_bert;
 mod tiny_llama;
 mod tokens;
