@@ -55,7 +55,7 @@ curl -sf -X POST $MG/api/v1/tenants/acme/models/tiny/versions -H "$A" >/dev/null
 done
 curl -sf -X POST $MG/api/v1/tenants/acme/models/tiny/versions/1/commit -H "$A" >/dev/null
 
-"$SHIM" serve "$SHIM_AT" "http://$RUNNER" "$WORK/blobs" "$WORK/model" >"$WORK/shim.log" 2>&1 &
+"$SHIM" serve "$SHIM_AT" "http://$RUNNER" "$WORK/blobs" "$WORK/model" "$WORK/data/tls" >"$WORK/shim.log" 2>&1 &
 PIDS+=($!)
 mkdir -p "$WORK/nginx"
 cat >"$WORK/nginx/nginx.conf" <<NGINX

@@ -4,8 +4,10 @@
 //! gRPC, the floor every gateway stands on.
 //!
 //! Usage: shim write-model DIR
-//!        shim serve LISTEN RUNNER_URL STORE_DIR MODEL_DIR
-//! (`serve` copies the model's files into STORE_DIR/shim/, the runner's object store.)
+//!        shim serve LISTEN RUNNER_URL STORE_DIR MODEL_DIR TLS_DIR
+//! (`serve` copies the model's files into STORE_DIR as tenant `shim`'s blobs, in the runner's
+//! object store, and calls the runner over mutual TLS with the gateway's certificate from
+//! TLS_DIR, the `tls` folder `modelgate` makes in its data folder.)
 
 #[expect(dead_code, reason = "the tests' tiny BERT module has reference helpers the benchmark does not use")]
 #[path = "../tests/e2e/tiny_bert.rs"]
@@ -66,16 +68,17 @@ fn files(model: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> std::io:
 fn spec(store: &Path, model: &Path) -> anyhow::Result<ModelSpec> {
     let mut found = Vec::new();
     files(model, model, &mut found)?;
-    std::fs::create_dir_all(store.join("shim"))?;
+    let blobs = store.join("tenants/shim/blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
     let mut model_files = Vec::new();
     for (path, bytes) in found {
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        std::fs::write(store.join("shim").join(&sha256), &bytes)?;
+        std::fs::write(blobs.join(&sha256), &bytes)?;
         model_files.push(ModelFile {
             path,
             sha256: sha256.clone(),
             size: bytes.len() as u64,
-            object_path: format!("shim/{sha256}"),
+            object_path: format!("tenants/shim/blobs/sha256/{sha256}"),
         });
     }
     Ok(ModelSpec {
@@ -84,6 +87,7 @@ fn spec(store: &Path, model: &Path) -> anyhow::Result<ModelSpec> {
         architecture: "BertModel".into(),
         task: "embedding".into(),
         files: model_files,
+        tenant_id: "shim".into(),
     })
 }
 
@@ -95,13 +99,22 @@ async fn main() -> anyhow::Result<()> {
             tiny_bert::write(Path::new(dir));
             Ok(())
         }
-        ["serve", listen, runner, store, model] => {
+        ["serve", listen, runner, store, model, tls] => {
             let spec = spec(Path::new(store), Path::new(model))?;
-            let client = RunnerClient::connect(runner.to_string()).await?;
+            let read = |name: &str| std::fs::read_to_string(Path::new(tls).join(name));
+            let tls = gateway::runners::client_tls_config(
+                &read("ca.pem")?,
+                &read("gateway.pem")?,
+                &read("gateway.key")?,
+                gateway::runners::DEFAULT_SERVER_NAME,
+            );
+            let runner = runner.replacen("http://", "https://", 1);
+            let channel = tonic::transport::Endpoint::from_shared(runner)?.tls_config(tls)?.connect().await?;
+            let client = RunnerClient::new(channel);
             let shim = web::Data::new(Shim { client, spec });
             HttpServer::new(move || App::new().app_data(shim.clone()).service(embeddings)).bind(*listen)?.run().await?;
             Ok(())
         }
-        _ => anyhow::bail!("usage: shim write-model DIR | shim serve LISTEN RUNNER_URL STORE_DIR MODEL_DIR"),
+        _ => anyhow::bail!("usage: shim write-model DIR | shim serve LISTEN RUNNER_URL STORE_DIR MODEL_DIR TLS_DIR"),
     }
 }

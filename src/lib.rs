@@ -11,3 +11,4 @@ pub mod pull;
 pub mod push;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;

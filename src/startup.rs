@@ -140,13 +140,20 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the runner to {listen}"))?;
         let addr = listener.local_addr()?;
-        let service = runner::Runner::new(&config.runner, config.runner_cache_dir(), storage.object_store())
-            .context("starting the runner")?;
+        let tls = crate::tls::runner_server(config, listen)?;
+        let service = runner::Runner::new(
+            &config.runner,
+            config.runner_cache_dir(),
+            storage.object_store(),
+            blob_address(&storage),
+        )
+        .context("starting the runner")?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(service.serve(listener, async move {
+        let mutual_tls = tls.is_some();
+        let task = tokio::spawn(service.serve(listener, tls, async move {
             let _ = stopped.await;
         }));
-        tracing::info!(runner.addr = %addr, "runner listening");
+        tracing::info!(runner.addr = %addr, runner.mutual_tls = mutual_tls, "runner listening");
         if role == Role::All {
             runner_addrs = vec![format!("http://{addr}")];
         }
@@ -168,7 +175,8 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
         let registry = Registry::new(db, storage);
         new_admin_key = bootstrap_admin_key(&registry, &config.admin_key_file()).await?;
         let auth = authenticator(config)?;
-        let runners = RunnerPool::new(&runner_addrs, config.gateway.routing.clone())?;
+        let runner_tls = crate::tls::gateway_client(config)?;
+        let runners = RunnerPool::new(&runner_addrs, config.gateway.routing.clone(), runner_tls)?;
         background.push(tokio::spawn(runners.clone().watch()));
         let listener = std::net::TcpListener::bind(config.gateway.listen)
             .with_context(|| format!("binding the gateway to {}", config.gateway.listen))?;
@@ -210,6 +218,16 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
         (None, None)
     };
     Ok(Running { gateway_addr, runner_addr, metrics_addr, new_admin_key, gateway, runner, metrics, background })
+}
+
+/// The store's layout of tenants' blobs (registry `ObjectKey`), for the runner to hold every
+/// spec's object paths to.
+fn blob_address(storage: &Storage) -> runner::BlobAddress {
+    let storage = storage.clone();
+    std::sync::Arc::new(move |tenant_id: &str, sha256: &str| {
+        let digest = registry::names::Digest::parse(sha256).ok()?;
+        Some(storage.blob_path(tenant_id, &digest).to_string())
+    })
 }
 
 /// Creates the first platform-admin key when none is active, writes it to `key_file`
@@ -256,7 +274,8 @@ fn signing_key(file: &Path) -> anyhow::Result<SecretString> {
     Ok(pem)
 }
 
-fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+/// Writes `content` to `path`, readable by this user only (mode 0600).
+pub(crate) fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;

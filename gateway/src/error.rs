@@ -198,6 +198,11 @@ impl From<tonic::Status> for ApiError {
             Code::ResourceExhausted => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", message).retry_after(1)
             }
+            // A transport failure (its source) names addresses and certificates: for the log only.
+            Code::Unavailable if std::error::Error::source(&s).is_some() => {
+                ApiError::unavailable("runner_unavailable", "no runner could be reached; try again shortly")
+                    .with_source(s)
+            }
             Code::Unavailable => ApiError::unavailable("runner_unavailable", message).with_source(s),
             Code::DeadlineExceeded => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message),
             // tonic's server ends a call past its `grpc-timeout` as CANCELLED "Timeout expired".
@@ -206,7 +211,14 @@ impl From<tonic::Status> for ApiError {
                 "timeout",
                 "the runner did not answer within this kind of call's timeout",
             ),
-            _ => ApiError::new(StatusCode::BAD_GATEWAY, "runner_error", message).with_source(s),
+            // The runner's own failures (a corrupt file, a refused spec, a fault) are ours to
+            // read in the log; the caller learns only that it failed.
+            _ => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "runner_error",
+                "the runner could not serve this request; it has been logged",
+            )
+            .with_source(s),
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct GatewayConfig {
     pub runners: Vec<String>,
     /// Runner discovery, status polling, timeouts, failover.
     pub routing: runners::RoutingConfig,
+    /// Mutual TLS with the runners.
+    pub runner_tls: runners::RunnerTlsConfig,
     /// Lifetime of tokens from `POST /api/v1/auth/token`.
     pub token_ttl_secs: i64,
     /// PKCS#8 PEM Ed25519 key that signs tokens. `dev` generates and keeps one in its data folder.
@@ -88,6 +90,7 @@ impl Default for GatewayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             runners: vec!["http://127.0.0.1:50051".into()],
             routing: runners::RoutingConfig::default(),
+            runner_tls: runners::RunnerTlsConfig::default(),
             token_ttl_secs: 900,
             signing_key_file: None,
             previous_signing_key_files: Vec::new(),

@@ -13,7 +13,31 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
 
 use crate::error::{Error, Result};
-use proto::v1::ModelFile;
+use proto::v1::{ModelFile, ModelSpec};
+
+/// The registry's content address of a tenant's blob: `(tenant id, lower-case hex sha256)` to
+/// the object path, or None for a digest it does not take. Handed in by whoever opens the
+/// store, so that the layout stays written in one place (registry `ObjectKey`).
+pub type BlobAddress = Arc<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
+
+/// Refuses a spec unless every file's object path is exactly the content address of its sha256
+/// under the tenant the spec names: no other tenant's objects, no staging or session objects,
+/// no `..`. Called before the model is looked up, so a refused spec fetches nothing.
+pub fn check_spec(spec: &ModelSpec, address: &BlobAddress) -> Result<()> {
+    let tenant = spec.tenant_id.as_str();
+    if tenant.is_empty() || !tenant.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(Error::InvalidRequest(format!("model {} names no valid tenant", spec.display_name)));
+    }
+    for file in &spec.files {
+        let digest = &file.sha256;
+        let is_hex = digest.len() == 64 && digest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let expected = if is_hex { address(tenant, digest) } else { None };
+        if expected.as_deref() != Some(file.object_path.as_str()) {
+            return Err(Error::OutsideTenant { model: spec.display_name.clone(), path: file.path.clone() });
+        }
+    }
+    Ok(())
+}
 
 #[derive(Clone, Debug)]
 pub struct ArtifactCache {
@@ -102,8 +126,11 @@ impl ArtifactCache {
 
     async fn download(&self, model: &str, file: &ModelFile, digest: &str, partial: &Path) -> Result<()> {
         let location = object_store::path::Path::parse(&file.object_path)
-            .map_err(|e| Error::InvalidRequest(format!("bad object path for {}: {e}", file.path)))?;
-        let fetch_err = |source| Error::Fetch { path: file.path.clone(), source };
+            .map_err(|_| Error::InvalidRequest(format!("file {} has a malformed object path", file.path)))?;
+        let fetch_err = |source: object_store::Error| {
+            tracing::warn!(model, file = %file.path, object = %location, error = %source, "fetching a model file failed");
+            Error::Fetch { path: file.path.clone(), source }
+        };
         let mut stream = self.store.get(&location).await.map_err(fetch_err)?.into_stream();
         let mut out = tokio::fs::File::create(partial).await?;
         let mut hasher = Sha256::new();
@@ -115,12 +142,8 @@ impl ArtifactCache {
         out.flush().await?;
         let actual = hex::encode(hasher.finalize());
         if actual != digest {
-            return Err(Error::DigestMismatch {
-                model: model.to_owned(),
-                path: file.path.clone(),
-                expected: digest.to_owned(),
-                actual,
-            });
+            tracing::warn!(model, file = %file.path, object = %location, "a fetched file does not match its sha256");
+            return Err(Error::DigestMismatch { model: model.to_owned(), path: file.path.clone() });
         }
         Ok(())
     }

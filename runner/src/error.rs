@@ -8,9 +8,17 @@ pub enum Error {
     ModelInvalid { model: String, reason: String },
     #[error("model {model} needs {needed_mib} MiB but the runner's memory budget is {budget_mib} MiB")]
     TooLarge { model: String, needed_mib: u64, budget_mib: u64 },
-    #[error("file {path} of {model} does not match its sha256 (expected {expected}, got {actual})")]
-    DigestMismatch { model: String, path: String, expected: String, actual: String },
-    #[error("fetching {path} from the object store failed")]
+    /// The bytes fetched for a file are not the ones its sha256 names. The message names no
+    /// digest: it reaches callers, and a digest would tell them of an object they may not know.
+    #[error("file {path} of {model} does not match its sha256")]
+    DigestMismatch { model: String, path: String },
+    /// A file whose object path is not the content address of its sha256 under the tenant the
+    /// spec names (another tenant's, a staging or session object, a `..`): refused before
+    /// anything is fetched.
+    #[error("file {path} of {model} is not its tenant's stored file; nothing was fetched")]
+    OutsideTenant { model: String, path: String },
+    /// The object path, which the message leaves out, is in the source.
+    #[error("fetching file {path} from the object store failed")]
     Fetch {
         path: String,
         #[source]
@@ -43,6 +51,7 @@ impl Error {
             Error::InvalidRequest(_) => Status::invalid_argument(message),
             Error::ModelInvalid { .. } | Error::TooLarge { .. } => Status::failed_precondition(message),
             Error::DigestMismatch { .. } => Status::data_loss(message),
+            Error::OutsideTenant { .. } => Status::permission_denied(message),
             Error::Fetch { .. } | Error::WorkerGone(_) => Status::unavailable(message),
             Error::Overloaded(_) => Status::resource_exhausted(message),
             Error::Inference(_) | Error::Device(_) | Error::Io(_) => Status::internal(message),

@@ -161,7 +161,7 @@ async fn publish(store: &Arc<dyn ObjectStore>, dir: &Path, name: &str, task: &st
             }
             let bytes = std::fs::read(&path).expect("model file");
             let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
-            let object_path = format!("blobs/{sha256}");
+            let object_path = format!("tenants/gpu/blobs/sha256/{sha256}");
             let size = bytes.len() as u64;
             store.put(&object_store::path::Path::from(object_path.as_str()), bytes.into()).await.expect("stored");
             let path = path.strip_prefix(dir).expect("inside the folder").to_string_lossy().into_owned();
@@ -174,12 +174,16 @@ async fn publish(store: &Arc<dyn ObjectStore>, dir: &Path, name: &str, task: &st
         architecture: String::new(),
         task: task.to_owned(),
         files,
+        tenant_id: "gpu".into(),
     }
 }
 
 fn start_runner(store: &Arc<dyn ObjectStore>, cache: &Path, budget: u64, gpu_dtype: GpuDtype) -> Runner {
     let config = RunnerConfig { memory_budget_bytes: Some(budget), gpu_dtype, ..RunnerConfig::default() };
-    Runner::new(&config, cache.to_path_buf(), store.clone()).expect("runner starts")
+    // The registry's layout of tenants' blobs, as `publish` wrote them.
+    let address: runner::BlobAddress =
+        Arc::new(|tenant, sha256| Some(format!("tenants/{tenant}/blobs/sha256/{sha256}")));
+    Runner::new(&config, cache.to_path_buf(), store.clone(), address).expect("runner starts")
 }
 
 async fn embed(runner: &Runner, spec: &ModelSpec, inputs: &[String]) -> Vec<Vec<f32>> {

@@ -84,12 +84,91 @@ pub struct AppOptions {
     pub storage_options: Vec<(String, String)>,
     /// Runners elsewhere: the app runs only its gateway, routing to these.
     pub runners: Option<Vec<String>>,
+    /// The gateway's certificates for those runners (`[gateway.runner_tls]`); None: the ones
+    /// it makes in its data folder.
+    pub runner_tls: Option<gateway::runners::RunnerTlsConfig>,
 }
 
 impl AppOptions {
     pub fn new(database: Database) -> Self {
-        Self { database, storage_url: None, storage_endpoint: None, storage_options: Vec::new(), runners: None }
+        Self {
+            database,
+            storage_url: None,
+            storage_endpoint: None,
+            storage_options: Vec::new(),
+            runners: None,
+            runner_tls: None,
+        }
     }
+}
+
+/// A CA and certificates made as `dev` makes them, for roles started apart (runner
+/// processes and a gateway): each is given the files by configuration, as in production.
+pub struct Certs {
+    dir: PathBuf,
+}
+
+/// The certificates runner processes of the tests use, and gateways of apps with
+/// `AppOptions::runners` trust (unless `runner_tls` says otherwise): made once, kept in
+/// cargo's folder for integration tests' files.
+pub fn shared_certs() -> &'static Certs {
+    static CERTS: std::sync::LazyLock<Certs> =
+        std::sync::LazyLock::new(|| Certs::in_dir(Path::new(env!("CARGO_TARGET_TMPDIR")).join("runner-tls")));
+    &CERTS
+}
+
+impl Certs {
+    /// The certificates in `dir`, made there first if it does not exist.
+    pub fn in_dir(dir: PathBuf) -> Self {
+        modelgate::tls::generated(&dir).expect("certificates made");
+        Self { dir }
+    }
+
+    /// The folder with `ca.pem`, `runner.pem`/`.key` and `gateway.pem`/`.key`.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
+
+    /// `MODELGATE__RUNNER__TLS__*` variables for a runner process.
+    pub fn runner_env(&self) -> [(&'static str, PathBuf); 3] {
+        [
+            ("MODELGATE__RUNNER__TLS__CA_FILE", self.dir().join("ca.pem")),
+            ("MODELGATE__RUNNER__TLS__CERT_FILE", self.dir().join("runner.pem")),
+            ("MODELGATE__RUNNER__TLS__KEY_FILE", self.dir().join("runner.key")),
+        ]
+    }
+
+    /// A gateway's `[gateway.runner_tls]` for runners with [`Certs::runner_env`].
+    pub fn gateway_config(&self) -> gateway::runners::RunnerTlsConfig {
+        gateway::runners::RunnerTlsConfig {
+            ca_file: Some(self.dir().join("ca.pem")),
+            cert_file: Some(self.dir().join("gateway.pem")),
+            key_file: Some(self.dir().join("gateway.key")),
+            ..Default::default()
+        }
+    }
+}
+
+/// The gateway's side of the mutual TLS, from a `tls` folder as `dev` makes it.
+pub fn gateway_tls(tls_dir: &Path) -> tonic::transport::ClientTlsConfig {
+    let read = |name: &str| std::fs::read_to_string(tls_dir.join(name)).expect("a certificate file");
+    gateway::runners::client_tls_config(
+        &read("ca.pem"),
+        &read("gateway.pem"),
+        &read("gateway.key"),
+        gateway::runners::DEFAULT_SERVER_NAME,
+    )
+}
+
+/// A gRPC client of the runner at `addr` (`host:port`), holding the gateway's certificate
+/// from `tls_dir`.
+pub async fn runner_client_at(
+    addr: &str,
+    tls_dir: &Path,
+) -> Result<proto::v1::runner_client::RunnerClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?.tls_config(gateway_tls(tls_dir))?;
+    Ok(proto::v1::runner_client::RunnerClient::new(channel.connect().await?))
 }
 
 async fn fresh_postgres(server: &str) -> String {
@@ -121,6 +200,11 @@ impl TestApp {
         config.storage.endpoint = options.storage_endpoint;
         config.storage.options = options.storage_options.into_iter().collect();
         config.gateway.routing.poll_ms = 100;
+        if let Some(tls) = options.runner_tls {
+            config.gateway.runner_tls = tls;
+        } else if options.runners.is_some() {
+            config.gateway.runner_tls = shared_certs().gateway_config();
+        }
         let role = match options.runners {
             Some(runners) => {
                 config.gateway.runners = runners;
@@ -230,10 +314,14 @@ impl TestApp {
         self.running.as_ref().and_then(|r| r.runner_addr).expect("the runner runs")
     }
 
-    /// A gRPC client of the in-process runner.
+    /// A gRPC client of the in-process runner, with the gateway's certificate.
     pub async fn runner_client(&self) -> proto::v1::runner_client::RunnerClient<tonic::transport::Channel> {
-        let addr = self.runner_addr();
-        proto::v1::runner_client::RunnerClient::connect(format!("http://{addr}")).await.expect("runner reachable")
+        runner_client_at(&self.runner_addr().to_string(), &self.tls_dir()).await.expect("runner reachable")
+    }
+
+    /// The certificates the app made for its runner and gateway (`<data_dir>/tls`).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.config.data_dir.join(modelgate::tls::DIR)
     }
 
     pub fn req(&self, method: Method, path: &str, key: Option<&str>) -> RequestBuilder {

@@ -32,6 +32,7 @@ mod postgres_restart;
 mod presigned;
 mod registry;
 mod routing;
+mod runner_auth;
 mod sdk_clients;
 mod storage;
 mod tenant_bounds;

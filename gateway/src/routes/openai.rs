@@ -220,6 +220,7 @@ pub(super) async fn resolve_spec(
                 object_path: storage.blob_path(&tenant.id, &f.digest).to_string(),
             })
             .collect(),
+        tenant_id: tenant.id.clone(),
     };
     Ok((spec, model.task))
 }

@@ -43,3 +43,59 @@ impl Default for RoutingConfig {
         }
     }
 }
+
+/// `[gateway.runner_tls]`: the gateway's side of the mutual TLS with runners. Where the
+/// certificates come from (these files, or the ones `dev` makes in its data folder) is decided
+/// at start-up, in the binary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunnerTlsConfig {
+    /// PEM certificate(s) of the CA that runners' certificates must chain to.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The gateway's client certificate chain (PEM), presented to runners.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<std::path::PathBuf>,
+    /// The name runners' certificates are checked for, whatever address a runner is reached
+    /// at (discovered runners are pod IPs).
+    pub server_name: String,
+    /// Talk plaintext gRPC to runners (which must then be `[runner.tls] insecure` too).
+    pub insecure: bool,
+}
+
+impl Default for RunnerTlsConfig {
+    fn default() -> Self {
+        Self {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            server_name: DEFAULT_SERVER_NAME.to_owned(),
+            insecure: false,
+        }
+    }
+}
+
+/// The name in runners' certificates unless `server_name` says otherwise.
+pub const DEFAULT_SERVER_NAME: &str = "modelgate-runner";
+
+impl RunnerTlsConfig {
+    /// Whether any of the three files is named.
+    pub fn has_files(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+}
+
+/// The client side of the mutual TLS: the CA runners' certificates must chain to, the name
+/// they must carry, and the certificate and key the gateway shows them.
+pub fn client_tls_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    server_name: &str,
+) -> tonic::transport::ClientTlsConfig {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .identity(Identity::from_pem(cert_pem, key_pem))
+        .domain_name(server_name)
+}

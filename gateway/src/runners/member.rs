@@ -1,5 +1,6 @@
-//! One runner as a gateway knows it: its address, a gRPC client per thread, what its last
-//! status poll said, and the calls this gateway has on it.
+//! One runner as a gateway knows it: its address, a gRPC client per thread (over mutual TLS
+//! unless `[gateway.runner_tls] insecure`), what its last status poll said, and the calls this
+//! gateway has on it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use proto::v1::runner_client::RunnerClient;
 use proto::v1::{StatusRequest, StatusResponse};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub(super) const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -47,11 +48,19 @@ pub(super) struct Member {
 }
 
 impl Member {
-    pub(super) fn new(address: &str) -> Result<Self, AddressError> {
-        let endpoint = Endpoint::from_shared(address.to_owned())
-            .map_err(|source| AddressError { address: address.to_owned(), source })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
+    /// With `tls`, the connection is mutual TLS whatever the address's scheme (`http://` is
+    /// how runners are listed and discovered; tonic would skip TLS for it).
+    pub(super) fn new(address: &str, tls: Option<&ClientTlsConfig>) -> Result<Self, AddressError> {
+        let error = |source| AddressError { address: address.to_owned(), source };
+        let uri = match (tls, address.strip_prefix("http://")) {
+            (Some(_), Some(rest)) => format!("https://{rest}"),
+            _ => address.to_owned(),
+        };
+        let mut endpoint =
+            Endpoint::from_shared(uri).map_err(error)?.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true);
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(error)?;
+        }
         Ok(Self { address: address.to_owned(), endpoint, outstanding: Mutex::default(), view: Mutex::default() })
     }
 

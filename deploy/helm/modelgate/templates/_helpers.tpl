@@ -20,3 +20,19 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{ include "modelgate.fullname" . }}-secrets
 {{- end -}}
 {{- end }}
+
+{{- define "modelgate.runnerTlsSecret" -}}
+{{- if .Values.tls.runnerSecret -}}
+{{ .Values.tls.runnerSecret }}
+{{- else -}}
+{{ include "modelgate.fullname" . }}-runner-tls
+{{- end -}}
+{{- end }}
+
+{{- define "modelgate.gatewayTlsSecret" -}}
+{{- if .Values.tls.gatewaySecret -}}
+{{ .Values.tls.gatewaySecret }}
+{{- else -}}
+{{ include "modelgate.fullname" . }}-gateway-tls
+{{- end -}}
+{{- end }}
