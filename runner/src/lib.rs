@@ -7,6 +7,7 @@ mod device;
 mod error;
 pub mod metrics;
 mod models;
+pub mod tls;
 mod worker;
 
 use std::future::Future;
@@ -20,14 +21,15 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::models::GenerateParams;
+pub use artifacts::BlobAddress;
 pub use device::GpuDtype;
 pub use error::Error;
 pub use models::Embedded;
 use proto::v1::runner_server::{Runner as RunnerRpc, RunnerServer};
 use proto::v1::{
     Classification, ClassifyRequest, ClassifyResponse, EmbedRequest, EmbedResponse, Embedding, GenerateChunk,
-    GenerateRequest, LabelScore, LoadRequest, LoadResponse, LoadedModel, PinRequest, PinResponse, StatusRequest,
-    StatusResponse, UnloadRequest, UnloadResponse,
+    GenerateRequest, LabelScore, LoadRequest, LoadResponse, LoadedModel, ModelSpec, PinRequest, PinResponse,
+    StatusRequest, StatusResponse, UnloadRequest, UnloadResponse,
 };
 
 /// Inputs in one embedding request at most.
@@ -61,6 +63,8 @@ pub struct RunnerConfig {
     /// The type of model weights on a GPU: `auto` (the model's own half-precision type, else
     /// f16 for encoders and bf16 for generators), `f16`, `bf16` or `f32`. The CPU computes in f32.
     pub gpu_dtype: GpuDtype,
+    /// Mutual TLS: who may call this runner (`[runner.tls]`).
+    pub tls: tls::TlsConfig,
 }
 
 impl Default for RunnerConfig {
@@ -77,6 +81,7 @@ impl Default for RunnerConfig {
             max_batch_tokens: 16_384,
             max_batch_wait_us: 0,
             gpu_dtype: GpuDtype::Auto,
+            tls: tls::TlsConfig::default(),
         }
     }
 }
@@ -85,12 +90,19 @@ impl Default for RunnerConfig {
 #[derive(Clone)]
 pub struct Runner {
     models: cache::ModelCache,
+    blob_address: BlobAddress,
 }
 
 impl Runner {
     /// `store` is the object store the gateway's object paths point into; `cache_dir`
-    /// is where fetched files are kept (the config's, resolved by the caller).
-    pub fn new(config: &RunnerConfig, cache_dir: PathBuf, store: Arc<dyn ObjectStore>) -> Result<Self, Error> {
+    /// is where fetched files are kept (the config's, resolved by the caller); `blob_address`
+    /// is the store's layout of tenants' blobs, which every spec's object paths must follow.
+    pub fn new(
+        config: &RunnerConfig,
+        cache_dir: PathBuf,
+        store: Arc<dyn ObjectStore>,
+        blob_address: BlobAddress,
+    ) -> Result<Self, Error> {
         let artifacts = artifacts::ArtifactCache::new(cache_dir, store, config.cache_max_bytes)?;
         let placement = device::Placement::new(config.gpu_dtype);
         tracing::info!(device = ?placement.device, gpu_dtype = ?config.gpu_dtype, memory_budget_mib = config.memory_budget_mib, "runner ready");
@@ -105,7 +117,7 @@ impl Runner {
         if config.idle_ttl_secs > 0 {
             tokio::spawn(models.clone().expire_idle(std::time::Duration::from_secs(config.idle_ttl_secs)));
         }
-        Ok(Self { models })
+        Ok(Self { models, blob_address })
     }
 
     pub fn into_service(self) -> RunnerServer<Self> {
@@ -114,13 +126,19 @@ impl Runner {
             .max_encoding_message_size(proto::MAX_MESSAGE_BYTES)
     }
 
-    /// Serves gRPC on `listener` until `shutdown` completes.
+    /// Serves gRPC on `listener` until `shutdown` completes; with `tls`, only to callers whose
+    /// certificate chains to its CA (see [`tls::server_config`]).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
+        tls: Option<tonic::transport::ServerTlsConfig>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
-        tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls)?;
+        }
+        server
             .add_service(self.into_service())
             // Without TCP_NODELAY small replies wait on delayed ACKs (~40 ms each).
             .serve_with_incoming_shutdown(
@@ -128,6 +146,15 @@ impl Runner {
                 shutdown,
             )
             .await
+    }
+}
+
+impl Runner {
+    /// The request's model, if every one of its files is its tenant's stored blob.
+    fn admit(&self, spec: Option<ModelSpec>) -> Result<ModelSpec, Status> {
+        let spec = spec.ok_or_else(|| Status::invalid_argument("model is required"))?;
+        artifacts::check_spec(&spec, &self.blob_address)?;
+        Ok(spec)
     }
 }
 
@@ -190,7 +217,7 @@ impl RunnerRpc for Runner {
         let span = call_span("embed", &request);
         traced(span, async move {
             let request = request.into_inner();
-            let spec = request.model.ok_or_else(|| Status::invalid_argument("model is required"))?;
+            let spec = self.admit(request.model)?;
             if request.inputs.is_empty() {
                 return Err(Status::invalid_argument("inputs must not be empty"));
             }
@@ -212,7 +239,7 @@ impl RunnerRpc for Runner {
         let span = call_span("classify", &request);
         traced(span, async move {
             let request = request.into_inner();
-            let spec = request.model.ok_or_else(|| Status::invalid_argument("model is required"))?;
+            let spec = self.admit(request.model)?;
             if request.inputs.is_empty() || request.inputs.len() > MAX_INPUTS {
                 return Err(Status::invalid_argument(format!("send 1 to {MAX_INPUTS} inputs")));
             }
@@ -242,7 +269,7 @@ impl RunnerRpc for Runner {
         let span = call_span("generate", &request);
         traced(span, async move {
             let request = request.into_inner();
-            let spec = request.model.ok_or_else(|| Status::invalid_argument("model is required"))?;
+            let spec = self.admit(request.model)?;
             if request.prompt.is_empty() == request.messages.is_empty() {
                 return Err(Status::invalid_argument("send either a prompt or messages"));
             }
@@ -285,7 +312,7 @@ impl RunnerRpc for Runner {
         let span = call_span("load", &request);
         traced(span, async move {
             let request = request.into_inner();
-            let spec = request.model.ok_or_else(|| Status::invalid_argument("model is required"))?;
+            let spec = self.admit(request.model)?;
             self.models.preload(&spec, request.pin).await.map_err(|e| e.status())?;
             let memory_bytes = self
                 .models

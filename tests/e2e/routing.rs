@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use proto::v1::StatusRequest;
-use proto::v1::runner_client::RunnerClient;
 use serde_json::json;
 
 use crate::helpers::{AppOptions, Database, TestApp};
@@ -48,6 +47,7 @@ impl RunnerProcess {
             .env("RUST_LOG", "info")
             .env("MODELGATE__LOG__FORMAT", "json")
             .env("MODELGATE__METRICS__LISTEN", "127.0.0.1:0")
+            .envs(crate::helpers::shared_certs().runner_env())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -58,10 +58,18 @@ impl RunnerProcess {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// A client with the gateways' certificate (the tests' shared CA).
+    async fn client(
+        &self,
+    ) -> Result<proto::v1::runner_client::RunnerClient<tonic::transport::Channel>, tonic::transport::Error> {
+        let certs = crate::helpers::shared_certs().dir();
+        crate::helpers::runner_client_at(&format!("127.0.0.1:{}", self.port), &certs).await
+    }
+
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(mut client) = RunnerClient::connect(self.address()).await
+            if let Ok(mut client) = self.client().await
                 && client.status(StatusRequest {}).await.is_ok()
             {
                 return;
@@ -72,7 +80,7 @@ impl RunnerProcess {
     }
 
     async fn status(&self) -> proto::v1::StatusResponse {
-        let mut client = RunnerClient::connect(self.address()).await.expect("runner reachable");
+        let mut client = self.client().await.expect("runner reachable");
         client.status(StatusRequest {}).await.expect("status").into_inner()
     }
 

@@ -24,7 +24,7 @@ use tonic::transport::Channel;
 
 use crate::error::ApiError;
 
-pub use config::RoutingConfig;
+pub use config::{DEFAULT_SERVER_NAME, RoutingConfig, RunnerTlsConfig, client_tls_config};
 pub use member::AddressError;
 use member::{Copy, Member, Outstanding, STATUS_TIMEOUT, is_connection_failure, status};
 
@@ -36,6 +36,8 @@ pub struct RunnerPool {
 
 struct Inner {
     config: RoutingConfig,
+    /// Mutual TLS towards every runner; None: plaintext (`[gateway.runner_tls] insecure`).
+    tls: Option<tonic::transport::ClientTlsConfig>,
     configured: Vec<String>,
     members: RwLock<Arc<Vec<Arc<Member>>>>,
     /// When each version last had a copy at `hot_queue`.
@@ -50,11 +52,17 @@ fn cost(spec: &ModelSpec) -> u64 {
 
 impl RunnerPool {
     /// Connections are made lazily, so a gateway starts before its runners.
-    pub fn new(addresses: &[String], config: RoutingConfig) -> Result<Self, AddressError> {
-        let members = addresses.iter().map(|a| Member::new(a).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
+    pub fn new(
+        addresses: &[String],
+        config: RoutingConfig,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<Self, AddressError> {
+        let members =
+            addresses.iter().map(|a| Member::new(a, tls.as_ref()).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
+                tls,
                 configured: addresses.to_vec(),
                 members: RwLock::new(Arc::new(members)),
                 last_hot: Mutex::default(),
@@ -106,7 +114,7 @@ impl RunnerPool {
         for address in &wanted {
             match current.iter().find(|m| &m.address == address) {
                 Some(member) => next.push(member.clone()),
-                None => match Member::new(address) {
+                None => match Member::new(address, self.inner.tls.as_ref()) {
                     Ok(member) => next.push(Arc::new(member)),
                     Err(e) => tracing::warn!(runner.address = %address, error = %e, "skipping a resolved runner"),
                 },
@@ -409,7 +417,7 @@ mod tests {
     fn pool(breaker_open_ms: u64) -> RunnerPool {
         let addresses = ["http://127.0.0.1:1".to_owned(), "http://127.0.0.1:2".to_owned()];
         let config = RoutingConfig { breaker_failures: 3, breaker_open_ms, ..RoutingConfig::default() };
-        RunnerPool::new(&addresses, config).expect("valid addresses")
+        RunnerPool::new(&addresses, config, None).expect("valid addresses")
     }
 
     fn spec() -> ModelSpec {
