@@ -174,3 +174,67 @@ fn unique_suffix() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(".{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
+
+#[cfg(test)]
+mod tests {
+    use object_store::memory::InMemory;
+
+    use super::*;
+
+    const A: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// The registry's layout, as the binary hands it in.
+    fn address() -> BlobAddress {
+        Arc::new(|tenant: &str, sha256: &str| Some(format!("mg/tenants/{tenant}/blobs/sha256/{sha256}")))
+    }
+
+    fn spec(tenant: &str, sha256: &str, object_path: &str) -> ModelSpec {
+        let file =
+            ModelFile { path: "config.json".into(), sha256: sha256.into(), size: 1, object_path: object_path.into() };
+        ModelSpec { display_name: "t/m@1".into(), tenant_id: tenant.into(), files: vec![file], ..ModelSpec::default() }
+    }
+
+    #[test]
+    fn only_the_tenants_content_address_of_each_digest_passes() {
+        let own = format!("mg/tenants/t1/blobs/sha256/{A}");
+        assert!(check_spec(&spec("t1", A, &own), &address()).is_ok());
+        let refused = [
+            spec("t2", A, &own),
+            spec("t1", A, &format!("mg/tenants/t2/blobs/sha256/{A}")),
+            spec("t1", A, &format!("mg/tenants/t1/blobs/sha256/../../t2/blobs/sha256/{A}")),
+            spec("t1", A, "mg/tenants/t1/staging/u1/data"),
+            spec("t1", &A.replace('0', "1"), &own),
+            spec("t1", &A.to_uppercase(), &own),
+            spec("t1", "", &own),
+        ];
+        for spec in refused {
+            let error = check_spec(&spec, &address()).expect_err("refused");
+            assert!(matches!(error, Error::OutsideTenant { .. }), "{error}");
+            assert_eq!(error.status().code(), tonic::Code::PermissionDenied);
+            assert!(!error.to_string().contains(A), "{error}");
+        }
+        for tenant in ["", "t1/../t2", "t 1"] {
+            let error = check_spec(&spec(tenant, A, &own), &address()).expect_err("refused");
+            assert_eq!(error.status().code(), tonic::Code::InvalidArgument, "{tenant:?}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wrong_checksum_names_no_digest_and_leaves_nothing_cached() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let path = format!("mg/tenants/t1/blobs/sha256/{A}");
+        store.put(&object_store::path::Path::from(path.as_str()), b"other bytes".to_vec().into()).await.expect("put");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = ArtifactCache::new(dir.path().to_path_buf(), store, u64::MAX).expect("cache");
+        let file = &spec("t1", A, &path).files[0];
+        let error = cache.fetch("t/m@1", file).await.expect_err("the bytes do not match");
+        let status = error.status();
+        assert_eq!(status.code(), tonic::Code::DataLoss);
+        let actual = hex::encode(Sha256::digest(b"other bytes"));
+        for secret in [A, actual.as_str(), path.as_str()] {
+            assert!(!status.message().contains(secret), "{status:?}");
+        }
+        assert_eq!(std::fs::read_dir(dir.path().join("sha256")).expect("cache").count(), 0);
+        assert_eq!(std::fs::read_dir(dir.path().join("partial")).expect("partials").count(), 0);
+    }
+}
