@@ -1,7 +1,7 @@
 //! Request bodies a caller sends: none may hold the gateway's memory or a connection for free.
 //!
-//! - An upload body (a file, a resumable chunk) that sends nothing for `body_idle_timeout_secs`
-//!   ends with 408 `body_timeout`, and what it had sent is dropped.
+//! - A request body (an upload, a JSON body, a form) that sends nothing for
+//!   `body_idle_timeout_secs` ends with 408 `body_timeout`, and what it had sent is dropped.
 //! - A resumable chunk is held whole before it goes to the store (an object store takes a part
 //!   in one request), so chunks being received draw their size from a budget of
 //!   `chunk_buffer_mib`, of which one tenant takes at most a quarter; past it, 429 with
@@ -14,7 +14,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use actix_web::dev::ServiceResponse;
+use actix_web::HttpMessage as _;
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::{ConnectionType, StatusCode};
@@ -26,38 +27,54 @@ use crate::error::ApiError;
 
 const MIB: u64 = 1024 * 1024;
 
-/// A body that stopped sending, or broke off.
+/// Why a body that stopped sending was ended (inside the `TimedOut` I/O error its reader gets).
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error("the request body sent nothing for {} s; the upload was ended", .0.as_secs())]
-    Idle(Duration),
-    #[error(transparent)]
-    Payload(#[from] PayloadError),
+#[error("the request body sent nothing for {} s; it was ended", .0.as_secs())]
+pub struct BodyIdle(Duration);
+
+/// Makes every read of the request's body end with a `TimedOut` I/O error carrying
+/// [`BodyIdle`] when no byte arrives for `idle`, whoever reads it (an upload, a JSON extractor,
+/// a form): a body that stalls holds neither its buffer nor its connection.
+pub fn idle_timeout(req: &mut ServiceRequest, idle: Duration) {
+    let payload = req.take_payload();
+    let timed = futures::stream::unfold(Some(payload), move |payload| async move {
+        let mut payload = payload?;
+        match tokio::time::timeout(idle, payload.next()).await {
+            Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(payload))),
+            Ok(Some(Err(e))) => Some((Err(e), None)),
+            Ok(None) => None,
+            Err(_) => {
+                let stalled = std::io::Error::new(std::io::ErrorKind::TimedOut, BodyIdle(idle));
+                Some((Err(PayloadError::Io(stalled)), None))
+            }
+        }
+    });
+    let timed: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(timed);
+    req.set_payload(Payload::from(timed));
 }
 
-/// The request body, ending with [`BodyError::Idle`] when no byte arrives for `idle`.
-pub fn idle_timeout<S>(body: S, idle: Duration) -> Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>>>>
-where
-    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin + 'static,
-{
-    Box::pin(futures::stream::unfold(Some(body), move |body| async move {
-        let mut body = body?;
-        match tokio::time::timeout(idle, body.next()).await {
-            Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(body))),
-            Ok(Some(Err(e))) => Some((Err(e.into()), None)),
-            Ok(None) => None,
-            Err(_) => Some((Err(BodyError::Idle(idle)), None)),
+/// The stall, when reading a body failed because it stopped sending.
+pub fn idle_of(e: &PayloadError) -> Option<&BodyIdle> {
+    match e {
+        PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            io.get_ref().and_then(|inner| inner.downcast_ref::<BodyIdle>())
         }
-    }))
+        _ => None,
+    }
+}
+
+/// 408 `body_timeout`, for a body that stopped sending.
+pub fn body_timeout(idle: &BodyIdle) -> ApiError {
+    ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", idle.to_string())
 }
 
 /// A registry error from reading an upload body as the caller should see it: a stalled body
 /// is 408 `body_timeout`, everything else as usual.
 pub fn upload_error(e: registry::Error) -> ApiError {
     if let registry::Error::Upload(source) = &e
-        && let Some(idle @ BodyError::Idle(_)) = source.downcast_ref::<BodyError>()
+        && let Some(idle) = source.downcast_ref::<PayloadError>().and_then(idle_of)
     {
-        return ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", idle.to_string());
+        return body_timeout(idle);
     }
     e.into()
 }

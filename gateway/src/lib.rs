@@ -77,7 +77,7 @@ pub struct GatewayConfig {
     pub upload_session_ttl_secs: u64,
     /// Drafts not committed within this are marked failed and their files collected.
     pub draft_ttl_secs: u64,
-    /// An upload body (a file or a chunk) that sends nothing for this long ends with 408.
+    /// A request body (an upload, JSON, a form) that sends nothing for this long ends with 408.
     pub body_idle_timeout_secs: u64,
     /// Memory for resumable chunks being received (each is held whole), all tenants together;
     /// one tenant takes at most a quarter. Past it, a chunk is refused with 429.
@@ -152,6 +152,7 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
         std::time::Duration::from_secs(config.body_idle_timeout_secs.max(1)),
         config.chunk_buffer_mib,
     ));
+    let idle = body_limits.idle;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -162,7 +163,8 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
                 ApiError::bad_request("invalid_query", format!("invalid query string: {e}")).into()
             }))
             .wrap(actix_web::middleware::from_fn(authorize))
-            .wrap_fn(|req, srv| {
+            .wrap_fn(move |mut req, srv| {
+                body::idle_timeout(&mut req, idle);
                 let started = Instant::now();
                 let method = req.method().clone();
                 let path = req.path().to_owned();
@@ -281,6 +283,7 @@ fn json_error(e: JsonPayloadError) -> ApiError {
             "body_too_large",
             format!("the JSON body exceeds {limit} bytes"),
         ),
+        JsonPayloadError::Payload(ref p) if let Some(idle) = body::idle_of(p) => body::body_timeout(idle),
         JsonPayloadError::Deserialize(e) => {
             ApiError::bad_request("invalid_json", format!("the JSON body is invalid: {e}"))
         }

@@ -265,6 +265,17 @@ async fn stalled_chunk_bodies_time_out_and_chunks_past_the_budget_are_refused() 
     let (addr, head) = put_head(&app, &path, &key, 8 * MIB, "");
     let (answer, closed, took) = stall(&addr, head, &[1u8; 4096], Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 408") && closed && took < Duration::from_secs(5), "{answer} {took:?}");
+
+    // So does any other body, here an inference request's JSON.
+    let invoker = app.key("acme", "invoker", &key).await;
+    let head = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {invoker}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        8 * MIB
+    );
+    let (answer, closed, took) = stall(&addr, head, br#"{"model": "big", "input": ["#, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("body_timeout"), "{answer}");
+    assert!(closed && took < Duration::from_secs(5), "{took:?}");
     app.stop().await;
 }
 

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::{model_in, version_number};
 use crate::AppState;
 use crate::auth::Principal;
-use crate::body::{BodyLimits, idle_timeout, upload_error};
+use crate::body::upload_error;
 use crate::error::ApiError;
 
 /// The client's sha256 of the body, hex or base64; a mismatch rejects the file.
@@ -26,12 +26,10 @@ async fn put(
     principal: Principal,
     req: HttpRequest,
     path: web::Path<(String, String, String, String)>,
-    limits: web::Data<BodyLimits>,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, model, version, file) = path.into_inner();
     let model = model_in(&state, &principal, &tenant, &model, Role::Developer).await?;
-    let body = idle_timeout(body, limits.idle);
     let number = version_number(&version)?;
     let file = super::parse(FilePath::parse(&file))?;
     let declared = match req.headers().get(CHECKSUM_HEADER) {

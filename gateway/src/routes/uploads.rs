@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::{model_in, version_number};
 use crate::AppState;
 use crate::auth::Principal;
-use crate::body::{BodyLimits, idle_timeout, upload_error};
+use crate::body::{BodyLimits, upload_error};
 use crate::error::ApiError;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -127,7 +127,6 @@ async fn chunk(
     };
     let _room = limits.chunk_room(&model.tenant_id, expected)?;
     let started = std::time::Instant::now();
-    let body = idle_timeout(body, limits.idle);
     let session = state.registry.put_chunk(&model, &id, index, body).await.map_err(upload_error)?;
     let bytes = session.chunk_size.min(session.size.saturating_sub(index.saturating_mul(session.chunk_size)));
     crate::metrics::upload(&tenant, bytes, started.elapsed());
