@@ -42,7 +42,7 @@ pub fn generated(dir: &Path) -> anyhow::Result<Generated> {
         let parent = dir.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         let scratch = parent.join(format!(".{DIR}-{}-{}", std::process::id(), unique()));
-        private_dir(&scratch)?;
+        crate::private::private_dir(&scratch)?;
         let made = generate().and_then(|files| {
             for (name, content) in files {
                 crate::startup::write_private(&scratch.join(name), &content)?;
@@ -174,13 +174,6 @@ fn files(section: &str, ca: Option<&Path>, cert: Option<&Path>, key: Option<&Pat
         cert: read(cert, "cert_file")?,
         key: SecretString::from(read(key, "key_file")?),
     })
-}
-
-fn private_dir(path: &Path) -> anyhow::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(path).with_context(|| format!("creating {}", path.display()))
 }
 
 fn unique() -> u64 {
