@@ -87,9 +87,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.data_dir = dir;
             }
             let telemetry = telemetry::init(&config.log, &config.tracing)?;
-            std::fs::create_dir_all(&config.data_dir)?;
+            crate::private::own_files_only();
+            crate::private::private_dir(&config.data_dir)?;
             let registry = startup::open_registry(&config).await?;
             registry.db().migrate().await.context("running migrations")?;
+            crate::private::private_sqlite(config.database_url()?.expose_secret())?;
             println!("migrations applied");
             telemetry.shutdown();
             Ok(())

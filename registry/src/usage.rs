@@ -23,6 +23,9 @@ const HOUR_RETENTION_MS: i64 = 90 * DAY_MS;
 pub const UNRESOLVED_MODEL: &str = "(unresolved)";
 /// The longest model name a usage row keeps (model names are at most 128 bytes).
 pub const MAX_MODEL_LEN: usize = 128;
+/// The longest caller id a usage row keeps (key ids are short; an OIDC caller is
+/// `oidc:{issuer}:{sub}`, whose `sub` its issuer chose).
+pub const MAX_CALLER_LEN: usize = 256;
 
 /// `s` cut to at most `max` bytes, at a character boundary.
 pub fn bounded(s: &str, max: usize) -> &str {
@@ -183,7 +186,7 @@ impl Registry {
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                     .bind(key.minute - key.minute.rem_euclid(step.millis()))
                     .bind(&key.tenant_id)
-                    .bind(&key.key_id)
+                    .bind(bounded(&key.key_id, MAX_CALLER_LEN))
                     .bind(bounded(&key.model, MAX_MODEL_LEN))
                     .bind(key.version)
                     .bind(counts.requests)
