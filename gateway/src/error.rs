@@ -53,6 +53,19 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1)
     }
 
+    /// A quarantined version (its calls took runners down): 503 without `Retry-After`, since
+    /// waiting does not help; a platform admin must clear it. The code leads the message too,
+    /// for protocols whose errors carry only a message (KServe v2).
+    pub fn quarantined(reason: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "version_quarantined",
+            format!(
+                "version_quarantined: this model version is quarantined ({reason}); it answers no inference until a platform admin clears it"
+            ),
+        )
+    }
+
     pub fn internal(source: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
             .with_source(source)
@@ -171,6 +184,7 @@ impl From<registry::Error> for ApiError {
             )
             .with_source(e),
             E::Storage(_) => ApiError::unavailable("storage_unavailable", message).with_source(e),
+            E::Quarantined(ref q) => ApiError::quarantined(&q.reason),
             E::Database(_) | E::StorageConfig(_) | E::Io(..) => ApiError::internal(e),
         }
     }

@@ -146,6 +146,8 @@ pub async fn collect_garbage_periodically(registry: Registry, config: GatewayCon
 
 /// Starts the HTTP server on `listener`; the returned server runs until stopped.
 pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayConfig) -> std::io::Result<Server> {
+    // Runners' deaths are judged into the database every gateway reads (runners/containment.rs).
+    state.runners.contain_with(state.registry.clone());
     let state = web::Data::new(state);
     let max_json = config.max_json_bytes;
     let body_limits = web::Data::new(body::BodyLimits::new(

@@ -4,7 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    HistogramVec, IntCounterVec, IntGaugeVec, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
+    HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, register_histogram_vec, register_int_counter,
+    register_int_counter_vec, register_int_gauge_vec,
 };
 
 /// Seconds, from a millisecond to half a minute (generations run long).
@@ -77,6 +78,22 @@ pub static RUNNER_UP: LazyLock<IntGaugeVec> = metric!(
     "Whether the runner answered this gateway's last status poll with its circuit closed (1) or not (0).",
     &["runner"]
 );
+
+pub static VERSION_STRIKES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "modelgate_version_strikes_total",
+        "Strikes against versions in flight on a runner that died (a version alone in flight counts 2)."
+    )
+    .expect("registered once (a bug otherwise)")
+});
+
+pub static VERSION_QUARANTINES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "modelgate_version_quarantines_total",
+        "Versions this gateway quarantined: 2 strikes within 10 minutes."
+    )
+    .expect("registered once (a bug otherwise)")
+});
 
 /// One received upload (a whole file or a chunk).
 pub fn upload(tenant: &str, bytes: u64, elapsed: std::time::Duration) {

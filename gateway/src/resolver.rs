@@ -3,6 +3,7 @@
 //! (Postgres NOTIFY, or in-process on SQLite) and drops the model's entries on every gateway
 //! at once; the TTL is the safety net for an announcement lost with its connection.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use registry::Registry;
 use registry::aliases::{ModelRef, pick_version};
 use registry::changes::Change;
 use registry::models::Model;
+use registry::quarantine::Quarantine;
 use registry::versions::Version;
 
 /// (tenant id, model name, the reference as asked).
@@ -20,6 +22,9 @@ type Key = (String, String, String);
 struct Targets {
     model: Model,
     versions: Vec<(i64, Version)>,
+    /// Those of `versions` that are quarantined. A quarantine is announced as a change of its
+    /// model, so it drops this entry on every gateway.
+    quarantined: HashMap<String, Quarantine>,
     /// The registry's generation when read: a change this gateway made since makes it stale.
     generation: u64,
 }
@@ -38,7 +43,8 @@ impl Resolver {
     }
 
     /// The model and the ready version `reference` names in the tenant now; an alias split
-    /// over several versions picks one by weight on every call.
+    /// over several versions picks one by weight on every call. A quarantined version is an
+    /// error ([`registry::Error::Quarantined`]).
     pub async fn resolve(
         &self,
         registry: &Registry,
@@ -52,7 +58,13 @@ impl Resolver {
             None => {
                 let (generation, own) = (self.generation.load(Ordering::Acquire), registry.generation());
                 let (model, versions) = registry.resolve_targets(tenant_id, reference).await?;
-                let targets = Arc::new(Targets { model, versions, generation: own });
+                let mut quarantined = HashMap::new();
+                for (_, version) in &versions {
+                    if let Some(q) = registry.quarantine(&version.id).await? {
+                        quarantined.insert(version.id.clone(), q);
+                    }
+                }
+                let targets = Arc::new(Targets { model, versions, quarantined, generation: own });
                 if self.generation.load(Ordering::Acquire) == generation {
                     self.cache.insert(key, targets.clone()).await;
                 }
@@ -61,6 +73,9 @@ impl Resolver {
         };
         let version = pick_version(&targets.versions, rand::random_range(0..100))
             .ok_or_else(|| registry::Error::not_found("ready version of model", &targets.model.name))?;
+        if let Some(q) = targets.quarantined.get(&version.id) {
+            return Err(registry::Error::Quarantined(Box::new(q.clone())));
+        }
         Ok((targets.model.clone(), version.clone()))
     }
 

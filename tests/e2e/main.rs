@@ -9,6 +9,7 @@ mod browser;
 mod canary;
 mod classification;
 mod cli;
+mod containment;
 mod dashboard;
 mod dev_binary;
 mod gc;

@@ -11,6 +11,7 @@ use registry::Problem;
 use registry::files::Upload;
 use registry::models::Model;
 use registry::names::{FilePath, Role};
+use registry::quarantine::Quarantine;
 use registry::versions::{NewVersion, Version, VersionStatus};
 
 use super::view::{Chrome, Session, bytes, when, when_opt};
@@ -46,9 +47,31 @@ struct VersionPage {
     problems: Vec<String>,
     can_write: bool,
     draft: bool,
+    /// Why inference refuses the version, when its calls took runners down.
+    quarantine: Option<QuarantineView>,
 }
 
-fn version_page(session: &Session, tenant: &str, model: &Model, v: Version, problems: &[Problem]) -> VersionPage {
+struct QuarantineView {
+    reason: String,
+    since: String,
+    strikes: i64,
+    version_id: String,
+}
+
+impl From<Quarantine> for QuarantineView {
+    fn from(q: Quarantine) -> Self {
+        Self { reason: q.reason, since: when(q.since), strikes: q.strikes, version_id: q.version_id }
+    }
+}
+
+fn version_page(
+    session: &Session,
+    tenant: &str,
+    model: &Model,
+    v: Version,
+    problems: &[Problem],
+    quarantine: Option<Quarantine>,
+) -> VersionPage {
     let about = |file: Option<&str>| -> Vec<String> {
         problems.iter().filter(|p| p.file.as_deref() == file).map(|p| p.message.clone()).collect()
     };
@@ -92,10 +115,11 @@ fn version_page(session: &Session, tenant: &str, model: &Model, v: Version, prob
         problems: about(None),
         can_write: session.can(Role::Developer),
         draft: v.status == VersionStatus::Draft,
+        quarantine: quarantine.map(QuarantineView::from),
     }
 }
 
-/// A version with its files. Requires: viewer.
+/// A version with its files, and its quarantine if it has one. Requires: viewer.
 #[get("/admin/tenants/{tenant}/models/{model}/versions/{version}")]
 async fn page(
     state: web::Data<AppState>,
@@ -105,7 +129,8 @@ async fn page(
     let (tenant, model, version) = path.into_inner();
     let model = model_in(&state, &session.principal, &tenant, &model, Role::Viewer).await?;
     let v = state.registry.version(&model, version_number(&version)?).await?;
-    html(&version_page(&session, &tenant, &model, v, &[]))
+    let quarantine = state.registry.quarantine(&v.id).await?;
+    html(&version_page(&session, &tenant, &model, v, &[], quarantine))
 }
 
 /// Where a file part goes in the version: its name, or for a folder picked whole, its path
@@ -228,7 +253,7 @@ async fn commit(
         Ok(v) => Ok(see_other(&format!("/admin/tenants/{tenant}/models/{}/versions/{}", model.name, v.number))),
         Err(registry::Error::Validation(problems)) => {
             let v = state.registry.version(&model, number).await?;
-            html_with(StatusCode::UNPROCESSABLE_ENTITY, &version_page(&session, &tenant, &model, v, &problems))
+            html_with(StatusCode::UNPROCESSABLE_ENTITY, &version_page(&session, &tenant, &model, v, &problems, None))
         }
         Err(e) => Err(e.into()),
     }

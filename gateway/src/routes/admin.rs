@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use actix_web::{HttpResponse, post, web};
+use actix_web::{HttpResponse, delete, post, web};
 use serde::Deserialize;
 
 use crate::AppState;
@@ -25,4 +25,19 @@ async fn gc(state: web::Data<AppState>, principal: Principal, body: web::Bytes) 
     let grace = body.grace_secs.map_or(state.gc_grace, Duration::from_secs);
     let draft_ttl = body.draft_ttl_secs.map_or(state.draft_ttl, Duration::from_secs);
     Ok(HttpResponse::Ok().json(state.registry.collect_garbage(grace, draft_ttl).await?))
+}
+
+/// Lifts a version's quarantine and forgets its strikes (audited as
+/// `version.quarantine.clear`); answers what was lifted, 404 when the version is not
+/// quarantined. Requires: platform admin.
+#[utoipa::path(tag = "admin", params(("version_id" = String, Path, description = "The version's id, as its `quarantine.version_id` shows it")), responses((status = 200, body = registry::quarantine::Quarantine), (status = 404, description = "Not quarantined", body = crate::routes::schemas::ErrorBody)))]
+#[delete("/api/v1/admin/quarantine/{version_id}")]
+async fn clear_quarantine(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_platform_admin()?;
+    let lifted = state.registry.clear_quarantine(&principal.actor(), &path.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(lifted))
 }

@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | `GET /healthz`, `GET /readyz` | nothing |
 //! | `POST /api/v1/auth/token` | an API key (not a token) |
-//! | `POST/GET /api/v1/tenants`, `PUT .../quotas`, `POST /api/v1/admin/gc` | platform admin |
+//! | `POST/GET /api/v1/tenants`, `PUT .../quotas`, `POST /api/v1/admin/gc`, `DELETE /api/v1/admin/quarantine/{version_id}` | platform admin |
 //! | `POST/GET/DELETE .../keys`, `GET .../audit` | tenant admin |
 //! | `GET` models, versions, files | viewer |
 //! | `POST` models, versions, `PUT` files, commit, archive, `PUT`/`DELETE` aliases, `DELETE` models | developer |
@@ -53,6 +53,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(auth_token::jwks)
         .service(auth_token::whoami)
         .service(admin::gc)
+        .service(admin::clear_quarantine)
         .service(runners::list)
         .service(runners::load)
         .service(runners::unload)

@@ -37,6 +37,7 @@ use super::table::{self, Need};
         super::tenants::create,
         super::tenants::list,
         super::admin::gc,
+        super::admin::clear_quarantine,
         super::runners::list,
         super::runners::load,
         super::runners::unload,

@@ -404,3 +404,12 @@ pub(crate) struct SseEvent {
     /// A JSON chunk; OpenAI's streams end with `[DONE]`.
     data: String,
 }
+
+/// A version (as the registry lists it) with `quarantine`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct VersionWithQuarantine {
+    #[serde(flatten)]
+    version: registry::versions::Version,
+    /// Set while the version is quarantined (its calls took runners down), else null.
+    quarantine: Option<registry::quarantine::Quarantine>,
+}

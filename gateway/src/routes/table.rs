@@ -81,6 +81,7 @@ pub const ROUTES: &[Rule] = &[
     rule("GET", "/api/v1/tenants", PlatformAdmin),
     rule("POST", "/api/v1/admin/gc", PlatformAdmin),
     rule("GET", "/api/v1/admin/runners", PlatformAdmin),
+    rule("DELETE", "/api/v1/admin/quarantine/{version_id}", PlatformAdmin),
     rule("POST", "/api/v1/admin/tenants/{tenant}/models/{model}/versions/{version}/load", PlatformAdmin),
     rule("POST", "/api/v1/admin/tenants/{tenant}/models/{model}/versions/{version}/unload", PlatformAdmin),
     rule("POST", "/api/v1/admin/tenants/{tenant}/models/{model}/versions/{version}/pin", PlatformAdmin),

@@ -63,8 +63,9 @@ async fn list(
     Ok(HttpResponse::Ok().json(state.registry.list_versions(&model, status, &page).await?))
 }
 
-/// A version with its files. Requires: viewer.
-#[utoipa::path(tag = "versions", responses((status = 200, body = registry::versions::Version)))]
+/// A version with its files, and `quarantine` (`{version_id, reason, since, strikes}`, or
+/// null): why inference refuses it, when its calls took runners down. Requires: viewer.
+#[utoipa::path(tag = "versions", responses((status = 200, body = crate::routes::schemas::VersionWithQuarantine)))]
 #[get("/api/v1/tenants/{tenant}/models/{model}/versions/{version}")]
 async fn get(
     state: web::Data<AppState>,
@@ -74,7 +75,10 @@ async fn get(
     let (tenant, model, version) = path.into_inner();
     let model = model_in(&state, &principal, &tenant, &model, Role::Viewer).await?;
     let version = state.registry.version(&model, version_number(&version)?).await?;
-    Ok(HttpResponse::Ok().json(version))
+    let quarantine = state.registry.quarantine(&version.id).await?;
+    let mut body = serde_json::to_value(&version).map_err(ApiError::internal)?;
+    body["quarantine"] = serde_json::to_value(quarantine).map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok().json(body))
 }
 
 /// Validates the draft and makes it ready and immutable; 422 lists every problem. Requires: developer.

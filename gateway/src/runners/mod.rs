@@ -3,11 +3,15 @@
 //! Members come from the configured list and, when set, a DNS name re-resolved periodically
 //! (a Kubernetes headless Service). A background task polls every member's status (loaded
 //! models, queues, memory) into a routing view; [`routing::order`] turns that view into the
-//! order a request tries runners in. A unary call whose runner cannot be reached is retried
-//! once on the next runner; a runner whose calls keep failing has its circuit opened for a
-//! while, and a successful poll after that closes it again.
+//! order a request tries runners in. A unary call that could not reach its runner is retried
+//! once on the next runner; a call lost with its runner (sent, then the runner died) is not
+//! replayed, and the versions in flight there are blamed ([`blame`], [`containment`]); a
+//! runner whose calls keep failing has its circuit opened for a while, and a successful poll
+//! after that closes it again.
 
+pub mod blame;
 mod config;
+mod containment;
 mod member;
 pub mod routing;
 
@@ -42,6 +46,8 @@ struct Inner {
     members: RwLock<Arc<Vec<Arc<Member>>>>,
     /// When each version last had a copy at `hot_queue`.
     last_hot: Mutex<HashMap<String, Instant>>,
+    /// Who is blamed when a runner dies with calls in flight.
+    containment: containment::Containment,
 }
 
 /// The memory a version's model is expected to take: its weights' size, as runners
@@ -66,8 +72,15 @@ impl RunnerPool {
                 configured: addresses.to_vec(),
                 members: RwLock::new(Arc::new(members)),
                 last_hot: Mutex::default(),
+                containment: containment::Containment::default(),
             }),
         })
+    }
+
+    /// Records the strikes and quarantines of runners' deaths in `registry` (without one,
+    /// deaths are still judged, logged and counted, and lost calls still not replayed).
+    pub fn contain_with(&self, registry: registry::Registry) {
+        self.inner.containment.attach(registry);
     }
 
     fn members(&self) -> Arc<Vec<Arc<Member>>> {
@@ -156,6 +169,8 @@ impl RunnerPool {
                     .iter()
                     .map(|m| (m.version_id.clone(), Copy { in_flight: m.in_flight, pinned: m.pinned }))
                     .collect();
+                let busy = view.models.iter().filter(|(_, c)| c.in_flight > 0).map(|(v, _)| v.clone()).collect();
+                self.inner.containment.saw_busy(&member.address, busy);
                 let mut last_hot = self.inner.last_hot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 for (version, copy) in &view.models {
                     if copy.in_flight >= self.inner.config.hot_queue {
@@ -310,8 +325,9 @@ impl RunnerPool {
     }
 
     /// Makes a call on the runner that routing puts first, and once more on the next one if
-    /// the first cannot be reached. Only idempotent calls come here (inference reads nothing
-    /// but its inputs), so a call lost with its runner is safe to repeat. Answers which
+    /// the call could not reach the first. A call lost with its runner (sent, unanswered, the
+    /// connection gone) is not repeated: it may be what killed the runner, and repeating it
+    /// could kill the next one. Its death is judged instead ([`containment`]). Answers which
     /// runner answered.
     async fn call<T, F, Fut>(&self, spec: &ModelSpec, call: F) -> Result<(T, String), ApiError>
     where
@@ -320,10 +336,23 @@ impl RunnerPool {
     {
         let mut last = None;
         for member in self.route(spec).into_iter().take(2) {
-            let answer = {
-                let _counted = Outstanding::start(&member, &spec.version_id);
-                call(member.client()).await
-            };
+            let counted = Outstanding::start(&member, &spec.version_id);
+            let answer = call(member.client()).await;
+            if let Err(status) = &answer
+                && is_connection_failure(status)
+                && !containment::never_reached(status)
+            {
+                // Every call lost in this death still holds its count here, so the first one
+                // to get here sees them all.
+                let outstanding = member.outstanding().keys().cloned().collect();
+                let fresh = Duration::from_millis(self.inner.config.poll_ms.max(10) * 3);
+                let verdict = self.inner.containment.died(&member.address, outstanding, fresh).await;
+                drop(counted);
+                self.record(&member, Err(status));
+                let status = answer.err().expect("matched just above; this is a bug");
+                return Err(containment::lost_call(&verdict, &spec.version_id, status));
+            }
+            drop(counted);
             match answer {
                 Ok(response) => {
                     self.record(&member, Ok(()));
