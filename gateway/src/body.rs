@@ -6,11 +6,12 @@
 //!   in one request), so chunks being received draw their size from a budget of
 //!   `chunk_buffer_mib`, of which one tenant takes at most a quarter; past it, 429 with
 //!   `Retry-After` before any byte is read.
-//! - An error answered to a request whose body may be unread closes the connection, so the
-//!   rest of the body is neither read nor left waiting on a connection that stays open.
+//! - An answer sent before the request's body was read to its end closes the connection, so
+//!   the rest of the body is neither read nor left waiting on a connection that stays open.
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -32,25 +33,45 @@ const MIB: u64 = 1024 * 1024;
 #[error("the request body sent nothing for {} s; it was ended", .0.as_secs())]
 pub struct BodyIdle(Duration);
 
+/// Whether a request's body was read to its end, as [`idle_timeout`] saw it.
+#[derive(Clone, Default)]
+pub struct Drained(Arc<AtomicBool>);
+
+impl Drained {
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// Makes every read of the request's body end with a `TimedOut` I/O error carrying
 /// [`BodyIdle`] when no byte arrives for `idle`, whoever reads it (an upload, a JSON extractor,
-/// a form): a body that stalls holds neither its buffer nor its connection.
-pub fn idle_timeout(req: &mut ServiceRequest, idle: Duration) {
+/// a form): a body that stalls holds neither its buffer nor its connection. Answers whether
+/// the body will have been read to its end.
+pub fn idle_timeout(req: &mut ServiceRequest, idle: Duration) -> Drained {
+    let drained = Drained::default();
+    let flag = drained.0.clone();
     let payload = req.take_payload();
-    let timed = futures::stream::unfold(Some(payload), move |payload| async move {
-        let mut payload = payload?;
-        match tokio::time::timeout(idle, payload.next()).await {
-            Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(payload))),
-            Ok(Some(Err(e))) => Some((Err(e), None)),
-            Ok(None) => None,
-            Err(_) => {
-                let stalled = std::io::Error::new(std::io::ErrorKind::TimedOut, BodyIdle(idle));
-                Some((Err(PayloadError::Io(stalled)), None))
+    let timed = futures::stream::unfold(Some(payload), move |payload| {
+        let flag = flag.clone();
+        async move {
+            let mut payload = payload?;
+            match tokio::time::timeout(idle, payload.next()).await {
+                Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(payload))),
+                Ok(Some(Err(e))) => Some((Err(e), None)),
+                Ok(None) => {
+                    flag.store(true, Ordering::Release);
+                    None
+                }
+                Err(_) => {
+                    let stalled = std::io::Error::new(std::io::ErrorKind::TimedOut, BodyIdle(idle));
+                    Some((Err(PayloadError::Io(stalled)), None))
+                }
             }
         }
     });
     let timed: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(timed);
     req.set_payload(Payload::from(timed));
+    drained
 }
 
 /// The stall, when reading a body failed because it stopped sending.
@@ -154,12 +175,11 @@ pub fn has_body(headers: &HeaderMap) -> bool {
     }
 }
 
-/// An error answered to a request with a body may come before the body was read (refused by
-/// its headers, its length, its credential): the connection is closed after the answer, not
-/// kept alive with the rest of the body unread in it.
-pub fn close_if_answered_early<B>(had_body: bool, res: &mut ServiceResponse<B>) {
-    let status = res.status();
-    if had_body && (status.is_client_error() || status.is_server_error()) {
+/// An answer sent before the request's body was read to its end (refused by its headers, its
+/// length, its credential; a stalled body) closes the connection: the rest of the body is
+/// neither read nor left in a connection kept alive.
+pub fn close_if_answered_early<B>(had_body: bool, drained: &Drained, res: &mut ServiceResponse<B>) {
+    if had_body && !drained.get() {
         res.response_mut().head_mut().set_connection_type(ConnectionType::Close);
     }
 }

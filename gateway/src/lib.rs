@@ -166,7 +166,7 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
             }))
             .wrap(actix_web::middleware::from_fn(authorize))
             .wrap_fn(move |mut req, srv| {
-                body::idle_timeout(&mut req, idle);
+                let drained = body::idle_timeout(&mut req, idle);
                 let started = Instant::now();
                 let method = req.method().clone();
                 let path = req.path().to_owned();
@@ -187,7 +187,7 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
                 let call = context.scope(srv.call(req)).instrument(span.clone());
                 async move {
                     let mut res = call.await?;
-                    body::close_if_answered_early(had_body, &mut res);
+                    body::close_if_answered_early(had_body, &drained, &mut res);
                     let status = res.status().as_u16();
                     let elapsed = started.elapsed();
                     let duration_ms = elapsed.as_millis() as u64;

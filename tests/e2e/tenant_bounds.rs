@@ -301,6 +301,17 @@ async fn an_answer_before_the_body_is_read_closes_the_connection() {
     let (answer, closed, _) = stall(&addr, head, &[0u8; 1024], Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 401") && closed, "{answer}");
 
+    // An error answered after the whole body was read keeps the connection.
+    let invoker = app.key("acme", "invoker", &key).await;
+    let json = br#"{"model": "nope", "input": "hi"}"#;
+    let head = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {invoker}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        json.len()
+    );
+    let (answer, closed, _) = stall(&addr, head, json, Duration::from_secs(1)).await;
+    assert!(answer.starts_with("HTTP/1.1 404") && !closed, "{answer}");
+
     // A success keeps the connection for the next request.
     let (addr, head) = put_head(&app, &format!("{path}.small"), &key, 4, "");
     let (answer, closed, _) = stall(&addr, head, b"abcd", Duration::from_secs(1)).await;
