@@ -183,3 +183,42 @@ pub fn close_if_answered_early<B>(had_body: bool, drained: &Drained, res: &mut S
         res.response_mut().head_mut().set_connection_type(ConnectionType::Close);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn a_body_is_a_length_above_zero_or_chunked() {
+        assert!(has_body(&headers(&[("content-length", "10")])));
+        assert!(has_body(&headers(&[("transfer-encoding", "chunked")])));
+        assert!(has_body(&headers(&[("content-length", "x")])), "an unreadable length may hide a body");
+        assert!(!has_body(&headers(&[("content-length", "0")])));
+        assert!(!has_body(&headers(&[])));
+    }
+
+    #[test]
+    fn chunks_share_the_budget_and_one_tenant_takes_a_quarter() {
+        let limits = BodyLimits::new(Duration::from_secs(1), 256);
+        let a: Vec<ChunkRoom> = (0..4).map(|_| limits.chunk_room("a", 16 * MIB).expect("room")).collect();
+        let refused = limits.chunk_room("a", MIB).err().expect("past a's quarter");
+        assert_eq!((refused.status(), refused.code()), (StatusCode::TOO_MANY_REQUESTS, "too_many_chunks"));
+        let others: Vec<ChunkRoom> =
+            ["b", "c", "d"].iter().map(|t| limits.chunk_room(t, 64 * MIB).expect("room")).collect();
+        assert!(limits.chunk_room("e", MIB).is_err(), "the budget is full");
+        drop(a);
+        assert!(limits.chunk_room("a", 64 * MIB).is_ok(), "dropped rooms are given back");
+        drop(others);
+        assert!(limits.per_tenant.lock().expect("unpoisoned").len() <= 1, "tenants at zero are forgotten");
+    }
+}
