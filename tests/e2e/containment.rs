@@ -258,6 +258,7 @@ async fn a_call_that_kills_its_runner_alone_is_not_replayed_and_quarantines_its_
     let (status, body) = read(kserve).await;
     assert_eq!(status, 503, "{body}");
     assert!(body["error"].as_str().is_some_and(|m| m.contains("version_quarantined")), "{body}");
+    assert_eq!(app.call(Method::GET, "/v2/models/m/ready", &evil, None).await.0, 503, "not ready");
     assert_eq!(second.requests_for("evil/m@1").await, 0);
 
     // Its admins see why; a platform admin clears it (audited); the metric counted it.

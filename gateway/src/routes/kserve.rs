@@ -121,8 +121,21 @@ async fn version_metadata(
 }
 
 async fn readiness(state: &AppState, principal: &Principal, model: &str, version: Option<&str>) -> HttpResponse {
-    match metadata(state, principal, model, version).await {
-        Ok(_) => HttpResponse::Ok().json(json!({ "name": model, "ready": true })),
+    let checked = async {
+        metadata(state, principal, model, version).await?;
+        // A quarantined version is not ready: it answers version_quarantined, as its calls do.
+        let tenant = principal.own_tenant(Role::Invoker)?;
+        let requested = reference(model, version);
+        if let Ok(reference) = ModelRef::parse(&requested)
+            && let Err(e @ registry::Error::Quarantined(_)) =
+                state.resolver.resolve(&state.registry, &tenant.id, &reference, &requested).await
+        {
+            return Err(ApiError::from(e));
+        }
+        Ok(())
+    };
+    match checked.await {
+        Ok(()) => HttpResponse::Ok().json(json!({ "name": model, "ready": true })),
         Err(e) => kserve_error(&e),
     }
 }
