@@ -195,12 +195,13 @@ async fn wait_healthy(app: &TestApp, n: usize) {
 /// yet, so the models go to `first`); tenants `evil`, `good` and `other`, each with model `m`,
 /// and their admins' keys.
 async fn setup(
+    database: Database,
     first: &CrashingRunner,
     later: &[&Port],
     storage_url: &str,
     models: &std::path::Path,
 ) -> (TestApp, [String; 3]) {
-    let mut options = AppOptions::new(Database::Sqlite);
+    let mut options = AppOptions::new(database);
     options.storage_url = Some(storage_url.to_owned());
     let mut runners = vec![first.address.clone()];
     runners.extend(later.iter().map(|p| format!("http://127.0.0.1:{}", p.port)));
@@ -218,12 +219,18 @@ async fn setup(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_that_kills_its_runner_alone_is_not_replayed_and_quarantines_its_version() {
+    for database in Database::all("containment") {
+        alone_in_flight(database).await;
+    }
+}
+
+async fn alone_in_flight(database: Database) {
     let (store, models) = (tempfile::tempdir().expect("folder"), tempfile::tempdir().expect("folder"));
     tiny_bert::write(models.path());
     let url = storage_url(&store);
     let first = CrashingRunner::start(&url, free_port()).await;
     let second_port = free_port();
-    let (app, [evil_admin, good_admin, _]) = setup(&first, &[&second_port], &url, models.path()).await;
+    let (app, [evil_admin, good_admin, _]) = setup(database, &first, &[&second_port], &url, models.path()).await;
     let evil = app.key("evil", "invoker", &evil_admin).await;
     let good = app.key("good", "invoker", &good_admin).await;
     for key in [&evil, &good] {
@@ -231,6 +238,9 @@ async fn a_call_that_kills_its_runner_alone_is_not_replayed_and_quarantines_its_
     }
     let second = CrashingRunner::start(&url, second_port).await;
     wait_healthy(&app, 2).await;
+    // Another gateway over the same database has resolved evil's model (and cached it).
+    let gateway = app.second_gateway().await;
+    assert_eq!(gateway.call(Method::GET, "/v2/models/m/ready", &evil, None).await.0, 200);
     let before = app.metrics().await;
 
     // The first runner dies while evil's call alone is in flight on it: evil is quarantined,
@@ -239,6 +249,16 @@ async fn a_call_that_kills_its_runner_alone_is_not_replayed_and_quarantines_its_
     assert_eq!((status, body["error"]["code"].as_str()), (503, Some("version_quarantined")), "{body}");
     assert!(!retry_after, "waiting does not lift a quarantine: no Retry-After");
     assert_eq!(second.requests_for("evil/m@1").await, 0, "the call was not replayed on the second runner");
+
+    // The other gateway drops its cached resolution at the quarantine's announcement.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while gateway.call(Method::GET, "/v2/models/m/ready", &evil, None).await.0 != 503 {
+        assert!(Instant::now() < deadline, "the other gateway still has evil's model ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _, body) = embed(&gateway, &evil, "m", "hello").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("version_quarantined")), "{body}");
+    gateway.stop().await;
 
     // The second runner serves the other tenant.
     let (status, _, body) = embed(&app, &good, "m", "hello again").await;
@@ -295,7 +315,7 @@ async fn an_attackers_crash_with_a_victims_call_in_flight_does_not_quarantine_th
     let first = CrashingRunner::start(&url, free_port()).await;
     let [second_port, third_port] = [free_port(), free_port()];
     let (app, [evil_admin, good_admin, other_admin]) =
-        setup(&first, &[&second_port, &third_port], &url, models.path()).await;
+        setup(Database::Sqlite, &first, &[&second_port, &third_port], &url, models.path()).await;
     let evil = app.key("evil", "invoker", &evil_admin).await;
     let good = app.key("good", "invoker", &good_admin).await;
     let other = app.key("other", "invoker", &other_admin).await;
