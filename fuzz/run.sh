@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 SECONDS_EACH=${1:-60}
 export RUSTC_BOOTSTRAP=1
-targets=(safetensors_header file_path jwt kserve_infer config_family)
+targets=(safetensors_header gguf_header file_path jwt kserve_infer config_family)
 cargo fuzz build --sanitizer none -a
 for target in "${targets[@]}"; do
   mkdir -p "corpus/$target"
