@@ -275,14 +275,22 @@ impl Registry {
 
     /// Validates a draft and makes it ready and immutable; on failure answers every problem
     /// and leaves the draft as it was, so the uploader can fix the files and commit again.
-    pub async fn commit_version(&self, actor: &Actor, model: &Model, number: i64) -> Result<Version> {
+    /// `max_model_bytes`: the largest runner's memory budget, when known (see validate.rs).
+    pub async fn commit_version(
+        &self,
+        actor: &Actor,
+        model: &Model,
+        number: i64,
+        max_model_bytes: Option<u64>,
+    ) -> Result<Version> {
         let version = self.version(model, number).await?;
         ensure_draft(&version, model)?;
-        let architecture = match validate::validate(&self.storage, &model.tenant_id, model.task, &version.files).await?
-        {
-            Ok(architecture) => architecture,
-            Err(problems) => return Err(Error::Validation(problems)),
-        };
+        let files = &version.files;
+        let architecture =
+            match validate::validate(&self.storage, &model.tenant_id, model.task, files, max_model_bytes).await? {
+                Ok(architecture) => architecture,
+                Err(problems) => return Err(Error::Validation(problems)),
+            };
         let mut tx = self.db.begin().await?;
         lock_draft(&mut tx, &version.id, model, number).await?;
         let rows = sqlx::query("SELECT path, sha256, size FROM version_files WHERE version_id = $1 ORDER BY path")

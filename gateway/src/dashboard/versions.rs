@@ -249,7 +249,11 @@ async fn commit(
     let (tenant, model, version) = path.into_inner();
     let model = model_in(&state, &session.principal, &tenant, &model, Role::Developer).await?;
     let number = version_number(&version)?;
-    match state.registry.commit_version(&session.principal.actor(), &model, number).await {
+    match state
+        .registry
+        .commit_version(&session.principal.actor(), &model, number, state.runners.largest_budget())
+        .await
+    {
         Ok(v) => Ok(see_other(&format!("/admin/tenants/{tenant}/models/{}/versions/{}", model.name, v.number))),
         Err(registry::Error::Validation(problems)) => {
             let v = state.registry.version(&model, number).await?;

@@ -91,7 +91,10 @@ async fn commit(
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, model, version) = path.into_inner();
     let model = model_in(&state, &principal, &tenant, &model, Role::Developer).await?;
-    let version = state.registry.commit_version(&principal.actor(), &model, version_number(&version)?).await?;
+    let version = state
+        .registry
+        .commit_version(&principal.actor(), &model, version_number(&version)?, state.runners.largest_budget())
+        .await?;
     Ok(HttpResponse::Ok().json(version))
 }
 

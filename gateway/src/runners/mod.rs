@@ -79,6 +79,12 @@ impl RunnerPool {
 
     /// Records the strikes and quarantines of runners' deaths in `registry` (without one,
     /// deaths are still judged, logged and counted, and lost calls still not replayed).
+    /// The largest memory budget a runner has reported, if any has: a version that needs
+    /// more cannot be served anywhere.
+    pub fn largest_budget(&self) -> Option<u64> {
+        self.members().iter().map(|m| m.view().memory_budget).filter(|b| *b > 0).max()
+    }
+
     pub fn contain_with(&self, registry: registry::Registry) {
         self.inner.containment.attach(registry);
     }
