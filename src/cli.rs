@@ -109,7 +109,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
+async fn serve(mut config: Config, role: Role) -> anyhow::Result<()> {
+    // Chat templates render in a child process of this executable, limited in memory and time.
+    if config.runner.template_sandbox.is_none() {
+        config.runner.template_sandbox = Some(std::env::current_exe().context("finding this executable")?);
+    }
     let telemetry = telemetry::init(&config.log, &config.tracing)?;
     let running = startup::start(&config, role).await?;
     if let Some(addr) = running.gateway_addr {

@@ -25,6 +25,7 @@ use crate::device::Placement;
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::models::ModelFiles;
+use crate::template::Renderer;
 use crate::worker::{BatchLimits, ModelWorker};
 use proto::v1::ModelSpec;
 
@@ -74,6 +75,7 @@ struct Inner {
     artifacts: ArtifactCache,
     placement: Placement,
     limits: BatchLimits,
+    models: ModelLimits,
     budget_bytes: u64,
     loads: AtomicU64,
     counters: CacheCounters,
@@ -82,6 +84,15 @@ struct Inner {
 #[derive(Clone)]
 pub struct ModelCache {
     inner: Arc<Inner>,
+}
+
+/// What the runner lets a model take beyond its files' own bounds.
+#[derive(Debug, Clone)]
+pub struct ModelLimits {
+    /// Positions a generation may span at most, whatever the model declares.
+    pub max_context: u64,
+    /// Where chat templates render.
+    pub renderer: Renderer,
 }
 
 /// A model held for one request: it cannot be evicted until this is dropped.
@@ -111,7 +122,13 @@ impl Drop for Lease {
 }
 
 impl ModelCache {
-    pub fn new(artifacts: ArtifactCache, placement: Placement, budget_bytes: u64, limits: BatchLimits) -> Self {
+    pub fn new(
+        artifacts: ArtifactCache,
+        placement: Placement,
+        budget_bytes: u64,
+        limits: BatchLimits,
+        models: ModelLimits,
+    ) -> Self {
         let inner = Inner {
             state: Mutex::default(),
             changed: tokio::sync::Notify::new(),
@@ -119,6 +136,7 @@ impl ModelCache {
             artifacts,
             placement,
             limits,
+            models,
             budget_bytes,
             loads: AtomicU64::new(0),
             counters: CacheCounters::default(),
@@ -192,8 +210,18 @@ impl ModelCache {
         let local = self.inner.artifacts.fetch_all(&spec.display_name, &spec.files).await?;
         let paths = spec.files.iter().map(|f| f.path.clone()).zip(local).collect();
         let files = ModelFiles { model: spec.display_name.clone(), paths };
-        // Room for what the weights will take on the device, in the type they will take there.
-        let estimate = files.weight_bytes(self.inner.placement.float_bytes())?;
+        // Admitted from its files' headers before anything is allocated; room for what it will
+        // take on the device, in the type its weights will take there.
+        let (task, max_context) = (spec.task.clone(), self.inner.models.max_context);
+        let (files, admitted) = tokio::task::spawn_blocking(move || {
+            let admitted = files.admit(&task, max_context);
+            (files, admitted)
+        })
+        .await
+        .map_err(|_| Error::Inference("admitting the model failed".into()))?;
+        let admitted = admitted?;
+        let placement = &self.inner.placement;
+        let estimate = admitted.estimate(placement.float_bytes(), placement.device.is_cpu());
         self.make_room(&spec.version_id, &spec.display_name, estimate).await?;
         let loaded = ModelWorker::start(
             spec.display_name.clone(),
@@ -201,6 +229,8 @@ impl ModelCache {
             files,
             self.inner.placement.clone(),
             self.inner.limits,
+            admitted,
+            self.inner.models.renderer.clone(),
         )
         .await;
         let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -242,9 +272,7 @@ impl ModelCache {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || tokio::time::timeout(left, changed).await.is_err() {
-                return Err(Error::Overloaded(format!(
-                    "{name} (the runner's memory is held by busy or pinned models)"
-                )));
+                return Err(Error::NoRoom(name.to_owned()));
             }
         }
     }

@@ -26,8 +26,13 @@ pub enum Error {
     },
     #[error("model {0} is overloaded: its queue is full")]
     Overloaded(String),
+    /// The budget is held by models serving requests (or pinned) for longer than a load waits.
+    #[error("no room for model {0}: the runner's memory is held by busy or pinned models")]
+    NoRoom(String),
     #[error("model {0} stopped while the request was queued")]
     WorkerGone(String),
+    #[error("the call's deadline passed")]
+    DeadlineExceeded,
     #[error("inference failed: {0}")]
     Inference(String),
     #[error("the GPU failed: {0}")]
@@ -53,7 +58,8 @@ impl Error {
             Error::DigestMismatch { .. } => Status::data_loss(message),
             Error::OutsideTenant { .. } => Status::permission_denied(message),
             Error::Fetch { .. } | Error::WorkerGone(_) => Status::unavailable(message),
-            Error::Overloaded(_) => Status::resource_exhausted(message),
+            Error::Overloaded(_) | Error::NoRoom(_) => Status::resource_exhausted(message),
+            Error::DeadlineExceeded => Status::deadline_exceeded(message),
             Error::Inference(_) | Error::Device(_) | Error::Io(_) => Status::internal(message),
         }
     }

@@ -7,6 +7,7 @@ mod device;
 mod error;
 pub mod metrics;
 mod models;
+pub mod template;
 pub mod tls;
 mod worker;
 
@@ -63,6 +64,13 @@ pub struct RunnerConfig {
     /// The type of model weights on a GPU: `auto` (the model's own half-precision type, else
     /// f16 for encoders and bf16 for generators), `f16`, `bf16` or `f32`. The CPU computes in f32.
     pub gpu_dtype: GpuDtype,
+    /// Positions (prompt and completion) a generation may span at most, whatever a model
+    /// declares: its KV cache and rotary tables for this many count in its memory.
+    pub max_context_tokens: u64,
+    /// The `modelgate` executable that renders chat templates in a child process limited in
+    /// memory and time (the binary sets itself); unset, templates render in this process,
+    /// bounded in instructions and output only.
+    pub template_sandbox: Option<PathBuf>,
     /// Mutual TLS: who may call this runner (`[runner.tls]`).
     pub tls: tls::TlsConfig,
 }
@@ -81,6 +89,8 @@ impl Default for RunnerConfig {
             max_batch_tokens: 16_384,
             max_batch_wait_us: 0,
             gpu_dtype: GpuDtype::Auto,
+            max_context_tokens: 32_768,
+            template_sandbox: None,
             tls: tls::TlsConfig::default(),
         }
     }
@@ -113,7 +123,12 @@ impl Runner {
             max_batch_wait: std::time::Duration::from_micros(config.max_batch_wait_us),
         };
         let budget = config.memory_budget_bytes.unwrap_or(config.memory_budget_mib * 1024 * 1024);
-        let models = cache::ModelCache::new(artifacts, placement, budget, limits);
+        let renderer = match &config.template_sandbox {
+            Some(exe) => template::Renderer::Sandbox(exe.clone()),
+            None => template::Renderer::InProcess,
+        };
+        let model_limits = cache::ModelLimits { max_context: config.max_context_tokens.max(1), renderer };
+        let models = cache::ModelCache::new(artifacts, placement, budget, limits, model_limits);
         if config.idle_ttl_secs > 0 {
             tokio::spawn(models.clone().expire_idle(std::time::Duration::from_secs(config.idle_ttl_secs)));
         }
@@ -156,6 +171,24 @@ impl Runner {
         artifacts::check_spec(&spec, &self.blob_address)?;
         Ok(spec)
     }
+}
+
+/// When the caller stops waiting: its `grpc-timeout` from now.
+fn deadline<T>(request: &Request<T>) -> Option<std::time::Instant> {
+    use std::time::Duration;
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    std::time::Instant::now().checked_add(timeout)
 }
 
 /// A seed for a generation that asked for none.
@@ -267,6 +300,7 @@ impl RunnerRpc for Runner {
 
     async fn generate(&self, request: Request<GenerateRequest>) -> Result<Response<Self::GenerateStream>, Status> {
         let span = call_span("generate", &request);
+        let deadline = deadline(&request);
         traced(span, async move {
             let request = request.into_inner();
             let spec = self.admit(request.model)?;
@@ -286,6 +320,7 @@ impl RunnerRpc for Runner {
                 seed: request.seed.unwrap_or_else(rand_seed),
                 repetition_penalty: request.repetition_penalty,
                 stop: request.stop,
+                deadline,
             };
             let lease = self.models.get(&spec).await.map_err(|e| e.status())?;
             let pieces = lease.generate(params)?;

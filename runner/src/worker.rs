@@ -11,7 +11,8 @@ use tokio::sync::oneshot;
 use crate::device::Placement;
 use crate::error::{Error, Result};
 use crate::metrics;
-use crate::models::{Embedded, GenerateParams, LoadedModel, ModelFiles, Piece};
+use crate::models::{Admitted, Embedded, GenerateParams, LoadedModel, ModelFiles, Piece};
+use crate::template::Renderer;
 
 enum Job {
     Embed {
@@ -98,6 +99,8 @@ impl ModelWorker {
         files: ModelFiles,
         placement: Placement,
         limits: BatchLimits,
+        admitted: Admitted,
+        renderer: Renderer,
     ) -> Result<Self> {
         let (queue, jobs) = mpsc::sync_channel::<Job>(limits.queue_depth);
         let (loaded_tx, loaded_rx) = oneshot::channel::<Result<(u64, Option<Vec<String>>)>>();
@@ -107,9 +110,10 @@ impl ModelWorker {
         std::thread::Builder::new().name(format!("model {display_name}")).spawn(move || {
             let started = Instant::now();
             // A loader that panics on weights it cannot use must not take the runner down.
-            let loaded =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| LoadedModel::load(&task, &files, &placement)))
-                    .unwrap_or_else(|_| Err(files.invalid("the weights do not match the config")));
+            let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                LoadedModel::load(&task, &files, &placement, &admitted, &renderer)
+            }))
+            .unwrap_or_else(|_| Err(files.invalid("the weights do not match the config")));
             let mut model = match loaded {
                 Ok((model, bytes)) => {
                     let load_ms = started.elapsed().as_millis() as u64;

@@ -190,6 +190,8 @@ impl TestApp {
         config.gateway.listen = "127.0.0.1:0".parse().expect("address");
         config.metrics.listen = "127.0.0.1:0".parse().expect("address");
         config.runner.memory_budget_mib = 1024;
+        // As the binary does: chat templates render in a limited child process of it.
+        config.runner.template_sandbox = Some(env!("CARGO_BIN_EXE_modelgate").into());
         config.database.url = match &options.database {
             Database::Sqlite => None,
             Database::Postgres(server) => Some(SecretString::from(fresh_postgres(server).await)),

@@ -128,7 +128,9 @@ async fn three_runners_keep_versions_where_they_are_fill_room_and_survive_a_kill
         tiny_bert::write(&models.path().join(name));
     }
     // Each runner has room for exactly one of these models.
-    let budget = std::fs::metadata(models.path().join("m1/model.safetensors")).expect("weights").len();
+    let size = |file: &str| std::fs::metadata(models.path().join("m1").join(file)).expect("a model file").len();
+    // What a runner counts for one: its weights, and its tokenizer.
+    let budget = size("model.safetensors") + formats::tokenizer::MEMORY_PER_FILE_BYTE * size("tokenizer.json");
     let mut runners = Vec::new();
     for _ in 0..3 {
         runners.push(RunnerProcess::start(&storage_url, budget).await);

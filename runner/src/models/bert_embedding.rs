@@ -49,17 +49,27 @@ pub struct BertEmbedder {
     normalize: bool,
     /// Set for sequence classification: the answer is label scores, not an embedding.
     head: Option<ClassifierHead>,
+    /// Bytes of an input read at most: truncation to the model's length keeps no more, and the
+    /// tokenizer never sees the rest.
+    max_input_bytes: usize,
     device: Device,
 }
 
 impl BertEmbedder {
     /// A sequence classifier: the same encoder, with the classification head of its weights.
-    pub fn load_classifier(config: Config, files: &ModelFiles, device: &Device, dtype: DType) -> Result<(Self, u64)> {
-        Self::load_with(config, files, device, dtype, true)
+    /// `growth`: how many times longer its tokenizer's normalizer may make a text.
+    pub fn load_classifier(
+        config: Config,
+        files: &ModelFiles,
+        device: &Device,
+        dtype: DType,
+        growth: u64,
+    ) -> Result<(Self, u64)> {
+        Self::load_with(config, files, device, dtype, growth, true)
     }
 
-    pub fn load(config: Config, files: &ModelFiles, device: &Device, dtype: DType) -> Result<(Self, u64)> {
-        Self::load_with(config, files, device, dtype, false)
+    pub fn load(config: Config, files: &ModelFiles, device: &Device, dtype: DType, growth: u64) -> Result<(Self, u64)> {
+        Self::load_with(config, files, device, dtype, growth, false)
     }
 
     /// The labels a classifier scores, in the order of its scores.
@@ -72,6 +82,7 @@ impl BertEmbedder {
         files: &ModelFiles,
         device: &Device,
         dtype: DType,
+        growth: u64,
         classify: bool,
     ) -> Result<(Self, u64)> {
         // sentence-transformers layout: modules.json names the pooling folder and whether a
@@ -124,12 +135,14 @@ impl BertEmbedder {
         let head = if classify { Some(ClassifierHead::load(&vb, files)?) } else { None };
         let model = BertEncoder::load(vb, &config)
             .map_err(|e| files.invalid(format!("weights do not match config.json: {e}")))?;
-        Ok((Self { model, tokenizer, pooling, normalize, head, device: device.clone() }, bytes))
+        let max_input_bytes = super::input_bound(max_len, growth);
+        Ok((Self { model, tokenizer, pooling, normalize, head, max_input_bytes, device: device.clone() }, bytes))
     }
 
     /// Tokens of `text` after truncation, special tokens included (an input the tokenizer
     /// cannot read counts its bytes: it fails when it runs, with its own error).
     pub fn count_tokens(&self, text: &str) -> usize {
+        let text = super::clip(text, self.max_input_bytes);
         self.tokenizer.encode_fast(text, true).map_or(text.len(), |e| e.len())
     }
 
@@ -147,7 +160,8 @@ impl BertEmbedder {
     }
 
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Embedded>> {
-        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(inference)?;
+        let texts: Vec<&str> = texts.iter().map(|t| super::clip(t, self.max_input_bytes)).collect();
+        let encodings = self.tokenizer.encode_batch(texts.clone(), true).map_err(inference)?;
         let len = encodings.first().map_or(0, |e| e.get_ids().len());
         let mut ids = Vec::with_capacity(texts.len() * len);
         let mut mask = Vec::with_capacity(texts.len() * len);

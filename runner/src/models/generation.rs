@@ -8,7 +8,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::llama::{Cache, Config, Llama, LlamaConfig, LlamaEosToks};
+use candle_transformers::models::llama::{Cache, Llama, LlamaConfig, LlamaEosToks};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use candle_transformers::models::{quantized_qwen2, qwen2};
 use serde::Deserialize;
@@ -16,6 +16,7 @@ use tokenizers::Tokenizer;
 
 use super::{ModelFiles, inference};
 use crate::error::{Error, Result};
+use crate::template::{Render, Renderer};
 
 /// Tokens the repetition penalty looks back over.
 const REPEAT_LAST_N: usize = 64;
@@ -33,6 +34,8 @@ pub struct GenerateParams {
     pub seed: u64,
     pub repetition_penalty: Option<f32>,
     pub stop: Vec<String>,
+    /// When the caller stops waiting: generation ends there, with DEADLINE_EXCEEDED.
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// One piece of generated text; the last one says why generation ended.
@@ -71,11 +74,11 @@ impl TokenText {
 /// full-precision Llama keep their own KV cache, which a generation starting at position 0
 /// resets or clears).
 enum Backbone {
-    /// `dtype`: the weights' type, which the KV cache takes too.
+    /// `cache`: an empty KV cache with the rotary tables of the served context, built once;
+    /// each generation starts from a copy (the tables are shared, not copied).
     Safetensors {
         model: Llama,
-        config: Config,
-        dtype: DType,
+        cache: Cache,
     },
     Gguf {
         model: ModelWeights,
@@ -88,10 +91,22 @@ enum Backbone {
     },
 }
 
+/// How a generator serves: the context admitted, the most prompt bytes it reads, and where its
+/// chat template renders.
+pub struct Serving {
+    pub context: usize,
+    pub max_input_bytes: usize,
+    pub renderer: Renderer,
+}
+
 pub struct TextGenerator {
     backbone: Backbone,
     /// Tokens the model can attend to (prompt and generated).
     context: usize,
+    /// Prompt bytes read at most (see `super::input_bound`): a longer prompt is refused before
+    /// it is tokenized.
+    max_prompt_bytes: usize,
+    renderer: Renderer,
     tokenizer: Tokenizer,
     eos: Vec<u32>,
     template: Option<String>,
@@ -101,38 +116,53 @@ pub struct TextGenerator {
 }
 
 impl TextGenerator {
-    /// A Llama-family model; safetensors weights take `dtype` (GGUF ones stay as quantized).
-    pub fn load(config: LlamaConfig, files: &ModelFiles, device: &Device, dtype: DType) -> Result<(Self, u64)> {
+    /// A Llama-family model serving `context` positions (admitted: at most what it declares);
+    /// safetensors weights take `dtype` (GGUF ones stay as quantized).
+    pub fn load(
+        config: LlamaConfig,
+        files: &ModelFiles,
+        device: &Device,
+        dtype: DType,
+        serving: &Serving,
+    ) -> Result<(Self, u64)> {
+        let context = serving.context;
         let eos = match &config.eos_token_id {
             Some(LlamaEosToks::Single(id)) => vec![*id],
             Some(LlamaEosToks::Multiple(ids)) => ids.clone(),
             None => Vec::new(),
         };
-        let config = config.into_config(false);
-        let (backbone, context, bytes) = match gguf_file_of(files) {
+        let mut config = config.into_config(false);
+        // The rotary tables cover the served context, not the declared one.
+        config.max_position_embeddings = context;
+        let (backbone, bytes) = match gguf_file_of(files) {
             Some(path) => {
                 let (content, mut file, bytes) =
                     open_gguf(&path, files, embedding_bytes(config.vocab_size, config.hidden_size))?;
-                let context = gguf_context(&content, "llama.context_length", config.max_position_embeddings);
                 let model = ModelWeights::from_gguf(content, &mut file, device)
                     .map_err(|e| files.invalid(format!("GGUF weights: {e}")))?;
-                (Backbone::Gguf { model }, context, bytes)
+                (Backbone::Gguf { model }, bytes)
             }
             None => {
                 let (tensors, bytes) = super::load_weights(files, device, dtype)?;
                 let vb = VarBuilder::from_tensors(tensors, dtype, device);
                 let model = Llama::load(vb, &config)
                     .map_err(|e| files.invalid(format!("weights do not fit the config: {e}")))?;
-                let context = config.max_position_embeddings;
-                (Backbone::Safetensors { model, config, dtype }, context, bytes)
+                let cache = Cache::new(true, dtype, &config, device).map_err(inference)?;
+                (Backbone::Safetensors { model, cache }, bytes)
             }
         };
-        Self::assemble(backbone, context, eos, files, device).map(|g| (g, bytes))
+        Self::assemble(backbone, serving, eos, files, device).map(|g| (g, bytes))
     }
 
-    /// A Qwen2-family model (safetensors weights take `dtype`); it keeps its own KV cache,
-    /// cleared for each generation.
-    pub fn load_qwen2(config: qwen2::Config, files: &ModelFiles, device: &Device, dtype: DType) -> Result<(Self, u64)> {
+    /// A Qwen2-family model serving `context` positions (safetensors weights take `dtype`); it
+    /// keeps its own KV cache, cleared for each generation.
+    pub fn load_qwen2(
+        mut config: qwen2::Config,
+        files: &ModelFiles,
+        device: &Device,
+        dtype: DType,
+        serving: &Serving,
+    ) -> Result<(Self, u64)> {
         #[derive(Deserialize)]
         struct Eos {
             eos_token_id: Option<LlamaEosToks>,
@@ -145,24 +175,24 @@ impl TextGenerator {
         if let Some(path) = gguf_file_of(files) {
             let (content, mut file, bytes) =
                 open_gguf(&path, files, embedding_bytes(config.vocab_size, config.hidden_size))?;
-            let context = gguf_context(&content, "qwen2.context_length", config.max_position_embeddings);
             let model = quantized_qwen2::ModelWeights::from_gguf(content, &mut file, device)
                 .map_err(|e| files.invalid(format!("GGUF weights: {e}")))?;
             let backbone = Backbone::GgufQwen2 { model: Box::new(model) };
-            return Self::assemble(backbone, context, eos, files, device).map(|g| (g, bytes));
+            return Self::assemble(backbone, serving, eos, files, device).map(|g| (g, bytes));
         }
+        config.max_position_embeddings = serving.context;
         let (tensors, bytes) = super::load_weights(files, device, dtype)?;
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
         let model = qwen2::ModelForCausalLM::new(&config, vb)
             .map_err(|e| files.invalid(format!("weights do not fit the config: {e}")))?;
         let backbone = Backbone::Qwen2 { model: Box::new(model) };
-        Self::assemble(backbone, config.max_position_embeddings, eos, files, device).map(|g| (g, bytes))
+        Self::assemble(backbone, serving, eos, files, device).map(|g| (g, bytes))
     }
 
     /// The parts every family shares: tokenizer, chat template, special tokens.
     fn assemble(
         backbone: Backbone,
-        context: usize,
+        serving: &Serving,
         eos: Vec<u32>,
         files: &ModelFiles,
         device: &Device,
@@ -176,7 +206,9 @@ impl TextGenerator {
         let text = |t: &Option<TokenText>| t.as_ref().map(|t| t.text().to_owned()).unwrap_or_default();
         let generator = Self {
             backbone,
-            context,
+            context: serving.context,
+            max_prompt_bytes: serving.max_input_bytes,
+            renderer: serving.renderer.clone(),
             tokenizer,
             eos,
             template: tokenizer_config.chat_template.clone(),
@@ -188,38 +220,37 @@ impl TextGenerator {
     }
 
     /// The prompt text: the prompt as given, or the messages through the chat template (or,
-    /// for a model without one, `role: content` lines and a last `assistant:`).
+    /// for a model without one, `role: content` lines and a last `assistant:`), at most
+    /// `max_prompt_bytes`.
     fn prompt(&self, params: &GenerateParams) -> Result<String> {
-        if let Some(prompt) = &params.prompt {
-            return Ok(prompt.clone());
-        }
-        let Some(template) = &self.template else {
-            let mut text: String =
-                params.messages.iter().map(|(role, content)| format!("{role}: {content}\n")).collect();
-            text.push_str("assistant:");
-            return Ok(text);
+        let prompt = match (&params.prompt, &self.template) {
+            (Some(prompt), _) => prompt.clone(),
+            (None, None) => {
+                let mut text: String =
+                    params.messages.iter().map(|(role, content)| format!("{role}: {content}\n")).collect();
+                text.push_str("assistant:");
+                text
+            }
+            (None, Some(template)) => self
+                .renderer
+                .render(&Render {
+                    template: template.clone(),
+                    messages: params.messages.clone(),
+                    bos_token: self.bos_text.clone(),
+                    eos_token: self.eos_text.clone(),
+                    max_bytes: self.max_prompt_bytes,
+                })
+                .map_err(Error::InvalidRequest)?,
         };
-        let mut env = minijinja::Environment::new();
-        minijinja_contrib::add_to_environment(&mut env);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
-        });
-        let messages: Vec<_> = params
-            .messages
-            .iter()
-            .map(|(role, content)| minijinja::context! { role => role, content => content })
-            .collect();
-        env.render_str(
-            template,
-            minijinja::context! {
-                messages => messages,
-                add_generation_prompt => true,
-                bos_token => self.bos_text,
-                eos_token => self.eos_text,
-            },
-        )
-        .map_err(|e| Error::InvalidRequest(format!("the chat template failed on these messages: {e}")))
+        if prompt.len() > self.max_prompt_bytes {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt is {} bytes; this model reads at most {} (its context of {} tokens)",
+                prompt.len(),
+                self.max_prompt_bytes,
+                self.context
+            )));
+        }
+        Ok(prompt)
     }
 
     /// Generates, handing each piece of text to `emit`; stops early when `emit` answers false
@@ -241,9 +272,7 @@ impl TextGenerator {
         let mut sampler = LogitsProcessor::from_sampling(params.seed, sampling(params));
         // A fresh KV cache per generation (a quantized model resets its own at position 0).
         let mut cache = match &mut self.backbone {
-            Backbone::Safetensors { config, dtype, .. } => {
-                Some(Cache::new(true, *dtype, config, &self.device).map_err(inference)?)
-            }
+            Backbone::Safetensors { cache, .. } => Some(cache.clone()),
             Backbone::Gguf { .. } => None,
             Backbone::Qwen2 { model } => {
                 model.clear_kv_cache();
@@ -259,6 +288,9 @@ impl TextGenerator {
         let finish = loop {
             if generated == params.max_tokens {
                 break "length";
+            }
+            if params.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Err(Error::DeadlineExceeded);
             }
             let context = &tokens[index_pos..];
             let input = Tensor::new(context, &self.device).and_then(|t| t.unsqueeze(0)).map_err(inference)?;
@@ -328,10 +360,6 @@ fn open_gguf(
     let content = gguf_file::Content::read(&mut file).map_err(|e| files.invalid(format!("GGUF: {e}")))?;
     let bytes = std::fs::metadata(path)?.len() + embeddings;
     Ok((content, file, bytes))
-}
-
-fn gguf_context(content: &gguf_file::Content, key: &str, default: usize) -> usize {
-    content.metadata.get(key).and_then(|v| v.to_u32().ok()).map_or(default, |n| n as usize)
 }
 
 fn sampling(params: &GenerateParams) -> Sampling {

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::rnn::{LSTM, LSTMConfig, RNN as _};
 use candle_nn::{Embedding, Linear, Module as _, VarBuilder};
+use formats::admission::MAX_LSTM_LENGTH;
 use serde::Deserialize;
 
 use super::{Embedded, ModelFiles, inference};
@@ -53,8 +54,10 @@ pub struct LstmClassifier {
 
 impl LstmClassifier {
     pub fn load(config: LstmConfig, files: &ModelFiles, device: &Device) -> Result<(Self, u64)> {
-        if config.labels.len() != 2 || config.max_length == 0 {
-            return Err(files.invalid("config.json needs two labels and a max_length of at least 1"));
+        if config.labels.len() != 2 || config.max_length == 0 || config.max_length as u64 > MAX_LSTM_LENGTH {
+            return Err(
+                files.invalid(format!("config.json needs two labels and a max_length from 1 to {MAX_LSTM_LENGTH}"))
+            );
         }
         let vocab: HashMap<String, u32> = files.read_json("vocab.json")?;
         if let Some((word, id)) = vocab.iter().find(|(_, id)| **id as usize >= config.vocab_size) {
@@ -79,6 +82,8 @@ impl LstmClassifier {
 
     /// The word ids of a text (at least one: an empty text reads as one unknown word).
     fn ids(&self, text: &str) -> Vec<u32> {
+        // `max_length` words are read, each a few dozen bytes at most: the rest is never split.
+        let text = super::clip(text, super::input_bound(self.config.max_length, 1));
         let text = if self.config.lowercase { text.to_lowercase() } else { text.to_owned() };
         let mut ids: Vec<u32> = text
             .split(|c: char| !(c.is_alphanumeric() || c == '\''))
