@@ -212,6 +212,9 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
     })
     .listen(listener)?
     .disable_signals()
+    // A client that closes its connection ends its request: the handler is dropped, and with it
+    // the runner's stream, so a generation nobody waits for stops (non-streamed ones too).
+    .h1_allow_half_closed(false)
     .shutdown_timeout(10)
     .run();
     Ok(server)

@@ -337,7 +337,7 @@ async fn generate(
     // The state the stream carries: the runner's chunks, what was made, and the meter, which
     // records the call when the stream ends or is dropped with a departed client.
     struct Sse {
-        chunks: tonic::Streaming<GenerateChunk>,
+        chunks: crate::runners::Generation,
         progress: Progress,
         meter: Meter,
         first: bool,

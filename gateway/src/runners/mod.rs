@@ -12,6 +12,7 @@
 pub mod blame;
 mod config;
 mod containment;
+mod deadline;
 mod member;
 pub mod routing;
 
@@ -21,14 +22,15 @@ use std::time::{Duration, Instant};
 
 use proto::v1::runner_client::RunnerClient;
 use proto::v1::{
-    ClassifyRequest, ClassifyResponse, EmbedRequest, EmbedResponse, GenerateChunk, GenerateRequest, LoadRequest,
-    ModelSpec, PinRequest, StatusResponse, UnloadRequest,
+    ClassifyRequest, ClassifyResponse, EmbedRequest, EmbedResponse, GenerateRequest, LoadRequest, ModelSpec,
+    PinRequest, StatusResponse, UnloadRequest,
 };
 use tonic::transport::Channel;
 
 use crate::error::ApiError;
 
 pub use config::{DEFAULT_SERVER_NAME, RoutingConfig, RunnerTlsConfig, client_tls_config};
+pub use deadline::Generation;
 pub use member::AddressError;
 use member::{Copy, Member, Outstanding, STATUS_TIMEOUT, is_connection_failure, status};
 
@@ -77,14 +79,14 @@ impl RunnerPool {
         })
     }
 
-    /// Records the strikes and quarantines of runners' deaths in `registry` (without one,
-    /// deaths are still judged, logged and counted, and lost calls still not replayed).
     /// The largest memory budget a runner has reported, if any has: a version that needs
     /// more cannot be served anywhere.
     pub fn largest_budget(&self) -> Option<u64> {
         self.members().iter().map(|m| m.view().memory_budget).filter(|b| *b > 0).max()
     }
 
+    /// Records the strikes and quarantines of runners' deaths in `registry` (without one,
+    /// deaths are still judged, logged and counted, and lost calls still not replayed).
     pub fn contain_with(&self, registry: registry::Registry) {
         self.inner.containment.attach(registry);
     }
@@ -315,9 +317,10 @@ impl RunnerPool {
         .map(|(answer, _)| answer)
     }
 
-    /// Starts a generation on the version's runner; the chunks follow on the stream, and
-    /// dropping it stops the generation. Only the start is retried elsewhere.
-    pub async fn generate(&self, request: GenerateRequest) -> Result<tonic::Streaming<GenerateChunk>, ApiError> {
+    /// Starts a generation on the version's runner; the chunks follow on the stream, which
+    /// ends at `generate_timeout_ms` from now, and dropping it stops the generation. Only the
+    /// start is retried elsewhere.
+    pub async fn generate(&self, request: GenerateRequest) -> Result<Generation, ApiError> {
         let timeout = Duration::from_millis(self.inner.config.generate_timeout_ms);
         let Some(spec) = request.model.as_ref() else {
             return Err(ApiError::bad_request("invalid_request", "no model given"));
@@ -327,7 +330,7 @@ impl RunnerPool {
             async move { client.generate(call).await }
         })
         .await
-        .map(|(answer, _)| answer)
+        .map(|(answer, _)| Generation::new(answer, timeout))
     }
 
     /// Makes a call on the runner that routing puts first, and once more on the next one if
