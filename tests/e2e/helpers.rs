@@ -221,6 +221,14 @@ impl TestApp {
         TestApp { base, admin_key, client: reqwest::Client::new(), dir, config, role, running: Some(running) }
     }
 
+    /// A client of a gateway that runs elsewhere (a `modelgate` process the test started):
+    /// the HTTP helpers work, the in-process ones (metrics, runner client, restart) do not.
+    pub fn attached(base: String, admin_key: String) -> TestApp {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+        TestApp { base, admin_key, client: reqwest::Client::new(), dir, config, role: Role::All, running: None }
+    }
+
     /// The app's object store, opened as the gateway opens it.
     pub fn storage(&self) -> registry::storage::Storage {
         let config = self.config.storage().expect("storage settings");

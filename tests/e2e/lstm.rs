@@ -15,7 +15,7 @@ const WORDS: &[&str] = &["the", "movie", "was", "great", "terrible", "i", "loved
 const EMBEDDING: usize = 8;
 const HIDDEN: usize = 12;
 
-fn write(dir: &Path) {
+pub(crate) fn write(dir: &Path) {
     std::fs::create_dir_all(dir).expect("folder");
     let vocab: HashMap<&str, usize> = WORDS.iter().enumerate().map(|(i, w)| (*w, i + 2)).collect();
     let vocab_size = WORDS.len() + 2;

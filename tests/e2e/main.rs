@@ -5,6 +5,7 @@
 mod artifacts;
 mod authz_matrix;
 mod bad_input;
+mod blast_radius;
 mod browser;
 mod canary;
 mod classification;

@@ -23,23 +23,42 @@ pub(crate) struct RunnerProcess {
     data: tempfile::TempDir,
     storage_url: String,
     budget: u64,
+    /// Its address space, set with prlimit, if limited.
+    address_space: Option<u64>,
 }
 
 impl RunnerProcess {
     pub(crate) async fn start(storage_url: &str, budget: u64) -> Self {
+        Self::start_limited(storage_url, budget, None).await
+    }
+
+    /// A runner whose address space prlimit limits to `address_space` bytes, when given.
+    pub(crate) async fn start_limited(storage_url: &str, budget: u64, address_space: Option<u64>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let data = tempfile::tempdir().expect("temporary folder");
-        let child = Self::spawn(port, data.path(), storage_url, budget);
-        let runner = Self { child, port, data, storage_url: storage_url.to_owned(), budget };
+        let child = Self::spawn(port, data.path(), storage_url, budget, address_space);
+        let runner = Self { child, port, data, storage_url: storage_url.to_owned(), budget, address_space };
         runner.wait_ready().await;
         runner
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Logs JSON lines to `runner.log` in its data folder.
-    fn spawn(port: u16, data: &std::path::Path, storage_url: &str, budget: u64) -> Child {
+    fn spawn(port: u16, data: &std::path::Path, storage_url: &str, budget: u64, address_space: Option<u64>) -> Child {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(data.join("runner.log")).expect("log file");
-        Command::new(BIN)
+        let mut command = match address_space {
+            Some(bytes) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit.arg(format!("--as={bytes}")).arg("--").arg(BIN);
+                prlimit
+            }
+            None => Command::new(BIN),
+        };
+        command
             .args(["serve", "--role", "runner", "--data-dir"])
             .arg(data)
             .env("MODELGATE__RUNNER__LISTEN", format!("127.0.0.1:{port}"))
@@ -96,7 +115,7 @@ impl RunnerProcess {
     }
 
     async fn revive(&mut self) {
-        self.child = Self::spawn(self.port, self.data.path(), &self.storage_url, self.budget);
+        self.child = Self::spawn(self.port, self.data.path(), &self.storage_url, self.budget, self.address_space);
         self.wait_ready().await;
     }
 }
