@@ -377,3 +377,35 @@ async fn crash_with(app: &TestApp, runner: &CrashingRunner, victim: (&str, &str)
     );
     answer
 }
+
+/// A generation whose runner dies while it streams, alone in flight there, is judged like a
+/// lost unary call: its stream ends with `version_quarantined`, and the version is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_generation_that_kills_its_runner_mid_stream_quarantines_its_version() {
+    let store = tempfile::tempdir().expect("temporary folder");
+    let storage_url = url::Url::from_directory_path(store.path()).expect("a file URL").to_string();
+    let mut runner = RunnerProcess::start(&storage_url, 1 << 30).await;
+    let mut options = AppOptions::new(Database::Sqlite);
+    options.storage_url = Some(storage_url);
+    options.runners = Some(vec![runner.address()]);
+    let app = TestApp::spawn(options).await;
+    let key = app.tenant("evil").await;
+    let dir = app.dir.path().join("long");
+    crate::tiny_llama::write_sized(&dir, crate::tiny_llama::LONG);
+    app.upload_task_model(&key, "evil", "m", "generation", &dir).await;
+    routing_catches_up().await;
+
+    let body = json!({"model": "m", "prompt": "the", "max_tokens": 4000, "temperature": 0, "stream": true});
+    let mut stream = app.req(Method::POST, "/v1/completions", Some(&key)).json(&body).send().await.expect("sent");
+    assert_eq!(stream.status(), 200);
+    let first = stream.chunk().await.expect("a chunk").expect("the stream has begun");
+    assert!(String::from_utf8_lossy(&first).starts_with("data: "), "{first:?}");
+    runner.kill();
+    let mut rest = String::new();
+    while let Ok(Some(chunk)) = stream.chunk().await {
+        rest.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(rest.contains("version_quarantined"), "the stream ends with the verdict: {rest}");
+    assert!(!quarantine(&app, &key, "evil").await.is_null(), "the version is quarantined");
+    app.stop().await;
+}

@@ -295,7 +295,7 @@ async fn generate(
 
     if !sampling.stream {
         while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(ApiError::from)?;
+            let chunk = chunk?;
             progress.add(&chunk);
             (meter.prompt_tokens, meter.completion_tokens) = (progress.prompt_tokens, progress.completion_tokens);
         }
@@ -371,9 +371,8 @@ async fn generate(
                     }
                     out
                 }
-                Some(Err(status)) => {
+                Some(Err(error)) => {
                     sse.done = true;
-                    let error = ApiError::from(status);
                     let body = json!({ "error": { "code": error.code(), "message": error.to_string() } });
                     format!("data: {body}\n\n").into_bytes()
                 }

@@ -124,7 +124,7 @@ async fn generate(
     if !stream {
         let mut progress = Progress::default();
         while let Some(chunk) = chunks.next().await {
-            progress.add(&chunk.map_err(ApiError::from)?);
+            progress.add(&chunk?);
             (meter.prompt_tokens, meter.completion_tokens) = (progress.prompt_tokens, progress.completion_tokens);
         }
         meter.ok = true;
@@ -150,8 +150,7 @@ async fn generate(
                     }
                     event
                 }
-                Some(Err(status)) => {
-                    let error = ApiError::from(status);
+                Some(Err(error)) => {
                     return Some((Ok(sse(&json!({ "error": error.to_string() }))), None));
                 }
                 None => return None,

@@ -3,7 +3,7 @@
 //! gateway has on it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proto::v1::runner_client::RunnerClient;
@@ -93,25 +93,25 @@ impl Member {
 }
 
 /// Counts a call against its member until dropped.
-pub(super) struct Outstanding<'a> {
-    member: &'a Member,
-    version_id: &'a str,
+pub(super) struct Outstanding {
+    member: Arc<Member>,
+    version_id: String,
 }
 
-impl<'a> Outstanding<'a> {
-    pub(super) fn start(member: &'a Member, version_id: &'a str) -> Self {
+impl Outstanding {
+    pub(super) fn start(member: &Arc<Member>, version_id: &str) -> Self {
         *member.outstanding().entry(version_id.to_owned()).or_default() += 1;
-        Self { member, version_id }
+        Self { member: member.clone(), version_id: version_id.to_owned() }
     }
 }
 
-impl Drop for Outstanding<'_> {
+impl Drop for Outstanding {
     fn drop(&mut self) {
         let mut outstanding = self.member.outstanding();
-        if let Some(n) = outstanding.get_mut(self.version_id) {
+        if let Some(n) = outstanding.get_mut(&self.version_id) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                outstanding.remove(self.version_id);
+                outstanding.remove(&self.version_id);
             }
         }
     }

@@ -12,7 +12,7 @@
 pub mod blame;
 mod config;
 mod containment;
-mod deadline;
+mod generation;
 mod member;
 pub mod routing;
 
@@ -30,7 +30,7 @@ use tonic::transport::Channel;
 use crate::error::ApiError;
 
 pub use config::{DEFAULT_SERVER_NAME, RoutingConfig, RunnerTlsConfig, client_tls_config};
-pub use deadline::Generation;
+pub use generation::Generation;
 pub use member::AddressError;
 use member::{Copy, Member, Outstanding, STATUS_TIMEOUT, is_connection_failure, status};
 
@@ -330,7 +330,7 @@ impl RunnerPool {
             async move { client.generate(call).await }
         })
         .await
-        .map(|(answer, _)| Generation::new(answer, timeout))
+        .map(|(answer, member)| Generation::new(answer, timeout, self.clone(), member, spec.version_id.clone()))
     }
 
     /// Makes a call on the runner that routing puts first, and once more on the next one if
@@ -338,7 +338,7 @@ impl RunnerPool {
     /// connection gone) is not repeated: it may be what killed the runner, and repeating it
     /// could kill the next one. Its death is judged instead ([`containment`]). Answers which
     /// runner answered.
-    async fn call<T, F, Fut>(&self, spec: &ModelSpec, call: F) -> Result<(T, String), ApiError>
+    async fn call<T, F, Fut>(&self, spec: &ModelSpec, call: F) -> Result<(T, Arc<Member>), ApiError>
     where
         F: Fn(RunnerClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -351,21 +351,16 @@ impl RunnerPool {
                 && is_connection_failure(status)
                 && !containment::never_reached(status)
             {
-                // Every call lost in this death still holds its count here, so the first one
-                // to get here sees them all.
-                let outstanding = member.outstanding().keys().cloned().collect();
-                let fresh = Duration::from_millis(self.inner.config.poll_ms.max(10) * 3);
-                let verdict = self.inner.containment.died(&member.address, outstanding, fresh).await;
-                drop(counted);
-                self.record(&member, Err(status));
                 let status = answer.err().expect("matched just above; this is a bug");
-                return Err(containment::lost_call(&verdict, &spec.version_id, status));
+                let lost = self.lost(&member, &spec.version_id, status).await;
+                drop(counted);
+                return Err(lost);
             }
             drop(counted);
             match answer {
                 Ok(response) => {
                     self.record(&member, Ok(()));
-                    return Ok((response.into_inner(), member.address.clone()));
+                    return Ok((response.into_inner(), member));
                 }
                 Err(status) if is_connection_failure(&status) => {
                     self.record(&member, Err(&status));
@@ -387,18 +382,29 @@ impl RunnerPool {
         })
     }
 
+    /// The answer to a call of `version_id` lost with `member`'s runner (sent, then the
+    /// connection went away), once the death is judged. The call still counts among the
+    /// runner's outstanding ones, so the first call lost in a death sees them all.
+    async fn lost(&self, member: &Member, version_id: &str, status: tonic::Status) -> ApiError {
+        let outstanding = member.outstanding().keys().cloned().collect();
+        let fresh = Duration::from_millis(self.inner.config.poll_ms.max(10) * 3);
+        let verdict = self.inner.containment.died(&member.address, outstanding, fresh).await;
+        self.record(member, Err(&status));
+        containment::lost_call(&verdict, version_id, status)
+    }
+
     /// Loads (and optionally pins) a version on the runner its traffic goes to; answers that
     /// runner's address and the model's cost there.
     pub async fn load(&self, spec: ModelSpec, pin: bool) -> Result<(String, u64), ApiError> {
         let timeout = Duration::from_millis(self.inner.config.load_timeout_ms);
         let request = LoadRequest { model: Some(spec.clone()), pin };
-        let (answer, address) = self
+        let (answer, member) = self
             .call(&spec, |mut client| {
                 let call = crate::trace::grpc_request(request.clone(), timeout);
                 async move { client.load(call).await }
             })
             .await?;
-        Ok((address, answer.memory_bytes))
+        Ok((member.address.clone(), answer.memory_bytes))
     }
 
     /// Unloads a version from every runner that has it idle; answers, per runner, whether
