@@ -282,7 +282,7 @@ async fn stalled_chunk_bodies_time_out_and_chunks_past_the_budget_are_refused() 
     let rss_before = server.rss_mib();
     let stalled: Vec<_> = (0..2)
         .map(|n| {
-            let (addr, head) = put_head(&app, &format!("{base}/chunks/{n}"), &key, 32 * MIB, "");
+            let (addr, head) = put_head(app, &format!("{base}/chunks/{n}"), &key, 32 * MIB, "");
             let part = data[n * 32 * MIB..n * 32 * MIB + 16 * MIB].to_vec();
             tokio::spawn(async move { stall(&addr, head, &part, Duration::from_secs(10)).await })
         })
@@ -291,7 +291,7 @@ async fn stalled_chunk_bodies_time_out_and_chunks_past_the_budget_are_refused() 
     // Meanwhile, fourteen more connections: each refused before its body is read.
     let refused: Vec<_> = (2..16)
         .map(|n| {
-            let (addr, head) = put_head(&app, &format!("{base}/chunks/{}", n % 5), &key, 32 * MIB, "");
+            let (addr, head) = put_head(app, &format!("{base}/chunks/{}", n % 5), &key, 32 * MIB, "");
             tokio::spawn(async move { stall(&addr, head, &[0u8; 1024], Duration::from_secs(5)).await })
         })
         .collect();
@@ -326,7 +326,7 @@ async fn stalled_chunk_bodies_time_out_and_chunks_past_the_budget_are_refused() 
     // A whole-file upload that stalls ends the same way.
     let next = app.new_version(&key, "acme", "big").await;
     let path = format!("/api/v1/tenants/acme/models/big/versions/{next}/files/stalled.bin");
-    let (addr, head) = put_head(&app, &path, &key, 8 * MIB, "");
+    let (addr, head) = put_head(app, &path, &key, 8 * MIB, "");
     let (answer, closed, took) = stall(&addr, head, &[1u8; 4096], Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 408") && closed && took < Duration::from_secs(5), "{answer} {took:?}");
 
