@@ -273,6 +273,12 @@ pub(crate) async fn lock_tenant(tx: &mut sqlx::AnyConnection, tenant_id: &str) -
     Ok(())
 }
 
+/// The bytes the open upload sessions of tenant `t` hold against its quota: their declared
+/// sizes, but for content stored since; `$2` is now (ms), `$3` a session to leave out ('' none).
+pub(crate) const RESERVED_BYTES: &str = "(SELECT CAST(COALESCE(SUM(s.size), 0) AS BIGINT) FROM upload_sessions s
+    WHERE s.tenant_id = t.id AND s.expires_at > $2 AND s.id <> $3
+      AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.tenant_id = s.tenant_id AND b.sha256 = s.sha256))";
+
 /// Fails with [`Error::QuotaExceeded`] unless `size` more bytes fit the tenant's quota, where
 /// stored blobs and the declared sizes of its open upload sessions count as used (a session
 /// reserves its size when it starts; one for content stored since costs nothing), except
@@ -283,14 +289,12 @@ pub(crate) async fn quota_room(
     size: u64,
     session: Option<&str>,
 ) -> Result<Option<u64>> {
-    let row = sqlx::query(
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT t.storage_quota_bytes AS quota,
          (SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) FROM blobs b WHERE b.tenant_id = t.id) AS used,
-         (SELECT CAST(COALESCE(SUM(s.size), 0) AS BIGINT) FROM upload_sessions s
-          WHERE s.tenant_id = t.id AND s.expires_at > $2 AND s.id <> $3
-            AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.tenant_id = s.tenant_id AND b.sha256 = s.sha256)) AS reserved
-         FROM tenants t WHERE t.id = $1",
-    )
+         {RESERVED_BYTES} AS reserved
+         FROM tenants t WHERE t.id = $1"
+    )))
     .bind(tenant_id)
     .bind(now_ms())
     .bind(session.unwrap_or(""))

@@ -16,6 +16,8 @@ use crate::{Actor, Error, Registry, Result};
 pub struct StorageUsage {
     /// Bytes of distinct blobs stored (identical files count once).
     pub used_bytes: i64,
+    /// Declared sizes of open upload sessions, held against the quota until they end.
+    pub reserved_bytes: i64,
     pub quota_bytes: Option<i64>,
     #[serde(flatten)]
     pub limits: Limits,
@@ -107,17 +109,22 @@ impl Registry {
     }
 
     pub async fn storage_usage(&self, tenant_id: &str) -> Result<StorageUsage> {
-        let row = sqlx::query(
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT t.storage_quota_bytes AS quota, t.requests_per_minute, t.concurrent_requests, t.tokens_per_minute,
-             (SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) FROM blobs b WHERE b.tenant_id = t.id) AS used
+             (SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) FROM blobs b WHERE b.tenant_id = t.id) AS used,
+             {} AS reserved
              FROM tenants t WHERE t.id = $1",
-        )
+            crate::files::RESERVED_BYTES
+        )))
         .bind(tenant_id)
+        .bind(crate::db::now_ms())
+        .bind("")
         .fetch_optional(self.db.pool())
         .await?
         .ok_or_else(|| Error::not_found("tenant", tenant_id))?;
         Ok(StorageUsage {
             used_bytes: row.try_get("used")?,
+            reserved_bytes: row.try_get("reserved")?,
             quota_bytes: row.try_get("quota")?,
             limits: Limits::from_row(&row)?,
         })

@@ -186,6 +186,8 @@ async fn sessions_against_the_quota(database: Database) {
     }
     let (_, listed) = app.call(Method::GET, &uploads, &key, None).await;
     assert_eq!(listed["data"].as_array().map(Vec::len), Some(1), "the refused sessions left nothing: {listed}");
+    let (_, usage) = app.call(Method::GET, quota, &key, None).await;
+    assert_eq!((usage["used_bytes"].as_u64(), usage["reserved_bytes"].as_u64()), (Some(0), Some(19 * MIB as u64)));
 
     // A plain upload cannot take the held room either.
     let (status, body) = app.put_file(&key, "acme", "big", version, "small.bin", pattern(2 * MIB, 9), true).await;
@@ -203,6 +205,7 @@ async fn sessions_against_the_quota(database: Database) {
     assert_eq!(status, 201, "{body}");
     let (_, usage) = app.call(Method::GET, quota, &key, None).await;
     assert_eq!(usage["used_bytes"].as_u64(), Some(19 * MIB as u64), "{usage}");
+    assert_eq!(usage["reserved_bytes"].as_u64(), Some(0), "the session ended: {usage}");
 
     // Completing checks again: a session opened, then the quota lowered under it.
     let (status, _) = app.call(Method::PUT, quota, &app.admin_key, Some(json!({"storage_bytes": 40 * MIB}))).await;
