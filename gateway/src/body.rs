@@ -69,7 +69,9 @@ pub fn idle_timeout(req: &mut ServiceRequest, idle: Duration) -> Drained {
             }
         }
     });
-    let timed: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(timed);
+    // Fused: a reader (actix-multipart's, for one) may ask again after the end, and `unfold`
+    // panics when it is polled past its end.
+    let timed: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(timed.fuse());
     req.set_payload(Payload::from(timed));
     drained
 }
@@ -220,5 +222,21 @@ mod tests {
         assert!(limits.chunk_room("a", 64 * MIB).is_ok(), "dropped rooms are given back");
         drop(others);
         assert!(limits.per_tenant.lock().expect("unpoisoned").len() <= 1, "tenants at zero are forgotten");
+    }
+
+    /// Found by the dashboard's browser test: actix-multipart reads the payload once more
+    /// after its end, which panicked the worker.
+    #[actix_web::test]
+    async fn a_timed_body_may_be_read_past_its_end() {
+        let mut req = actix_web::test::TestRequest::default().set_payload("a body").to_srv_request();
+        let drained = idle_timeout(&mut req, Duration::from_secs(5));
+        let mut payload = req.take_payload();
+        let mut read = Vec::new();
+        while let Some(bytes) = payload.next().await {
+            read.extend_from_slice(&bytes.expect("bytes"));
+        }
+        assert_eq!(read, b"a body");
+        assert!(payload.next().await.is_none(), "past its end, a body stays ended");
+        assert!(drained.0.load(Ordering::Acquire), "read to its end");
     }
 }

@@ -109,13 +109,15 @@ fn render_in_child(exe: &std::path::Path, render: &Render) -> Result<String, Str
         tracing::error!(error = %e, "the template sandbox could not run");
         "the chat template could not be rendered (the runner's sandbox failed)".to_owned()
     };
-    // At the lowest CPU priority (`nice`, where the system has it): a render that computes
-    // for its whole CPU allowance yields to the requests the runner serves meanwhile.
+    // At a lower CPU priority (`nice -n 10`, where the system has it: a tenth of a normal
+    // thread's share under contention): a render that computes for its whole CPU allowance
+    // yields to the requests the runner serves meanwhile, and a real one (milliseconds) still
+    // finishes promptly on a busy runner.
     let spawn = |program: &std::ffi::OsStr, args: &[&std::ffi::OsStr]| {
         Command::new(program).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()
     };
     let (exe, command) = (exe.as_os_str(), std::ffi::OsStr::new(SANDBOX_COMMAND));
-    let mut child = match spawn("nice".as_ref(), &["-n".as_ref(), "19".as_ref(), exe, command]) {
+    let mut child = match spawn("nice".as_ref(), &["-n".as_ref(), "10".as_ref(), exe, command]) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => spawn(exe, &[command]),
         spawned => spawned,
     }

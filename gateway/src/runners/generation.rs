@@ -65,7 +65,8 @@ impl Generation {
                 Err(status) => Some((Err(status.into()), None)),
             }
         });
-        Self { chunks: chunks.boxed() }
+        // Fused: an answer's stream may be polled once more after its end.
+        Self { chunks: chunks.fuse().boxed() }
     }
 }
 
