@@ -181,6 +181,15 @@ fn gguf_with_billions_of_layers(path: &Path) {
     gguf_file::write(&mut file, &metadata, &tensors).expect("written");
 }
 
+/// The victim's calls, on an OS thread and runtime of their own: the attacker's client work
+/// in this process (writing models, encoding 15 MB bodies) must not delay them here.
+fn victim(app: TestApp, key: String, phase: Arc<AtomicUsize>) -> std::thread::JoinHandle<Vec<(u16, Duration, usize)>> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(victim_calls(app, key, phase))
+    })
+}
+
 /// Answers an embedding call of the victim as long as `phase` is not 0 (and at least
 /// `VICTIM_CALLS` times), timing each and noting the attack's phase it ran in.
 async fn victim_calls(app: TestApp, key: String, phase: Arc<AtomicUsize>) -> Vec<(u16, Duration, usize)> {
@@ -249,16 +258,17 @@ async fn attack(app: &TestApp, watched: &Watched) {
     let models = app.dir.path().to_path_buf();
 
     // The victim: another tenant's embedding model, its unloaded latency measured first.
-    let victim = app.tenant("victim").await;
+    let victim_key = app.tenant("victim").await;
     crate::tiny_bert::write(&models.join("calm"));
-    app.upload_model(&victim, "victim", "calm", &models.join("calm")).await;
-    assert_eq!(app.embed(&victim, "calm", json!("warm up")).await.0, 200);
+    app.upload_model(&victim_key, "victim", "calm", &models.join("calm")).await;
+    assert_eq!(app.embed(&victim_key, "calm", json!("warm up")).await.0, 200);
     let attached = || TestApp::attached(app.base.clone(), app.admin_key.clone());
-    let unloaded = victim_calls(attached(), victim.clone(), Arc::new(AtomicUsize::new(0))).await;
+    let unloaded = victim(attached(), victim_key.clone(), Arc::new(AtomicUsize::new(0)));
+    let unloaded = tokio::task::spawn_blocking(move || unloaded.join()).await.expect("joined").expect("the calls");
     let unloaded_p99 = p99(&unloaded);
     // The attack's phase: 1 uploads, 2 template bombs, 3 huge inputs, 4 long generations.
     let phase = Arc::new(AtomicUsize::new(1));
-    let during = tokio::spawn(victim_calls(attached(), victim.clone(), phase.clone()));
+    let during = victim(attached(), victim_key.clone(), phase.clone());
 
     let mallory = app.tenant("mallory").await;
     let refused = |(status, body): (u16, Value), needle: &str, what: &str| {
@@ -378,7 +388,7 @@ async fn attack(app: &TestApp, watched: &Watched) {
     }
 
     phase.store(0, Ordering::Relaxed);
-    let during = during.await.expect("the victim's calls");
+    let during = tokio::task::spawn_blocking(move || during.join()).await.expect("joined").expect("the victim's calls");
     watched.assert_up("the attacks");
     let failed: Vec<_> = during.iter().filter(|(s, ..)| *s != 200).collect();
     assert!(failed.is_empty(), "the victim's calls failed during the attacks: {failed:?}");
