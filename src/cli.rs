@@ -99,6 +99,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(flags) => {
             let mut config = Config::load(cli.config.as_deref())?;
             apply(&mut config, &flags);
+            // A free loopback port unless one is configured: `dev` must start beside any other
+            // modelgate on the machine (it prints where /metrics is).
+            config.metrics.listen.get_or_insert(SocketAddr::from(([127, 0, 0, 1], 0)));
             serve(config, Role::All).await
         }
         Command::Serve { role, flags } => {
@@ -126,6 +129,9 @@ async fn serve(mut config: Config, role: Role) -> anyhow::Result<()> {
             ),
             None => println!("platform-admin key: see {}", config.admin_key_file().display()),
         }
+    }
+    if let Some(addr) = running.metrics_addr {
+        println!("metrics at http://{addr}/metrics");
     }
     let stopped = running.until_stopped().await;
     telemetry.shutdown();

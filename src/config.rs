@@ -199,7 +199,7 @@ mod tests {
         let file = dir.path().join("reference.toml");
         std::fs::write(&file, reference()).expect("write");
         let config = Config::load(Some(&file)).expect("every documented key exists and every value parses");
-        assert_eq!(config.metrics.listen.port(), 9464);
+        assert_eq!(config.metrics.listen.map(|l| l.port()), Some(9464));
     }
 
     #[test]

@@ -17,13 +17,18 @@ use serde::{Deserialize, Serialize};
 pub struct MetricsConfig {
     /// Serve `/metrics` at all.
     pub enabled: bool,
-    /// Where `/metrics` listens (its own port; keep it private to the cluster).
-    pub listen: SocketAddr,
+    /// Where `/metrics` listens (its own port; keep it private to the cluster). Unset:
+    /// [`DEFAULT_LISTEN`] for `serve`; for `dev`, a free loopback port it prints, so that a
+    /// `dev` starts beside any other modelgate on the machine.
+    pub listen: Option<SocketAddr>,
 }
+
+/// Where `serve` puts `/metrics` unless told otherwise.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], 9464)) }
+        Self { enabled: true, listen: None }
     }
 }
 

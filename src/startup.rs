@@ -212,7 +212,8 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
         gateway_addr = Some(addr);
     }
     let (metrics, metrics_addr) = if config.metrics.enabled {
-        let (addr, handle, task) = crate::metrics::serve(config.metrics.listen, db_for_metrics)?;
+        let (addr, handle, task) =
+            crate::metrics::serve(config.metrics.listen.unwrap_or(crate::metrics::DEFAULT_LISTEN), db_for_metrics)?;
         (Some((handle, task)), Some(addr))
     } else {
         (None, None)

@@ -56,7 +56,7 @@ fn the_helm_chart_matches_the_binary() {
     let gateway = one(&manifests, "Deployment", "mg-modelgate-gateway");
     let container = &gateway["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(port(container, "http"), config.gateway.listen.port());
-    assert_eq!(port(container, "metrics"), config.metrics.listen.port());
+    assert_eq!(port(container, "metrics"), config.metrics.listen.expect("the chart sets it").port());
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         assert_eq!(container[probe]["httpGet"]["path"], path);
         assert_eq!(container[probe]["httpGet"]["port"], "http");
@@ -69,7 +69,7 @@ fn the_helm_chart_matches_the_binary() {
     let runner = one(&manifests, "StatefulSet", "mg-modelgate-runner");
     let container = &runner["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(port(container, "grpc"), config.runner.listen.port());
-    assert_eq!(port(container, "metrics"), config.metrics.listen.port());
+    assert_eq!(port(container, "metrics"), config.metrics.listen.expect("the chart sets it").port());
     assert_eq!(container["livenessProbe"]["httpGet"], serde_json::json!({"path": "/healthz", "port": "metrics"}));
     assert_eq!(container["readinessProbe"]["tcpSocket"]["port"], "grpc");
     assert_eq!(container["resources"]["limits"]["nvidia.com/gpu"], 1);

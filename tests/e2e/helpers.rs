@@ -188,7 +188,7 @@ impl TestApp {
         let dir = tempfile::tempdir().expect("temporary folder");
         let mut config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
         config.gateway.listen = "127.0.0.1:0".parse().expect("address");
-        config.metrics.listen = "127.0.0.1:0".parse().expect("address");
+        config.metrics.listen = Some("127.0.0.1:0".parse().expect("address"));
         config.runner.memory_budget_mib = 1024;
         // As the binary does: chat templates render in a limited child process of it.
         config.runner.template_sandbox = Some(env!("CARGO_BIN_EXE_modelgate").into());

@@ -94,3 +94,66 @@ async fn metrics_count_a_workload_and_every_family_is_documented() {
     }
     app.stop().await;
 }
+
+/// `dev` starts while another process holds the default metrics port: it serves /metrics on
+/// a free loopback port and prints where; /metrics is never on the API's port; a configured
+/// metrics port that is taken stops the start with an error naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_starts_beside_a_busy_metrics_port_and_a_configured_busy_one_is_named() {
+    use std::process::{Command, Stdio};
+    // Held here, or already held by another process: either way 9464 is busy.
+    let _default = std::net::TcpListener::bind("127.0.0.1:9464");
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let port = crate::dev_binary::free_port();
+    let mut child = Command::new(crate::dev_binary::BIN)
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .env_remove("MODELGATE__METRICS__LISTEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dev starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(line) if line.starts_with("metrics at ") => break line,
+            Ok(_) => continue,
+            Err(e) => {
+                let _ = child.kill();
+                panic!("dev printed no metrics address: {e}");
+            }
+        }
+    };
+    let url = line.trim_start_matches("metrics at ").to_owned();
+    assert!(url.starts_with("http://127.0.0.1:") && !url.contains(":9464/"), "{url}");
+    let scraped = reqwest::get(&url).await.expect("scraped");
+    let body = scraped.text().await.expect("text");
+    assert!(body.contains("modelgate_"), "the printed address serves the metrics");
+    let api = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.expect("answered");
+    assert_eq!(api.status(), 404, "the API's port has no /metrics");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let taken = taken.local_addr().expect("its address");
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let out = Command::new(crate::dev_binary::BIN)
+        .args(["serve", "--role", "runner", "--data-dir"])
+        .arg(dir.path())
+        .env("MODELGATE__RUNNER__LISTEN", format!("127.0.0.1:{}", crate::dev_binary::free_port()))
+        .env("MODELGATE__METRICS__LISTEN", taken.to_string())
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("serve ran");
+    assert!(!out.status.success(), "a taken metrics port stops the start");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(&taken.to_string()), "the error names the address: {said}");
+}
