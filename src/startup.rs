@@ -15,6 +15,7 @@ use registry::storage::Storage;
 use registry::{Actor, Registry};
 use secrecy::{ExposeSecret as _, SecretString};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
@@ -42,7 +43,11 @@ pub struct Running {
     gateway: Option<(actix_web::dev::ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>)>,
     runner: Option<(oneshot::Sender<()>, RunnerTask)>,
     metrics: Option<(actix_web::dev::ServerHandle, crate::metrics::Task)>,
-    /// Periodic work (garbage collection); aborted on stop.
+    /// The usage meter's writer: it owns counted usage, so on stop it is cancelled (after the
+    /// HTTP drain) and awaited while it writes the rest, never aborted.
+    usage: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// Pollers that own no data (garbage collection, heartbeat, runner and alias watchers);
+    /// aborted on stop, after the HTTP drain and the usage flush.
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -69,14 +74,29 @@ impl Running {
         self.stop().await
     }
 
+    /// Stops in order: the HTTP server stops accepting and drains (the pollers still run, as
+    /// its requests may need them), then the usage meter writes what was counted, then the
+    /// pollers are aborted, then the runner and the metrics listener stop.
     pub async fn stop(self) -> anyhow::Result<()> {
+        // The usage flush and the pollers' abort run even when the HTTP server failed.
+        let drained = match self.gateway {
+            Some((handle, task)) => {
+                handle.stop(true).await;
+                tracing::info!("HTTP server drained");
+                task.await.context("the HTTP server task").and_then(|r| r.context("the HTTP server"))
+            }
+            None => Ok(()),
+        };
+        if let Some((stop, task)) = self.usage {
+            stop.cancel();
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "the usage meter's task failed; usage not yet written is lost");
+            }
+        }
         for task in &self.background {
             task.abort();
         }
-        if let Some((handle, task)) = self.gateway {
-            handle.stop(true).await;
-            task.await.context("the HTTP server task")?.context("the HTTP server")?;
-        }
+        drained?;
         if let Some((stop, mut task)) = self.runner {
             let _ = stop.send(());
             // Graceful: calls in flight finish. A client that keeps its connection open would
@@ -166,6 +186,7 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
     let mut db_for_metrics = None;
     let mut background = Vec::new();
     let mut new_admin_key = None;
+    let mut usage_writer = None;
     if matches!(role, Role::Gateway | Role::All) {
         let db = Db::connect(config.database_url()?.expose_secret()).await.context("connecting to the database")?;
         db.migrate().await.context("running database migrations")?;
@@ -189,7 +210,10 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
         background.push(tokio::spawn(limiter.clone().heartbeat()));
         let usage = std::sync::Arc::new(gateway::usage::UsageMeter::default());
         let flush_every = Duration::from_millis(config.gateway.usage_flush_ms.max(10));
-        background.push(tokio::spawn(usage.clone().run(registry.clone(), flush_every)));
+        let usage_stop = CancellationToken::new();
+        let usage_task =
+            tokio::spawn(usage.clone().run(registry.clone(), flush_every, usage_stop.clone().cancelled_owned()));
+        usage_writer = Some((usage_stop, usage_task));
         let resolver = gateway::resolver::Resolver::new(Duration::from_millis(config.gateway.resolve_cache_ttl_ms));
         background.push(tokio::spawn(resolver.clone().follow(registry.clone())));
         let state = gateway::AppState {
@@ -218,7 +242,17 @@ pub async fn start(config: &Config, role: Role) -> anyhow::Result<Running> {
     } else {
         (None, None)
     };
-    Ok(Running { gateway_addr, runner_addr, metrics_addr, new_admin_key, gateway, runner, metrics, background })
+    Ok(Running {
+        gateway_addr,
+        runner_addr,
+        metrics_addr,
+        new_admin_key,
+        gateway,
+        runner,
+        metrics,
+        usage: usage_writer,
+        background,
+    })
 }
 
 /// The store's layout of tenants' blobs (registry `ObjectKey`), for the runner to hold every

@@ -63,13 +63,25 @@ impl UsageMeter {
         }
     }
 
-    /// Flushes every `every` until dropped.
-    pub async fn run(self: Arc<Self>, registry: Registry, every: Duration) {
+    /// Flushes every `every` until `stop` completes, then once more: what was counted up to
+    /// then is written, not dropped. Shutdown completes `stop` after the HTTP server has
+    /// drained, so requests finished during the drain are counted too.
+    pub async fn run(self: Arc<Self>, registry: Registry, every: Duration, stop: impl Future<Output = ()>) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop = std::pin::pin!(stop);
         loop {
-            tick.tick().await;
-            self.flush(&registry).await;
+            tokio::select! {
+                _ = tick.tick() => self.flush(&registry).await,
+                () = &mut stop => break,
+            }
+        }
+        self.flush(&registry).await;
+        let left = self.pending.lock().unwrap_or_else(PoisonError::into_inner).len();
+        if left > 0 {
+            tracing::error!(rows = left, "the last usage flush failed; this usage is lost");
+        } else {
+            tracing::info!("usage flushed");
         }
     }
 }

@@ -27,6 +27,17 @@ pub(crate) struct Dev {
     pub(crate) stdout: Vec<String>,
 }
 
+impl Dev {
+    /// Sends SIGTERM, as a service manager stops it, and waits for it to exit.
+    #[cfg(unix)]
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+        assert!(sent.success(), "SIGTERM was sent");
+        self.child.wait().expect("modelgate exits")
+    }
+}
+
 impl Drop for Dev {
     fn drop(&mut self) {
         let _ = self.child.kill();

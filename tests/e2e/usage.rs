@@ -125,3 +125,56 @@ async fn usage_and_audit_on(database: Database) {
 fn files_in(dir: &std::path::Path) -> usize {
     crate::helpers::files_of(dir).len()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_counted_right_before_a_graceful_stop_survives_the_restart() {
+    for database in Database::all("usage across a stop") {
+        usage_across_a_stop_on(database).await;
+    }
+}
+
+/// Calls made just before a stop are still in the meter's memory (it writes every second):
+/// the stop must write them, not drop them.
+async fn usage_across_a_stop_on(database: Database) {
+    const CALLS: i64 = 25;
+    let mut app = TestApp::spawn(AppOptions::new(database)).await;
+    let (key, _) = app.acme_with_tiny_model().await;
+    for i in 0..CALLS {
+        let (status, body) = app.embed(&key, "tiny", json!(format!("sentence number {i}"))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    app.restart().await;
+    let (status, usage) = app.call(Method::GET, "/api/v1/tenants/acme/usage?step=minute", &key, None).await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(total(&usage, "requests", |_| true), CALLS, "every call before the stop is counted: {usage}");
+    assert_eq!(total(&usage, "errors", |_| true), 0, "{usage}");
+    app.stop().await;
+}
+
+/// The same through the binary: `modelgate dev` stopped by SIGTERM, as a service manager
+/// stops it, writes the usage it counted before it exits.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_counted_right_before_sigterm_survives_the_restart() {
+    use crate::dev_binary::{free_port, start_dev};
+    const CALLS: i64 = 25;
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let port = free_port();
+    let mut dev = start_dev(dir.path(), port, &[]);
+    let admin_key =
+        dev.stdout.iter().find(|l| l.trim_start().starts_with("mg_")).map(|l| l.trim().to_owned()).expect("admin key");
+    let app = TestApp::attached(format!("http://127.0.0.1:{port}"), admin_key);
+    let (key, _) = app.acme_with_tiny_model().await;
+    for i in 0..CALLS {
+        let (status, body) = app.embed(&key, "tiny", json!(format!("sentence number {i}"))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let exit = dev.terminate();
+    assert!(exit.success(), "a graceful stop exits 0: {exit}");
+    drop(dev);
+
+    let _dev = start_dev(dir.path(), port, &[]);
+    let (status, usage) = app.call(Method::GET, "/api/v1/tenants/acme/usage?step=minute", &key, None).await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(total(&usage, "requests", |_| true), CALLS, "every call before SIGTERM is counted: {usage}");
+}
