@@ -115,6 +115,21 @@ impl ApiError {
         }
     }
 
+    /// The answer to send: this error's status and headers (`Retry-After`, …) with `body`, a
+    /// protocol's shape of it (the envelope here, `{"error": "…"}` for KServe v2). Every
+    /// protocol renders through it, so a server-side failure is logged here, once.
+    pub(crate) fn respond(&self, body: &Value) -> HttpResponse {
+        self.log_if_ours();
+        let mut response = HttpResponse::build(self.status);
+        for (name, value) in &self.headers {
+            response.insert_header((name.clone(), value.clone()));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        response.json(body)
+    }
+
     /// OpenAI's `type` for the status, so OpenAI SDKs classify the error as they expect.
     fn kind(&self) -> &'static str {
         match self.status.as_u16() {
@@ -134,19 +149,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        self.log_if_ours();
         let mut body = json!({ "code": self.code, "message": self.message, "type": self.kind() });
         if let Some(details) = &self.details {
             body["details"] = details.clone();
         }
-        let mut response = HttpResponse::build(self.status);
-        for (name, value) in &self.headers {
-            response.insert_header((name.clone(), value.clone()));
-        }
-        if self.status == StatusCode::UNAUTHORIZED {
-            response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
-        }
-        response.json(json!({ "error": body }))
+        self.respond(&json!({ "error": body }))
     }
 }
 

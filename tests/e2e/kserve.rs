@@ -1,10 +1,11 @@
 //! KServe's Open Inference Protocol (v2): health, metadata, readiness and infer for embedding
-//! and classification models, with the protocol's error shape.
+//! and classification models, with the protocol's error shape and the error's headers
+//! (`Retry-After`).
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{AppOptions, Database, TestApp, embedding, max_abs_diff};
+use crate::helpers::{AppOptions, Database, TestApp, embedding, max_abs_diff, read};
 use crate::tiny_bert;
 
 fn texts(data: &[&str]) -> Value {
@@ -144,5 +145,59 @@ async fn the_generate_extension_answers_whole_and_streamed_like_completions() {
         assert_eq!(got, status, "{path} {body} -> {answer}");
         assert!(answer["error"].is_string(), "{path} {body} -> {answer}");
     }
+    app.stop().await;
+}
+
+/// A refused infer's status, `Retry-After` and body.
+async fn infer_answer(app: &TestApp, key: &str, path: &str, body: &Value) -> (u16, Option<u64>, Value) {
+    let response = app.req(Method::POST, path, Some(key)).json(body).send().await.expect("sent");
+    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok());
+    let (status, body) = read(response).await;
+    (status, retry_after, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kserve_refusals_by_a_limit_or_a_full_queue_say_when_to_retry() {
+    let mut app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    let (admin, _) = app.acme_with_tiny_model().await;
+    let key = app.key("acme", "invoker", &admin).await;
+
+    // A full model queue: one request may wait, more are refused at once.
+    app.config_mut().runner.queue_depth = 1;
+    app.config_mut().runner.max_batch_wait_us = 0;
+    app.restart().await;
+    assert_eq!(app.call(Method::POST, "/v2/models/tiny/infer", &key, Some(texts(&["warm up"]))).await.0, 200);
+    let big: Vec<String> = (0..512).map(|i| format!("a rather longer sentence about the cat number {i}")).collect();
+    let big = texts(&big.iter().map(String::as_str).collect::<Vec<_>>());
+    let calls = (0..48).map(|_| infer_answer(&app, &key, "/v2/models/tiny/infer", &big));
+    let results = futures::future::join_all(calls).await;
+    let refused: Vec<_> = results.iter().filter(|(status, _, _)| *status == 429).collect();
+    assert!(!refused.is_empty(), "a full queue refuses: {:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert!(results.iter().all(|(status, _, _)| *status == 200 || *status == 429), "every other request succeeds");
+    for (_, retry_after, body) in refused {
+        assert_eq!(*retry_after, Some(1), "a full queue says when to retry: {body}");
+        assert!(body["error"].is_string(), "the protocol's shape, {{\"error\": \"…\"}}: {body}");
+    }
+
+    // A request limit, refused before the handler runs.
+    let limits = json!({"requests_per_minute": 1});
+    let (status, body) = app.call(Method::PUT, "/api/v1/tenants/acme/quotas", &app.admin_key, Some(limits)).await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // the gateway's cache of limits
+    // The minute may turn between two calls: at most one call of each minute is admitted.
+    let mut refusal = None;
+    for _ in 0..3 {
+        let (status, retry_after, body) = infer_answer(&app, &key, "/v2/models/tiny/infer", &texts(&["hi"])).await;
+        if status == 429 {
+            refusal = Some((retry_after, body));
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+    }
+    let (retry_after, body) = refusal.expect("the limit refuses");
+    let retry_after = retry_after.expect("Retry-After");
+    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after} s is when the minute ends");
+    let message = body["error"].as_str().expect("the protocol's shape, {\"error\": \"…\"}");
+    assert!(message.contains("requests_per_minute"), "the message names the limit: {message}");
     app.stop().await;
 }

@@ -18,11 +18,20 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 
-/// The protocol's error shape: `{"error": "message"}`, with the status the error has.
+/// The protocol's error shape, `{"error": "message"}`, with the error's status and headers
+/// (`Retry-After` on 429 and 503); a server-side failure is logged, as for any other answer.
 pub(crate) fn kserve_error(e: &ApiError) -> HttpResponse {
-    let message = e.to_string();
-    let message = message.split_once("): ").map_or(message.as_str(), |(_, m)| m).to_owned();
-    HttpResponse::build(e.status()).json(json!({ "error": message }))
+    e.respond(&error_body(e))
+}
+
+/// An error that ends a generate stream, as its last event: logged here, once, when it is ours.
+pub(super) fn stream_error(e: &ApiError) -> Value {
+    e.log_if_ours();
+    error_body(e)
+}
+
+fn error_body(e: &ApiError) -> Value {
+    json!({ "error": e.message() })
 }
 
 pub(super) fn answer(result: Result<HttpResponse, ApiError>) -> HttpResponse {
@@ -313,6 +322,19 @@ fn parse(body: &[u8]) -> Result<InferRequest, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[actix_web::test]
+    async fn kserve_errors_keep_the_status_and_headers_of_the_error() {
+        let refused =
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", "the model's queue is full").retry_after(1);
+        let response = kserve_error(&refused);
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry_after = response.headers().get(actix_web::http::header::RETRY_AFTER);
+        assert_eq!(retry_after.and_then(|v| v.to_str().ok()), Some("1"));
+        let body = actix_web::body::to_bytes(response.into_body()).await.expect("body");
+        let body: Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(body, json!({ "error": "the model's queue is full" }));
+    }
 
     #[test]
     fn infer_bodies_decode_or_are_refused_with_400() {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::completions::{Meter, Progress};
-use super::kserve::{answer, reference};
+use super::kserve::{answer, reference, stream_error};
 use super::openai::{SERVED_BY, model_spec};
 use crate::AppState;
 use crate::auth::Principal;
@@ -151,7 +151,7 @@ async fn generate(
                     event
                 }
                 Some(Err(error)) => {
-                    return Some((Ok(sse(&json!({ "error": error.to_string() }))), None));
+                    return Some((Ok(sse(&stream_error(&error))), None));
                 }
                 None => return None,
             };
