@@ -373,7 +373,8 @@ async fn generate(
                 }
                 Some(Err(error)) => {
                     sse.done = true;
-                    let body = json!({ "error": { "code": error.code(), "message": error.to_string() } });
+                    error.log_if_ours();
+                    let body = json!({ "error": { "code": error.code(), "message": error.message() } });
                     format!("data: {body}\n\n").into_bytes()
                 }
                 None => {

@@ -23,7 +23,7 @@ pub struct AddressError {
 
 /// What the last poll said of one loaded version.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Copy {
+pub(super) struct LoadedCopy {
     pub(super) in_flight: u64,
     pub(super) pinned: bool,
 }
@@ -32,7 +32,7 @@ pub(super) struct Copy {
 pub(super) struct View {
     /// None until the first poll answers or fails.
     pub(super) healthy: Option<bool>,
-    pub(super) models: HashMap<String, Copy>,
+    pub(super) models: HashMap<String, LoadedCopy>,
     pub(super) memory_used: u64,
     pub(super) memory_budget: u64,
     pub(super) failures: u32,

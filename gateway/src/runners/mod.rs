@@ -32,7 +32,7 @@ use crate::error::ApiError;
 pub use config::{DEFAULT_SERVER_NAME, RoutingConfig, RunnerTlsConfig, client_tls_config};
 pub use generation::Generation;
 pub use member::AddressError;
-use member::{Copy, Member, Outstanding, STATUS_TIMEOUT, is_connection_failure, status};
+use member::{LoadedCopy, Member, Outstanding, STATUS_TIMEOUT, is_connection_failure, status};
 
 /// The runners and the gateway's view of them. Cheap to clone.
 #[derive(Clone)]
@@ -175,7 +175,7 @@ impl RunnerPool {
                 view.models = s
                     .loaded
                     .iter()
-                    .map(|m| (m.version_id.clone(), Copy { in_flight: m.in_flight, pinned: m.pinned }))
+                    .map(|m| (m.version_id.clone(), LoadedCopy { in_flight: m.in_flight, pinned: m.pinned }))
                     .collect();
                 let busy = view.models.iter().filter(|(_, c)| c.in_flight > 0).map(|(v, _)| v.clone()).collect();
                 self.inner.containment.saw_busy(&member.address, busy);
@@ -203,7 +203,7 @@ impl RunnerPool {
     /// copies stay; a copy busy at the moment refuses to unload and is tried again later.
     async fn release_idle_copies(&self) {
         let members = self.members();
-        let mut holders: HashMap<String, Vec<(&Arc<Member>, Copy)>> = HashMap::new();
+        let mut holders: HashMap<String, Vec<(&Arc<Member>, LoadedCopy)>> = HashMap::new();
         for member in members.iter() {
             for (version, copy) in &member.view().models {
                 holders.entry(version.clone()).or_default().push((member, *copy));
@@ -243,7 +243,7 @@ impl RunnerPool {
     fn route(&self, spec: &ModelSpec) -> Vec<Arc<Member>> {
         let members = self.members();
         let now = Instant::now();
-        let views: Vec<(Option<Copy>, bool, u64, u64)> = members
+        let views: Vec<(Option<LoadedCopy>, bool, u64, u64)> = members
             .iter()
             .map(|m| {
                 let view = m.view();
