@@ -7,6 +7,15 @@ use std::collections::BTreeMap;
 
 /// The most header bytes read (a 150k-token vocabulary with its merges takes ~10 MB).
 pub const MAX_HEADER: u64 = 64 * 1024 * 1024;
+/// What a reader tries first: most headers fit.
+const FIRST_READ: u64 = 8 * 1024 * 1024;
+
+/// How many bytes of a file of `file_size` to read for its header, in turn: a first read that
+/// fits most headers, then the bound, for a header [`parse`] found [`Error::Truncated`].
+pub fn reads(file_size: u64) -> impl Iterator<Item = u64> {
+    let (first, most) = (file_size.min(FIRST_READ), file_size.min(MAX_HEADER));
+    std::iter::once(first).chain((most > first).then_some(most))
+}
 const MAX_STRING: u64 = 16 * 1024 * 1024;
 const MAX_DIMS: u32 = 4;
 const MAX_DEPTH: usize = 8;
@@ -315,6 +324,13 @@ pub(crate) mod tests {
         assert_eq!(header.tensors["token_embd.weight"].shape, vec![10, 4]);
         assert_eq!(header.tensors["token_embd.weight"].bytes, 160);
         assert_eq!(parse(&bytes[..40], bytes.len() as u64), Err(Error::Truncated));
+    }
+
+    #[test]
+    fn a_header_is_read_in_at_most_two_bounded_reads() {
+        assert_eq!(reads(1000).collect::<Vec<_>>(), vec![1000]);
+        assert_eq!(reads(1 << 40).collect::<Vec<_>>(), vec![FIRST_READ, MAX_HEADER]);
+        assert_eq!(reads(FIRST_READ + 1).collect::<Vec<_>>(), vec![FIRST_READ, FIRST_READ + 1]);
     }
 
     #[test]

@@ -191,16 +191,15 @@ async fn read_gguf(
     digest: &Digest,
     size: u64,
 ) -> Result<Result<formats::gguf::Header, String>> {
-    let mut wanted = size.min(8 * 1024 * 1024);
-    loop {
+    let mut parsed = Err(formats::gguf::Error::Truncated);
+    for wanted in formats::gguf::reads(size) {
         let head = storage.read_blob_range(tenant_id, digest, 0..wanted).await?;
-        match formats::gguf::parse(&head, size) {
-            Err(formats::gguf::Error::Truncated) if wanted < size.min(formats::gguf::MAX_HEADER) => {
-                wanted = size.min(formats::gguf::MAX_HEADER);
-            }
-            result => return Ok(result.map_err(|e| e.to_string())),
+        parsed = formats::gguf::parse(&head, size);
+        if !matches!(parsed, Err(formats::gguf::Error::Truncated)) {
+            break;
         }
     }
+    Ok(parsed.map_err(|e| e.to_string()))
 }
 
 /// Reads only the header: length prefix, then the JSON table of tensors.

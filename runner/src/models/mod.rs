@@ -60,9 +60,16 @@ impl ModelFiles {
                 weights.tensors.extend(tensors);
             } else if path.ends_with(".gguf") {
                 use std::io::Read as _;
-                let mut head = Vec::new();
-                std::fs::File::open(local)?.take(formats::gguf::MAX_HEADER).read_to_end(&mut head)?;
-                let header = formats::gguf::parse(&head, size).map_err(|e| self.invalid(format!("{path}: {e}")))?;
+                let mut parsed = Err(formats::gguf::Error::Truncated);
+                for wanted in formats::gguf::reads(size) {
+                    let mut head = Vec::new();
+                    std::fs::File::open(local)?.take(wanted).read_to_end(&mut head)?;
+                    parsed = formats::gguf::parse(&head, size);
+                    if !matches!(parsed, Err(formats::gguf::Error::Truncated)) {
+                        break;
+                    }
+                }
+                let header = parsed.map_err(|e| self.invalid(format!("{path}: {e}")))?;
                 weights.gguf = Some((header, size));
             }
         }
