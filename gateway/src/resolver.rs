@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use moka::future::Cache;
 use registry::Registry;
-use registry::aliases::{ModelRef, pick_version};
+use registry::aliases::pick_version;
 use registry::changes::Change;
 use registry::models::Model;
+use registry::names::ModelRef;
 use registry::quarantine::Quarantine;
 use registry::versions::Version;
 

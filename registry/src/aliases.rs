@@ -7,7 +7,7 @@ use sqlx::Row as _;
 use crate::audit::{self, Entry};
 use crate::db::now_ms;
 use crate::models::Model;
-use crate::names::{AliasName, ModelName};
+use crate::names::{AliasName, ModelRef};
 use crate::versions::{Version, VersionStatus};
 use crate::{Actor, Error, Registry, Result};
 
@@ -65,38 +65,6 @@ fn check_targets(targets: &[AliasTarget]) -> Result<()> {
         return Err(Error::Invalid("each version may appear once among an alias's targets".into()));
     }
     Ok(())
-}
-
-/// How a caller names a model in an inference request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModelRef {
-    /// `minilm`: the newest ready version.
-    Latest(ModelName),
-    /// `minilm:production`
-    Alias(ModelName, AliasName),
-    /// `minilm@3`
-    Version(ModelName, i64),
-}
-
-impl ModelRef {
-    pub fn parse(s: &str) -> Result<Self> {
-        if let Some((name, alias)) = s.split_once(':') {
-            return Ok(ModelRef::Alias(ModelName::parse(name)?, AliasName::parse(alias)?));
-        }
-        if let Some((name, number)) = s.split_once('@') {
-            let number = number.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                Error::Invalid(format!("invalid version {number:?}: use a positive integer, as in {name}@1"))
-            })?;
-            return Ok(ModelRef::Version(ModelName::parse(name)?, number));
-        }
-        Ok(ModelRef::Latest(ModelName::parse(s)?))
-    }
-
-    pub fn model_name(&self) -> &ModelName {
-        match self {
-            ModelRef::Latest(n) | ModelRef::Alias(n, _) | ModelRef::Version(n, _) => n,
-        }
-    }
 }
 
 impl Registry {
@@ -362,22 +330,6 @@ pub fn pick_version(targets: &[(i64, Version)], roll: i64) -> Option<&Version> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn model_references_parse_in_three_forms() {
-        let name = |s: &str| ModelName::parse(s).ok();
-        assert_eq!(ModelRef::parse("minilm").ok(), name("minilm").map(ModelRef::Latest));
-        assert_eq!(ModelRef::parse("minilm@3").ok(), name("minilm").map(|n| ModelRef::Version(n, 3)));
-        let alias = AliasName::parse("production").ok();
-        assert_eq!(
-            ModelRef::parse("minilm:production").ok(),
-            name("minilm").zip(alias).map(|(n, a)| ModelRef::Alias(n, a))
-        );
-        assert!(ModelRef::parse("minilm@0").is_err());
-        assert!(ModelRef::parse("minilm@x").is_err());
-        assert!(ModelRef::parse("minilm:").is_err());
-        assert!(ModelRef::parse("").is_err());
-    }
 
     #[test]
     fn alias_targets_must_be_distinct_and_sum_to_100() {

@@ -93,6 +93,38 @@ impl AliasName {
     }
 }
 
+/// How a caller names a model in an inference request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelRef {
+    /// `minilm`: the newest ready version.
+    Latest(ModelName),
+    /// `minilm:production`
+    Alias(ModelName, AliasName),
+    /// `minilm@3`
+    Version(ModelName, i64),
+}
+
+impl ModelRef {
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        if let Some((name, alias)) = s.split_once(':') {
+            return Ok(ModelRef::Alias(ModelName::parse(name)?, AliasName::parse(alias)?));
+        }
+        if let Some((name, number)) = s.split_once('@') {
+            let number = number.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                Error::Invalid(format!("invalid version {number:?}: use a positive integer, as in {name}@1"))
+            })?;
+            return Ok(ModelRef::Version(ModelName::parse(name)?, number));
+        }
+        Ok(ModelRef::Latest(ModelName::parse(s)?))
+    }
+
+    pub fn model_name(&self) -> &ModelName {
+        match self {
+            ModelRef::Latest(n) | ModelRef::Alias(n, _) | ModelRef::Version(n, _) => n,
+        }
+    }
+}
+
 string_newtype!(
     /// A file's path inside a version: `config.json`, `1_Pooling/config.json`.
     /// Relative, `/`-separated, without `.`/`..` segments, backslashes or control characters.
@@ -255,6 +287,22 @@ mod tests {
         assert_eq!(Digest::parse(b64).map(|d| d.to_string()).ok().as_deref(), Some(hex));
         assert!(Digest::parse("abc").is_err());
         assert!(Digest::parse(&"g".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn model_references_parse_in_three_forms() {
+        let name = |s: &str| ModelName::parse(s).ok();
+        assert_eq!(ModelRef::parse("minilm").ok(), name("minilm").map(ModelRef::Latest));
+        assert_eq!(ModelRef::parse("minilm@3").ok(), name("minilm").map(|n| ModelRef::Version(n, 3)));
+        let alias = AliasName::parse("production").ok();
+        assert_eq!(
+            ModelRef::parse("minilm:production").ok(),
+            name("minilm").zip(alias).map(|(n, a)| ModelRef::Alias(n, a))
+        );
+        assert!(ModelRef::parse("minilm@0").is_err());
+        assert!(ModelRef::parse("minilm@x").is_err());
+        assert!(ModelRef::parse("minilm:").is_err());
+        assert!(ModelRef::parse("").is_err());
     }
 
     #[test]

@@ -194,8 +194,8 @@ impl Registry {
                 "derived_from {reference:?} must name a committed version of this tenant, as model@N"
             ))
         };
-        let (name, number) = match crate::aliases::ModelRef::parse(reference) {
-            Ok(crate::aliases::ModelRef::Version(name, number)) => (name, number),
+        let (name, number) = match crate::names::ModelRef::parse(reference) {
+            Ok(crate::names::ModelRef::Version(name, number)) => (name, number),
             _ => return Err(bad()),
         };
         let source = self.model(tenant_id, &name).await.map_err(|_| bad())?;

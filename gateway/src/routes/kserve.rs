@@ -8,8 +8,7 @@ use std::time::Instant;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, get, post, web};
-use registry::aliases::ModelRef;
-use registry::names::{ModelName, Role, Task};
+use registry::names::{ModelName, ModelRef, Role, Task};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

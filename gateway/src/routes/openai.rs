@@ -4,9 +4,8 @@
 use actix_web::{HttpResponse, get, post, web};
 use base64::Engine as _;
 use proto::v1::{ModelFile, ModelSpec};
-use registry::aliases::ModelRef;
 use registry::models::ModelFilter;
-use registry::names::{Role, Task};
+use registry::names::{ModelRef, Role, Task};
 use registry::page::PageRequest;
 use registry::tenants::Tenant;
 use serde::Deserialize;
