@@ -7,11 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::StreamExt as _;
 use object_store::{ObjectStore, ObjectStoreExt as _};
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncWriteExt as _;
 
+use crate::blocking;
 use crate::error::{Error, Result};
 use proto::v1::{ModelFile, ModelSpec};
 
@@ -100,10 +101,7 @@ impl ArtifactCache {
         }
         let target = self.dir.join("sha256").join(&digest);
         if tokio::fs::try_exists(&target).await? {
-            if sha256_of(&target).await? == digest {
-                // A use makes it the most recently used (its modification time is the LRU order).
-                let file = std::fs::File::options().append(true).open(&target)?;
-                file.set_modified(std::time::SystemTime::now())?;
+            if use_if_intact(target.clone(), digest.clone()).await? {
                 return Ok(target);
             }
             tracing::warn!(model, file = %file.path, "a cached file does not match its sha256; fetching it again");
@@ -132,15 +130,20 @@ impl ArtifactCache {
             Error::Fetch { path: file.path.clone(), source }
         };
         let mut stream = self.store.get(&location).await.map_err(fetch_err)?.into_stream();
-        let mut out = tokio::fs::File::create(partial).await?;
-        let mut hasher = Sha256::new();
+        let partial = partial.to_owned();
+        let mut out = blocking::run("creating a cache file", move || Ok(HashedFile::create(&partial)?)).await?;
+        // Chunks are written (and hashed) on the blocking pool a few MiB at a time.
+        let (mut pending, mut pending_bytes) = (Vec::new(), 0);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(fetch_err)?;
-            hasher.update(&chunk);
-            out.write_all(&chunk).await?;
+            pending_bytes += chunk.len();
+            pending.push(chunk);
+            if pending_bytes >= WRITE_BYTES {
+                out = out.write(std::mem::take(&mut pending)).await?;
+                pending_bytes = 0;
+            }
         }
-        out.flush().await?;
-        let actual = hex::encode(hasher.finalize());
+        let actual = out.write(pending).await?.hex_digest();
         if actual != digest {
             tracing::warn!(model, file = %file.path, object = %location, "a fetched file does not match its sha256");
             return Err(Error::DigestMismatch { model: model.to_owned(), path: file.path.clone() });
@@ -149,24 +152,63 @@ impl ArtifactCache {
     }
 }
 
-/// The sha256 of a local file, in hex, read on a blocking thread.
-async fn sha256_of(path: &Path) -> Result<String> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
+/// Bytes a download gathers before it writes them out.
+const WRITE_BYTES: usize = 4 << 20;
+
+/// A file being downloaded and the sha256 of what was written to it so far.
+struct HashedFile {
+    file: std::fs::File,
+    hasher: Sha256,
+}
+
+impl HashedFile {
+    fn create(path: &Path) -> std::io::Result<Self> {
+        Ok(Self { file: std::fs::File::create(path)?, hasher: Sha256::new() })
+    }
+
+    /// Appends `chunks` and hashes them, on the blocking pool.
+    async fn write(mut self, chunks: Vec<Bytes>) -> Result<Self> {
+        if chunks.is_empty() {
+            return Ok(self);
+        }
+        blocking::run("writing a cache file", move || {
+            use std::io::Write as _;
+            for chunk in chunks {
+                self.hasher.update(&chunk);
+                self.file.write_all(&chunk)?;
+            }
+            Ok(self)
+        })
+        .await
+    }
+
+    fn hex_digest(self) -> String {
+        hex::encode(self.hasher.finalize())
+    }
+}
+
+/// Whether the cached file at `path` still has the sha256 `digest` (hex); if so, a use makes
+/// it the most recently used (its modification time is the LRU order). Read on the blocking pool.
+async fn use_if_intact(path: PathBuf, digest: String) -> Result<bool> {
+    blocking::run("verifying a cached file", move || {
         use std::io::Read as _;
-        let mut file = std::fs::File::open(path)?;
+        let mut file = std::fs::File::open(&path)?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = file.read(&mut buf)?;
             if n == 0 {
-                return Ok(hex::encode(hasher.finalize()));
+                break;
             }
             hasher.update(&buf[..n]);
         }
+        if hex::encode(hasher.finalize()) != digest {
+            return Ok(false);
+        }
+        std::fs::File::options().append(true).open(&path)?.set_modified(std::time::SystemTime::now())?;
+        Ok(true)
     })
     .await
-    .map_err(|e| Error::Io(std::io::Error::other(e)))?
 }
 
 fn unique_suffix() -> String {
@@ -217,6 +259,31 @@ mod tests {
             let error = check_spec(&spec(tenant, A, &own), &address()).expect_err("refused");
             assert_eq!(error.status().code(), tonic::Code::InvalidArgument, "{tenant:?}: {error}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_fetched_file_is_kept_and_a_corrupt_copy_is_fetched_again() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let bytes: Vec<u8> = (0..WRITE_BYTES + 12_345).map(|i| (i % 251) as u8).collect();
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let path = format!("mg/tenants/t1/blobs/sha256/{digest}");
+        store.put(&object_store::path::Path::from(path.as_str()), bytes.clone().into()).await.expect("put");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = ArtifactCache::new(dir.path().to_path_buf(), store, u64::MAX).expect("cache");
+        let file = &spec("t1", &digest, &path).files[0];
+
+        let local = cache.fetch("t/m@1", file).await.expect("fetched");
+        assert_eq!(std::fs::read(&local).expect("cached"), bytes);
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1);
+        std::fs::File::options().append(true).open(&local).expect("open").set_modified(old).expect("aged");
+        assert_eq!(cache.fetch("t/m@1", file).await.expect("from the cache"), local);
+        let used = std::fs::metadata(&local).expect("meta").modified().expect("mtime");
+        assert!(used > old, "a use refreshes the file's place in the LRU order");
+
+        std::fs::write(&local, b"corrupt").expect("corrupted");
+        assert_eq!(cache.fetch("t/m@1", file).await.expect("fetched again"), local);
+        assert_eq!(std::fs::read(&local).expect("cached"), bytes);
+        assert_eq!(std::fs::read_dir(dir.path().join("partial")).expect("partials").count(), 0);
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@ use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 
 use crate::artifacts::ArtifactCache;
+use crate::blocking;
 use crate::device::Placement;
 use crate::error::{Error, Result};
 use crate::metrics;
@@ -213,13 +214,11 @@ impl ModelCache {
         // Admitted from its files' headers before anything is allocated; room for what it will
         // take on the device, in the type its weights will take there.
         let (task, max_context) = (spec.task.clone(), self.inner.models.max_context);
-        let (files, admitted) = tokio::task::spawn_blocking(move || {
-            let admitted = files.admit(&task, max_context);
-            (files, admitted)
+        let (files, admitted) = blocking::run("admitting the model", move || {
+            let admitted = files.admit(&task, max_context)?;
+            Ok((files, admitted))
         })
-        .await
-        .map_err(|_| Error::Inference("admitting the model failed".into()))?;
-        let admitted = admitted?;
+        .await?;
         let placement = &self.inner.placement;
         let estimate = admitted.estimate(placement.float_bytes(), placement.device.is_cpu());
         self.make_room(&spec.version_id, &spec.display_name, estimate).await?;

@@ -37,8 +37,17 @@ pub enum Error {
     Inference(String),
     #[error("the GPU failed: {0}")]
     Device(String),
-    #[error("I/O error in the artifact cache")]
+    /// Local I/O: the artifact cache's files, reading a model's files at admission and load,
+    /// starting a model's thread.
+    #[error("I/O on the runner's host failed (artifact cache, model files or model thread)")]
     Io(#[from] std::io::Error),
+    /// Blocking work (file reads, hashing) panicked or was cancelled on tokio's blocking pool.
+    #[error("{what} did not finish: its blocking task failed")]
+    Interrupted {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 impl From<Error> for tonic::Status {
@@ -60,7 +69,9 @@ impl Error {
             Error::Fetch { .. } | Error::WorkerGone(_) => Status::unavailable(message),
             Error::Overloaded(_) | Error::NoRoom(_) => Status::resource_exhausted(message),
             Error::DeadlineExceeded => Status::deadline_exceeded(message),
-            Error::Inference(_) | Error::Device(_) | Error::Io(_) => Status::internal(message),
+            Error::Inference(_) | Error::Device(_) | Error::Io(_) | Error::Interrupted { .. } => {
+                Status::internal(message)
+            }
         }
     }
 }

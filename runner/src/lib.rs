@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod artifacts;
+mod blocking;
 mod cache;
 pub mod convert;
 mod device;

@@ -21,7 +21,8 @@ use crate::device::Placement;
 use crate::error::{Error, Result};
 use crate::template::Renderer;
 
-/// The local copies of a version's files, by their path in the version.
+/// The local copies of a version's files, by their path in the version. Its reads block: they
+/// run on the model's own thread or on tokio's blocking pool, never on the async runtime.
 pub struct ModelFiles {
     pub model: String,
     pub paths: HashMap<String, PathBuf>,
