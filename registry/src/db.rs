@@ -74,12 +74,14 @@ impl Db {
         })
     }
 
+    /// Applies the migrations not yet applied. One tree serves both backends: its SQL is
+    /// written to run on each. sqlx keeps each applied file's checksum and refuses to start
+    /// when a file changed since, so an applied file is never edited; a change is a new file.
     pub async fn migrate(&self) -> Result<()> {
-        let migrator = match self.backend {
-            Backend::Postgres => sqlx::migrate!("../migrations/postgres"),
-            Backend::Sqlite => sqlx::migrate!("../migrations/sqlite"),
-        };
-        migrator.run(&self.pool).await.map_err(|e| crate::Error::Database(sqlx::Error::Migrate(Box::new(e))))
+        sqlx::migrate!("../migrations")
+            .run(&self.pool)
+            .await
+            .map_err(|e| crate::Error::Database(sqlx::Error::Migrate(Box::new(e))))
     }
 
     pub fn pool(&self) -> &AnyPool {

@@ -1,0 +1,6 @@
+//! The registry's SQL, driven through `Registry` against real databases: SQLite always,
+//! Postgres too when `MODELGATE_TEST_POSTGRES_URL` names a server (each test gets a fresh
+//! database on it). The same test body runs on both backends.
+
+mod helpers;
+mod migrations;
