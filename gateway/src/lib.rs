@@ -182,7 +182,7 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
                     http.route = %route,
                 );
                 context.link(&span);
-                span.record("trace.id", tracing::field::display(&context.trace_id));
+                span.record("trace.id", tracing::field::display(context.trace_id()));
                 let (request_id, traceparent) = (context.request_id.clone(), context.traceparent());
                 let call = context.scope(srv.call(req)).instrument(span.clone());
                 async move {

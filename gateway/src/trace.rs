@@ -1,11 +1,14 @@
 //! The request id and W3C trace context of each HTTP request: taken from the caller's
 //! `x-request-id` and `traceparent` headers (or made up), on every log line of the request,
-//! sent on to the runner as gRPC metadata, and answered in the response headers.
+//! sent on to the runner as gRPC metadata, and answered in the response headers. The trace
+//! context is read and written by OpenTelemetry's propagator only (`proto::trace`, which the
+//! runner reads the call's metadata with).
 
+use std::collections::HashMap;
 use std::future::Future;
 
 use actix_web::http::header::HeaderMap;
-use rand::RngCore as _;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
 
 pub const REQUEST_ID: &str = "x-request-id";
 pub const TRACEPARENT: &str = "traceparent";
@@ -13,40 +16,33 @@ pub const TRACEPARENT: &str = "traceparent";
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     pub request_id: String,
-    /// 32 lower-case hex digits.
-    pub trace_id: String,
-    /// This gateway's span in the trace (16 hex digits).
-    pub span_id: String,
-    sampled: bool,
-    /// The caller's span, from its `traceparent`.
-    caller_span: Option<String>,
+    /// This gateway's span: in the caller's trace (with its sampling decision and trace state)
+    /// or a new one.
+    span: SpanContext,
+    /// The caller's trace context, from its `traceparent` (empty without a valid one).
+    caller: opentelemetry::Context,
 }
 
 tokio::task_local! {
     static CURRENT: RequestContext;
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut buf);
-    hex::encode(buf)
+/// An HTTP request's headers as the propagator's carrier to read from.
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
 }
 
-/// `00-{trace}-{parent}-{flags}` with non-zero ids: the trace, the parent span and whether it is
-/// sampled; None for anything else.
-fn parse_traceparent(value: &str) -> Option<(String, String, bool)> {
-    let mut parts = value.trim().split('-');
-    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
-    (version == "00"
-        && parts.next().is_none()
-        && hex(trace, 32)
-        && nonzero(trace)
-        && hex(parent, 16)
-        && nonzero(parent)
-        && hex(flags, 2))
-    .then(|| (trace.to_owned(), parent.to_owned(), u8::from_str_radix(flags, 16).is_ok_and(|f| f & 1 == 1)))
+/// A span id of this gateway's (random, as the OpenTelemetry SDK makes them).
+fn new_span_id() -> SpanId {
+    SpanId::from_bytes(rand::random())
 }
 
 /// A request id the caller may choose: short, printable, no spaces.
@@ -56,45 +52,52 @@ fn acceptable_request_id(value: &str) -> bool {
 
 impl RequestContext {
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
-        let request_id = header(REQUEST_ID)
+        let request_id = headers
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
             .filter(|v| acceptable_request_id(v))
             .map_or_else(|| uuid::Uuid::now_v7().simple().to_string(), str::to_owned);
-        let (trace_id, caller_span, sampled) = match header(TRACEPARENT).and_then(parse_traceparent) {
-            Some((trace, parent, sampled)) => (trace, Some(parent), sampled),
-            None => (random_hex(16), None, false),
+        let caller = proto::trace::extract(&HeaderExtractor(headers));
+        let remote = caller.span().span_context().clone();
+        let span = if remote.is_valid() {
+            let state = remote.trace_state().clone();
+            SpanContext::new(remote.trace_id(), new_span_id(), remote.trace_flags(), false, state)
+        } else {
+            let trace = TraceId::from_bytes(rand::random());
+            SpanContext::new(trace, new_span_id(), TraceFlags::default(), false, TraceState::default())
         };
-        Self { request_id, trace_id, span_id: random_hex(8), sampled, caller_span }
+        Self { request_id, span, caller }
+    }
+
+    /// The trace this request is in.
+    pub fn trace_id(&self) -> TraceId {
+        self.span.trace_id()
     }
 
     /// When spans are exported (an OpenTelemetry layer is installed), makes `span` the child of
     /// the caller's span and takes its ids, so the logs, the answer's `traceparent` and the
     /// runner's spans name the spans the collector receives. Without one it changes nothing.
     pub fn link(&mut self, span: &tracing::Span) {
-        use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
         use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-        if let Some(caller) = &self.caller_span {
-            let (Ok(trace), Ok(parent)) = (TraceId::from_hex(&self.trace_id), SpanId::from_hex(caller)) else {
-                return;
-            };
-            let flags = if self.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
-            let remote = SpanContext::new(trace, parent, flags, true, TraceState::default());
-            if span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote)).is_err() {
-                return;
-            }
+        if self.caller.span().span_context().is_valid() && span.set_parent(self.caller.clone()).is_err() {
+            return;
         }
-        let cx = span.context();
-        let exported = cx.span().span_context().clone();
+        let exported = span.context().span().span_context().clone();
         if exported.is_valid() {
-            self.trace_id = exported.trace_id().to_string();
-            self.span_id = exported.span_id().to_string();
-            self.sampled = exported.is_sampled();
+            self.span = exported;
         }
+    }
+
+    /// This gateway's span as an OpenTelemetry context, for the propagator to write.
+    fn otel_context(&self) -> opentelemetry::Context {
+        opentelemetry::Context::new().with_remote_span_context(self.span.clone())
     }
 
     /// The `traceparent` naming this gateway's span as the parent.
     pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-{:02x}", self.trace_id, self.span_id, u8::from(self.sampled))
+        let mut headers = HashMap::new();
+        proto::trace::inject(&self.otel_context(), &mut headers);
+        headers.remove(TRACEPARENT).unwrap_or_default()
     }
 
     /// Runs `f` with this as the current request's context.
@@ -117,9 +120,7 @@ pub fn grpc_request<T>(message: T, timeout: std::time::Duration) -> tonic::Reque
         if let Ok(v) = context.request_id.parse() {
             metadata.insert(REQUEST_ID, v);
         }
-        if let Ok(v) = context.traceparent().parse() {
-            metadata.insert(TRACEPARENT, v);
-        }
+        proto::trace::to_metadata(&context.otel_context(), metadata);
     }
     request
 }
@@ -128,21 +129,44 @@ pub fn grpc_request<T>(message: T, timeout: std::time::Duration) -> tonic::Reque
 mod tests {
     use super::*;
 
+    fn with_traceparent(value: &str) -> RequestContext {
+        let mut headers = HeaderMap::new();
+        headers.insert(actix_web::http::header::HeaderName::from_static(TRACEPARENT), value.parse().expect("header"));
+        RequestContext::from_headers(&headers)
+    }
+
     #[test]
-    fn traceparents_parse_strictly() {
-        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let parsed = Some(("4bf92f3577b34da6a3ce929d0e0e4736".into(), "00f067aa0ba902b7".into(), true));
-        assert_eq!(parse_traceparent(good), parsed);
+    fn only_a_well_formed_traceparent_keeps_the_callers_trace() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        // A later version is read as version 00's fields, as W3C Trace Context says.
+        for good in [format!("00-{trace}-00f067aa0ba902b7-01"), format!("01-{trace}-00f067aa0ba902b7-01")] {
+            assert_eq!(with_traceparent(&good).trace_id().to_string(), trace, "{good}");
+        }
         for bad in [
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xx",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
-            assert_eq!(parse_traceparent(bad), None, "{bad}");
+            let context = with_traceparent(bad);
+            assert_ne!(context.trace_id().to_string(), trace, "{bad}");
+            assert!(context.traceparent().ends_with("-00"), "a new trace, not sampled: {bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_runner_call_names_the_gateways_span_in_the_callers_trace() {
+        let mut context = with_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        context.request_id = "req-7".into();
+        let traceparent = context.traceparent();
+        let request = context.scope(async { grpc_request((), std::time::Duration::from_secs(1)) }).await;
+        let sent = |name| request.metadata().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        assert_eq!(sent(TRACEPARENT), Some(traceparent));
+        assert_eq!(sent(REQUEST_ID).as_deref(), Some("req-7"));
+        let parent = proto::trace::from_metadata(request.metadata());
+        assert_eq!(parent.span().span_context().trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 
     #[test]
@@ -154,12 +178,15 @@ mod tests {
         );
         headers.insert(actix_web::http::header::HeaderName::from_static(REQUEST_ID), "req-42".parse().expect("header"));
         let c = RequestContext::from_headers(&headers);
-        assert_eq!((c.request_id.as_str(), c.trace_id.as_str()), ("req-42", "4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(
+            (c.request_id.as_str(), c.trace_id().to_string().as_str()),
+            ("req-42", "4bf92f3577b34da6a3ce929d0e0e4736")
+        );
         assert!(
             c.traceparent().starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && c.traceparent().ends_with("-01")
         );
         assert_ne!(&c.traceparent()[36..52], "00f067aa0ba902b7", "the gateway's own span is the runner's parent");
-        let fresh = RequestContext::from_headers(&HeaderMap::new());
-        assert_eq!((fresh.trace_id.len(), fresh.span_id.len()), (32, 16));
+        let fresh = RequestContext::from_headers(&HeaderMap::new()).traceparent();
+        assert_eq!(fresh.split('-').map(str::len).collect::<Vec<_>>(), [2, 32, 16, 2], "{fresh}");
     }
 }

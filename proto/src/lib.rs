@@ -8,6 +8,8 @@ pub mod runner {
     }
 }
 
+pub mod trace;
+
 pub use runner::v1;
 
 /// gRPC messages up to this size are accepted both ways (large embedding batches).

@@ -203,32 +203,18 @@ fn rand_seed() -> u64 {
 /// The gateway's request id and trace id (from the call's metadata) on this call's log lines;
 /// when spans are exported, the gateway's span is this one's parent.
 fn call_span<T>(rpc: &'static str, request: &Request<T>) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let meta = |name| request.metadata().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let traceparent = meta("traceparent");
-    let trace_id = traceparent.split('-').nth(1).unwrap_or_default();
-    let span = tracing::info_span!("rpc", rpc, request.id = %meta("x-request-id"), trace.id = %trace_id);
-    if let Some(parent) = remote_parent(traceparent) {
+    let request_id = request.metadata().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let parent = proto::trace::from_metadata(request.metadata());
+    let remote = parent.span().span_context().clone();
+    let trace_id = if remote.is_valid() { remote.trace_id().to_string() } else { String::new() };
+    let span = tracing::info_span!("rpc", rpc, request.id = %request_id, trace.id = %trace_id);
+    if remote.is_valid() {
         // Fails only where no spans are exported.
         let _ = span.set_parent(parent);
     }
     span
-}
-
-/// The span a W3C `traceparent` names, as an OpenTelemetry parent.
-fn remote_parent(traceparent: &str) -> Option<opentelemetry::Context> {
-    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
-    let mut parts = traceparent.split('-');
-    let (_version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let flags = TraceFlags::new(u8::from_str_radix(flags, 16).ok()?);
-    let remote = SpanContext::new(
-        TraceId::from_hex(trace).ok()?,
-        SpanId::from_hex(span).ok()?,
-        flags,
-        true,
-        TraceState::default(),
-    );
-    remote.is_valid().then(|| opentelemetry::Context::new().with_remote_span_context(remote))
 }
 
 /// Runs a call inside its span and logs how it ended.
