@@ -18,13 +18,13 @@ use std::time::Duration;
 use actix_web::HttpMessage as _;
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
+use actix_web::http::ConnectionType;
 use actix_web::http::header::{self, HeaderMap};
-use actix_web::http::{ConnectionType, StatusCode};
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -88,7 +88,7 @@ pub fn idle_of(e: &PayloadError) -> Option<&BodyIdle> {
 
 /// 408 `body_timeout`, for a body that stopped sending.
 pub fn body_timeout(idle: &BodyIdle) -> ApiError {
-    ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", idle.to_string())
+    ApiError::new(ErrorCode::BodyTimeout, idle.to_string())
 }
 
 /// A registry error from reading an upload body as the caller should see it: a stalled body
@@ -148,8 +148,7 @@ impl BodyLimits {
     pub fn chunk_room(&self, tenant_id: &str, bytes: u64) -> Result<ChunkRoom, ApiError> {
         let busy = || {
             ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_chunks",
+                ErrorCode::TooManyChunks,
                 "too many chunks are being received at once; send this one again shortly, or fewer in parallel",
             )
             .retry_after(1)
@@ -188,6 +187,7 @@ pub fn close_if_answered_early<B>(had_body: bool, drained: &Drained, res: &mut S
 
 #[cfg(test)]
 mod tests {
+    use actix_web::http::StatusCode;
     use actix_web::http::header::{HeaderName, HeaderValue};
 
     use super::*;
@@ -214,7 +214,7 @@ mod tests {
         let limits = BodyLimits::new(Duration::from_secs(1), 256);
         let a: Vec<ChunkRoom> = (0..4).map(|_| limits.chunk_room("a", 16 * MIB).expect("room")).collect();
         let refused = limits.chunk_room("a", MIB).err().expect("past a's quarter");
-        assert_eq!((refused.status(), refused.code()), (StatusCode::TOO_MANY_REQUESTS, "too_many_chunks"));
+        assert_eq!((refused.status(), refused.code()), (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyChunks));
         let others: Vec<ChunkRoom> =
             ["b", "c", "d"].iter().map(|t| limits.chunk_room(t, 64 * MIB).expect("room")).collect();
         assert!(limits.chunk_room("e", MIB).is_err(), "the budget is full");

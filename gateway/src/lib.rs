@@ -4,6 +4,7 @@ pub mod auth;
 pub mod body;
 pub mod dashboard;
 pub mod error;
+pub mod inference;
 pub mod limits;
 pub mod metrics;
 pub mod oidc;
@@ -25,7 +26,6 @@ use actix_web::ResponseError as _;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Server, Service as _, ServiceRequest, ServiceResponse};
 use actix_web::error::JsonPayloadError;
-use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
 use actix_web::{App, HttpServer, web};
 use registry::Registry;
@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
 use crate::auth::Authenticator;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::runners::RunnerPool;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -162,7 +162,7 @@ pub fn serve(listener: std::net::TcpListener, state: AppState, config: &GatewayC
             .app_data(web::JsonConfig::default().limit(max_json).error_handler(|e, _| json_error(e).into()))
             .app_data(web::PayloadConfig::default().limit(max_json))
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
-                ApiError::bad_request("invalid_query", format!("invalid query string: {e}")).into()
+                ApiError::new(ErrorCode::InvalidQuery, format!("invalid query string: {e}")).into()
             }))
             .wrap(actix_web::middleware::from_fn(authorize))
             .wrap_fn(move |mut req, srv| {
@@ -239,9 +239,12 @@ async fn authorize(
             Err(page) => Ok(req.into_response(page).map_into_right_body()),
         };
     }
+    let found = table::rule_for(req.method(), req.path());
+    if let Some((rule, _)) = &found {
+        req.extensions_mut().insert(routes::Matched(rule));
+    }
     let checked = async {
-        let (rule, captures) =
-            table::rule_for(req.method(), req.path()).ok_or_else(|| ApiError::not_found("no such route"))?;
+        let (rule, captures) = found.ok_or_else(|| ApiError::not_found("no such route"))?;
         if rule.need == table::Need::Public {
             return Ok(None);
         }
@@ -278,20 +281,16 @@ async fn authorize(
 
 fn json_error(e: JsonPayloadError) -> ApiError {
     match e {
-        JsonPayloadError::ContentType => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as Content-Type: application/json",
-        ),
-        JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the JSON body exceeds {limit} bytes"),
-        ),
+        JsonPayloadError::ContentType => {
+            ApiError::new(ErrorCode::UnsupportedMediaType, "send the body as Content-Type: application/json")
+        }
+        JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => {
+            ApiError::new(ErrorCode::BodyTooLarge, format!("the JSON body exceeds {limit} bytes"))
+        }
         JsonPayloadError::Payload(ref p) if let Some(idle) = body::idle_of(p) => body::body_timeout(idle),
         JsonPayloadError::Deserialize(e) => {
-            ApiError::bad_request("invalid_json", format!("the JSON body is invalid: {e}"))
+            ApiError::new(ErrorCode::InvalidJson, format!("the JSON body is invalid: {e}"))
         }
-        e => ApiError::bad_request("invalid_json", format!("the JSON body could not be read: {e}")),
+        e => ApiError::new(ErrorCode::InvalidJson, format!("the JSON body could not be read: {e}")),
     }
 }

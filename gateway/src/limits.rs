@@ -18,14 +18,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::http::StatusCode;
 use registry::Registry;
 use registry::db::now_ms;
 use registry::limits::Limits;
 use serde_json::json;
 
 use crate::auth::{Principal, Scope};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 const WINDOW_MS: i64 = 60_000;
 
@@ -212,7 +211,7 @@ impl Limiter {
         if let Some(refusal) = refusals.into_iter().max_by_key(|r| (r.retry_after_secs, -r.limit)) {
             crate::metrics::LIMIT_REJECTIONS.with_label_values(&[tenant.name.as_str(), refusal.name]).inc();
             let details = json!({ "limit": refusal.name, "of": refusal.owner.trim_start_matches("the ").trim_end_matches("'s"), "value": refusal.limit });
-            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", refusal.message)
+            return Err(ApiError::new(ErrorCode::RateLimited, refusal.message)
                 .with_details(details)
                 .retry_after(refusal.retry_after_secs));
         }
@@ -295,6 +294,7 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use actix_web::ResponseError as _;
+    use actix_web::http::StatusCode;
     use registry::Actor;
     use registry::db::Db;
     use registry::names::{Role, TenantSlug};

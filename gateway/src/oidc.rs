@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::tokens::{LEEWAY_SECS, invalid_token, rejected};
 
 /// One external issuer whose tokens are accepted.
@@ -120,7 +120,7 @@ impl Oidc {
                     tracing::warn!(oidc.issuer = %issuer.issuer, error = %e, "fetching the issuer's JWKS failed");
                     if !sets.contains_key(&issuer.issuer) {
                         return Err(ApiError::unavailable(
-                            "identity_provider_unavailable",
+                            ErrorCode::IdentityProviderUnavailable,
                             format!("the keys of issuer {} could not be fetched; try again", issuer.issuer),
                         ));
                     }

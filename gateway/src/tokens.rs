@@ -17,7 +17,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 pub const ISSUER: &str = "modelgate";
 pub const AUDIENCE: &str = "modelgate";
@@ -186,7 +186,7 @@ pub fn header_of(token: &str) -> Result<Header, ApiError> {
 }
 
 pub fn invalid_token(message: impl Into<String>) -> ApiError {
-    ApiError::new(actix_web::http::StatusCode::UNAUTHORIZED, "invalid_token", message)
+    ApiError::new(ErrorCode::InvalidToken, message)
         .with_header(actix_web::http::header::WWW_AUTHENTICATE, r#"Bearer error="invalid_token""#.to_owned())
 }
 

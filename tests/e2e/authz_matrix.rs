@@ -2,8 +2,6 @@
 //! docs/API.md prints): allowed calls pass authorization, the rest answer 403 in the caller's
 //! own tenant and 404 in another, exactly as for a tenant that does not exist.
 
-use std::collections::BTreeSet;
-
 use gateway::table::{Need, ROUTES, Rule};
 use registry::names::Role;
 use reqwest::Method;
@@ -11,41 +9,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::{AppOptions, Database, TestApp, read};
 use crate::tiny_bert;
-
-/// Every (method, pattern) the handlers register, read from their attributes.
-fn registered_routes() -> BTreeSet<(String, String)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway/src/routes");
-    let mut routes = BTreeSet::new();
-    for entry in std::fs::read_dir(dir).expect("routes folder") {
-        let source = std::fs::read_to_string(entry.expect("entry").path()).expect("source");
-        for line in source.lines().map(str::trim) {
-            let Some(attribute) = line.strip_prefix("#[").and_then(|l| l.strip_suffix(")]")) else { continue };
-            let Some((kind, args)) = attribute.split_once("(\"") else { continue };
-            let (path, rest) = args.split_once('"').expect("a quoted path");
-            let methods: Vec<String> = match kind {
-                "get" | "post" | "put" | "patch" | "delete" | "head" => vec![kind.to_uppercase()],
-                "route" => rest
-                    .split("method = \"")
-                    .skip(1)
-                    .map(|m| m.split('"').next().unwrap_or_default().to_owned())
-                    .collect(),
-                _ => continue,
-            };
-            for method in methods {
-                routes.insert((method, path.to_owned()));
-            }
-        }
-    }
-    routes
-}
-
-#[test]
-fn the_route_table_lists_every_registered_route_and_nothing_else() {
-    let table: BTreeSet<(String, String)> = ROUTES.iter().map(|r| (r.method.to_owned(), r.path.to_owned())).collect();
-    let registered = registered_routes();
-    assert!(registered.len() > 40, "the attributes were found: {registered:?}");
-    assert_eq!(table, registered, "routes/table.rs and the handlers' attributes differ");
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Caller {

@@ -107,7 +107,7 @@ async fn create(
     let tenant = session.principal.tenant(&state.registry, &path, Role::Admin).await?;
     let expires_at = match optional_number("expires in (days)", &form.expires_in_days)? {
         Some(days) if days < 1 => {
-            return Err(ApiError::bad_request("invalid_request", "a key expires in at least 1 day, or never").into());
+            return Err(ApiError::invalid("a key expires in at least 1 day, or never").into());
         }
         Some(days) => Some(registry::db::now_ms().saturating_add(days.saturating_mul(86_400_000))),
         None => None,

@@ -189,5 +189,5 @@ fn optional_number(field: &str, raw: &str) -> Result<Option<i64>, ApiError> {
     }
     raw.parse::<i64>()
         .map(Some)
-        .map_err(|_| ApiError::bad_request("invalid_request", format!("{field} must be a whole number or blank")))
+        .map_err(|_| ApiError::invalid(format!("{field} must be a whole number or blank")))
 }

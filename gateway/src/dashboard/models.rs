@@ -228,7 +228,7 @@ impl MoveForm {
             Some(canary) if canary != self.version => {
                 let weight = super::optional_number("canary share", &self.canary_weight)?
                     .filter(|w| (1..=99).contains(w))
-                    .ok_or_else(|| ApiError::bad_request("invalid_request", "a canary's share is 1 to 99 percent"))?;
+                    .ok_or_else(|| ApiError::invalid("a canary's share is 1 to 99 percent"))?;
                 vec![
                     AliasTarget { version: self.version, weight: 100 - weight },
                     AliasTarget { version: canary, weight },

@@ -105,7 +105,7 @@ async fn check_csrf(req: &mut ServiceRequest, sid: &str) -> Result<(), ApiError>
         value.to_str().ok().map(str::to_owned)
     } else if req.content_type() == "application/x-www-form-urlencoded" {
         let body = req.extract::<web::Bytes>().await.map_err(|_| {
-            ApiError::bad_request("invalid_request", "the form could not be read; send it again from its page")
+            ApiError::invalid("the form could not be read; send it again from its page")
         })?;
         let token = std::str::from_utf8(&body)
             .ok()

@@ -13,7 +13,7 @@ use super::charts::{Series, line_chart};
 use super::view::{Chrome, Session};
 use super::{PageError, html};
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// The span a page shows, in steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +29,7 @@ impl Range {
             "hour" => Ok(Range::Hour),
             "day" => Ok(Range::Day),
             "week" => Ok(Range::Week),
-            _ => Err(ApiError::bad_request("invalid_query", "range must be hour, day or week")),
+            _ => Err(ApiError::new(ErrorCode::InvalidQuery, "range must be hour, day or week")),
         }
     }
 
@@ -205,7 +205,7 @@ async fn page(
         "version" => ("version", Some(GroupBy::Version)),
         "key" => ("key", Some(GroupBy::Key)),
         "none" => ("none", None),
-        _ => return Err(ApiError::bad_request("invalid_query", "by must be model, version, key or none").into()),
+        _ => return Err(ApiError::new(ErrorCode::InvalidQuery, "by must be model, version, key or none").into()),
     };
     let timeline = Timeline::new(range, registry::db::now_ms());
     let points = state.registry.usage(Some(&tenant.id), timeline.from, timeline.to, range.step(), group_by).await?;

@@ -150,14 +150,14 @@ fn file_path(field: &Field) -> Option<String> {
 async fn text(field: &mut Field) -> Result<String, ApiError> {
     let mut out = Vec::new();
     while let Some(chunk) =
-        field.try_next().await.map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?
+        field.try_next().await.map_err(|e| ApiError::invalid(e.to_string()))?
     {
         out.extend_from_slice(&chunk);
         if out.len() > 64 * 1024 {
-            return Err(ApiError::bad_request("invalid_request", "a text field is longer than 64 KiB"));
+            return Err(ApiError::invalid("a text field is longer than 64 KiB"));
         }
     }
-    String::from_utf8(out).map_err(|_| ApiError::bad_request("invalid_request", "a text field is not UTF-8"))
+    String::from_utf8(out).map_err(|_| ApiError::invalid("a text field is not UTF-8"))
 }
 
 /// Streams every file of the form into a draft: `number`'s, or a new one (made at the first
@@ -176,7 +176,7 @@ async fn receive(
     while let Some(mut field) = form
         .try_next()
         .await
-        .map_err(|e| ApiError::bad_request("invalid_request", format!("the form is malformed: {e}")))?
+        .map_err(|e| ApiError::invalid(format!("the form is malformed: {e}")))?
     {
         let Some(path) = file_path(&field) else {
             if field.name() == Some("description") {
@@ -206,7 +206,7 @@ async fn receive(
     }
     match number {
         Some(n) if received > 0 => Ok(n),
-        _ => Err(ApiError::bad_request("invalid_request", "choose at least one file (or a folder) to upload").into()),
+        _ => Err(ApiError::invalid("choose at least one file (or a folder) to upload").into()),
     }
 }
 

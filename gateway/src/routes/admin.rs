@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use actix_web::{HttpResponse, delete, post, web};
+use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 
 use crate::AppState;
@@ -17,9 +17,12 @@ struct GcRequest {
 }
 
 /// Runs garbage collection now and reports what it deleted. Requires: platform admin.
-#[utoipa::path(tag = "admin", request_body(content = Option<GcRequest>, content_type = "application/json"), responses((status = 200, body = registry::gc::GcReport)))]
-#[post("/api/v1/admin/gc")]
-async fn gc(state: web::Data<AppState>, principal: Principal, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(post, path = "/api/v1/admin/gc", tag = "admin", request_body(content = Option<GcRequest>, content_type = "application/json"), responses((status = 200, body = registry::gc::GcReport)))]
+pub(super) async fn gc(
+    state: web::Data<AppState>,
+    principal: Principal,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     principal.require_platform_admin()?;
     let body: GcRequest = super::optional_json(&body)?;
     let grace = body.grace_secs.map_or(state.gc_grace, Duration::from_secs);
@@ -30,9 +33,8 @@ async fn gc(state: web::Data<AppState>, principal: Principal, body: web::Bytes) 
 /// Lifts a version's quarantine and forgets its strikes (audited as
 /// `version.quarantine.clear`); answers what was lifted, 404 when the version is not
 /// quarantined. Requires: platform admin.
-#[utoipa::path(tag = "admin", params(("version_id" = String, Path, description = "The version's id, as its `quarantine.version_id` shows it")), responses((status = 200, body = registry::quarantine::Quarantine), (status = 404, description = "Not quarantined", body = crate::routes::schemas::ErrorBody)))]
-#[delete("/api/v1/admin/quarantine/{version_id}")]
-async fn clear_quarantine(
+#[utoipa::path(delete, path = "/api/v1/admin/quarantine/{version_id}", tag = "admin", params(("version_id" = String, Path, description = "The version's id, as its `quarantine.version_id` shows it")), responses((status = 200, body = registry::quarantine::Quarantine), (status = 404, description = "Not quarantined", body = crate::routes::schemas::ErrorBody)))]
+pub(super) async fn clear_quarantine(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<String>,

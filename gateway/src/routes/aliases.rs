@@ -1,9 +1,10 @@
-use actix_web::{HttpResponse, delete, get, put, web};
+use actix_web::{HttpResponse, web};
 use registry::aliases::AliasTarget;
-use registry::names::{AliasName, Role};
+use registry::names::AliasName;
 use serde::Deserialize;
 
-use super::{List, model_in};
+use super::List;
+use super::extract::{AliasSegment, ModelPath};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -12,7 +13,7 @@ use crate::error::ApiError;
 /// for a canary split (weights sum to 100).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SetAlias {
+pub(super) struct SetAlias {
     version: Option<i64>,
     targets: Option<Vec<AliasTarget>>,
 }
@@ -22,62 +23,54 @@ fn alias_name(raw: &str) -> Result<AliasName, ApiError> {
 }
 
 /// Points an alias at a ready version or splits it by weight (atomically, audited). Requires: developer.
-#[utoipa::path(tag = "aliases", request_body = SetAlias, responses((status = 200, body = registry::aliases::Alias)))]
-#[put("/api/v1/tenants/{tenant}/models/{model}/aliases/{alias}")]
-async fn put(
+#[utoipa::path(put, path = "/api/v1/tenants/{tenant}/models/{model}/aliases/{alias}", params(ModelPath, AliasSegment), tag = "aliases", request_body = SetAlias, responses((status = 200, body = registry::aliases::Alias)))]
+pub(super) async fn put(
     state: web::Data<AppState>,
     principal: Principal,
-    path: web::Path<(String, String, String)>,
+    ModelPath { model, .. }: ModelPath,
+    segment: web::Path<AliasSegment>,
     body: web::Json<SetAlias>,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, model, alias) = path.into_inner();
-    let model = model_in(&state, &principal, &tenant, &model, Role::Developer).await?;
+    let alias = segment.into_inner().alias;
     let alias = super::parse(AliasName::parse(&alias))?;
     let targets = match body.into_inner() {
         SetAlias { version: Some(version), targets: None } => vec![AliasTarget { version, weight: 100 }],
         SetAlias { version: None, targets: Some(targets) } => targets,
-        _ => return Err(ApiError::bad_request("invalid_request", "send either \"version\" or \"targets\"")),
+        _ => return Err(ApiError::invalid("send either \"version\" or \"targets\"")),
     };
     let alias = state.registry.set_alias(&principal.actor(), &model, &alias, &targets).await?;
     Ok(HttpResponse::Ok().json(alias))
 }
 
 /// Requires: viewer.
-#[utoipa::path(tag = "aliases", responses((status = 200, body = super::List<registry::aliases::Alias>)))]
-#[get("/api/v1/tenants/{tenant}/models/{model}/aliases")]
-async fn list(
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/models/{model}/aliases", params(ModelPath), tag = "aliases", responses((status = 200, body = super::List<registry::aliases::Alias>)))]
+pub(super) async fn list(
     state: web::Data<AppState>,
-    principal: Principal,
-    path: web::Path<(String, String)>,
+    ModelPath { model, .. }: ModelPath,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, model) = path.into_inner();
-    let model = model_in(&state, &principal, &tenant, &model, Role::Viewer).await?;
     Ok(HttpResponse::Ok().json(List { data: state.registry.aliases(&model).await? }))
 }
 
 /// Every move of the alias, newest first: who, when, from which targets to which. Requires: viewer.
-#[utoipa::path(tag = "aliases", responses((status = 200, body = super::List<registry::aliases::AliasMove>)))]
-#[get("/api/v1/tenants/{tenant}/models/{model}/aliases/{alias}/history")]
-async fn history(
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/models/{model}/aliases/{alias}/history", params(ModelPath, AliasSegment), tag = "aliases", responses((status = 200, body = super::List<registry::aliases::AliasMove>)))]
+pub(super) async fn history(
     state: web::Data<AppState>,
-    principal: Principal,
-    path: web::Path<(String, String, String)>,
+    ModelPath { model, .. }: ModelPath,
+    segment: web::Path<AliasSegment>,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, model, alias) = path.into_inner();
-    let model = model_in(&state, &principal, &tenant, &model, Role::Viewer).await?;
+    let alias = segment.into_inner().alias;
     Ok(HttpResponse::Ok().json(List { data: state.registry.alias_history(&model, &alias_name(&alias)?).await? }))
 }
 
 /// Requires: developer.
-#[utoipa::path(tag = "aliases", responses((status = 204, description = "Deleted")))]
-#[delete("/api/v1/tenants/{tenant}/models/{model}/aliases/{alias}")]
-async fn remove(
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/models/{model}/aliases/{alias}", params(ModelPath, AliasSegment), tag = "aliases", responses((status = 204, description = "Deleted")))]
+pub(super) async fn remove(
     state: web::Data<AppState>,
     principal: Principal,
-    path: web::Path<(String, String, String)>,
+    ModelPath { model, .. }: ModelPath,
+    segment: web::Path<AliasSegment>,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, model, alias) = path.into_inner();
-    let model = model_in(&state, &principal, &tenant, &model, Role::Developer).await?;
+    let alias = segment.into_inner().alias;
     state.registry.delete_alias(&principal.actor(), &model, &alias_name(&alias)?).await?;
     Ok(HttpResponse::NoContent().finish())
 }

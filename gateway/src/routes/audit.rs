@@ -1,10 +1,11 @@
 //! The audit log, read-only: no route changes or deletes an entry.
 
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpResponse, web};
 use registry::audit::AuditFilter;
 use registry::names::Role;
 use serde::Deserialize;
 
+use super::extract::TenantPath;
 use super::{PageQuery, parse_time};
 use crate::AppState;
 use crate::auth::{Principal, Scope};
@@ -13,7 +14,7 @@ use crate::error::ApiError;
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct AuditQuery {
+pub(super) struct AuditQuery {
     /// A tenant's name.
     tenant: Option<String>,
     actor: Option<String>,
@@ -27,24 +28,20 @@ struct AuditQuery {
 }
 
 /// The tenant's management changes, newest first. Requires: tenant admin.
-#[utoipa::path(tag = "audit", params(super::PageQuery), responses((status = 200, body = registry::page::Page<registry::audit::AuditRecord>)))]
-#[get("/api/v1/tenants/{tenant}/audit")]
-async fn list(
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/audit", tag = "audit", params(TenantPath, super::PageQuery), responses((status = 200, body = registry::page::Page<registry::audit::AuditRecord>)))]
+pub(super) async fn list(
     state: web::Data<AppState>,
-    principal: Principal,
-    path: web::Path<String>,
+    TenantPath(tenant): TenantPath,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = principal.tenant(&state.registry, &path, Role::Admin).await?;
     let filter = AuditFilter { tenant_id: Some(tenant.id), ..AuditFilter::default() };
     Ok(HttpResponse::Ok().json(state.registry.audit_entries(&filter, &query.request()?).await?))
 }
 
 /// Management changes filtered by tenant, actor, action and time, newest first: a platform
 /// admin sees every tenant's, a tenant admin only their own. Requires: platform admin, or admin.
-#[utoipa::path(tag = "audit", params(AuditQuery), responses((status = 200, body = registry::page::Page<registry::audit::AuditRecord>)))]
-#[get("/api/v1/audit")]
-async fn search(
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery), responses((status = 200, body = registry::page::Page<registry::audit::AuditRecord>)))]
+pub(super) async fn search(
     state: web::Data<AppState>,
     principal: Principal,
     query: web::Query<AuditQuery>,

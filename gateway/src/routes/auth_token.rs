@@ -1,4 +1,4 @@
-use actix_web::{HttpResponse, get, post, web};
+use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use crate::AppState;
@@ -6,9 +6,8 @@ use crate::auth::{Credential, Principal, Scope};
 use crate::error::ApiError;
 
 /// Exchanges an API key for a short-lived JWT. Requires: an API key (a token cannot mint tokens).
-#[utoipa::path(tag = "auth", responses((status = 200, body = crate::routes::schemas::Token)))]
-#[post("/api/v1/auth/token")]
-async fn issue(state: web::Data<AppState>, principal: Principal) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth", responses((status = 200, body = crate::routes::schemas::Token)))]
+pub(super) async fn issue(state: web::Data<AppState>, principal: Principal) -> Result<HttpResponse, ApiError> {
     if principal.credential != Credential::ApiKey {
         return Err(ApiError::forbidden("tokens are issued for API keys; send the key, not a token"));
     }
@@ -24,9 +23,8 @@ async fn issue(state: web::Data<AppState>, principal: Principal) -> Result<HttpR
 /// Who the credential is: its key (or external principal), tenant, role and limits. Answers
 /// from the auth cache, so it is also the cheapest authenticated request there is (the auth
 /// benchmark calls it). Requires: any credential.
-#[utoipa::path(tag = "auth", responses((status = 200, body = crate::routes::schemas::WhoAmI)))]
-#[get("/api/v1/auth/whoami")]
-async fn whoami(principal: Principal) -> HttpResponse {
+#[utoipa::path(get, path = "/api/v1/auth/whoami", tag = "auth", responses((status = 200, body = crate::routes::schemas::WhoAmI)))]
+pub(super) async fn whoami(principal: Principal) -> HttpResponse {
     let (tenant, role) = match &principal.scope {
         Scope::PlatformAdmin => (None, "platform_admin"),
         Scope::Tenant { tenant, role } => (Some(tenant.name.as_str()), role.as_str()),
@@ -42,8 +40,7 @@ async fn whoami(principal: Principal) -> HttpResponse {
 
 /// The public keys that verify this gateway's tokens (current and previous), as a JSON Web Key
 /// Set. Requires: nothing.
-#[utoipa::path(tag = "auth", responses((status = 200, body = crate::routes::schemas::Jwks)))]
-#[get("/.well-known/jwks.json")]
-async fn jwks(state: web::Data<AppState>) -> HttpResponse {
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth", responses((status = 200, body = crate::routes::schemas::Jwks)))]
+pub(super) async fn jwks(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().insert_header(("Cache-Control", "public, max-age=300")).json(state.auth.tokens.jwks())
 }

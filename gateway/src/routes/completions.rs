@@ -3,21 +3,17 @@
 //! mid-stream stops the generation on the runner. Every call is metered, and its generated
 //! tokens count against the tokens-per-minute limits.
 
-use std::time::Instant;
-
 use actix_web::web::Bytes;
-use actix_web::{HttpResponse, post, web};
-use futures::StreamExt as _;
-use proto::v1::{ChatMessage, GenerateChunk, GenerateRequest};
-use registry::names::{Role, Task};
+use actix_web::{HttpResponse, web};
+use proto::v1::{ChatMessage, GenerateRequest};
+use registry::names::Task;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::openai::{SERVED_BY, Served, model_spec};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::usage::Metered;
+use crate::inference::{Call, Generated, Progress, SERVED_BY};
 
 /// `/v1/completions` without `max_tokens` generates this many (OpenAI's default).
 const DEFAULT_COMPLETION_TOKENS: u32 = 16;
@@ -52,7 +48,7 @@ struct Sampling {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(example = json!({"model": "llama", "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}))]
-struct CompletionRequest {
+pub(super) struct CompletionRequest {
     model: String,
     prompt: Value,
     #[serde(flatten)]
@@ -61,7 +57,7 @@ struct CompletionRequest {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(example = json!({"model": "llama", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "seed": 7}))]
-struct ChatRequest {
+pub(super) struct ChatRequest {
     model: String,
     messages: Vec<ChatMessageIn>,
     #[serde(flatten)]
@@ -76,7 +72,7 @@ struct ChatMessageIn {
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_request", message)
+    ApiError::invalid(message)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -134,15 +130,14 @@ impl Sampling {
 }
 
 /// Text completion. Requires: invoker.
-#[utoipa::path(tag = "openai", request_body = CompletionRequest, responses((status = 200, description = "A completion, or server-sent events of chunks with `stream`", content((crate::routes::schemas::Completion = "application/json"), (crate::routes::schemas::SseEvent = "text/event-stream")))))]
-#[post("/v1/completions")]
-async fn completions(
+#[utoipa::path(post, path = "/v1/completions", tag = "openai", request_body = CompletionRequest, responses((status = 200, description = "A completion, or server-sent events of chunks with `stream`", content((crate::routes::schemas::Completion = "application/json"), (crate::routes::schemas::SseEvent = "text/event-stream")))))]
+pub(super) async fn completions(
     state: web::Data<AppState>,
     principal: Principal,
     body: web::Json<CompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let meter = Meter::start(&state, &principal, &body.model);
+    let call = Call::start(&state, &principal, &body.model)?;
     let prompt = match &body.prompt {
         Value::String(s) => s.clone(),
         Value::Array(items) if items.len() == 1 && items[0].is_string() => {
@@ -155,19 +150,18 @@ async fn completions(
     }
     let mut request = body.sampling.request(DEFAULT_COMPLETION_TOKENS)?;
     request.prompt = prompt;
-    generate(state, meter, &body.model, request, &body.sampling, Kind::Completion).await
+    generate(call, &body.model, request, &body.sampling, Kind::Completion).await
 }
 
 /// Chat completion: the messages go through the model's chat template. Requires: invoker.
-#[utoipa::path(tag = "openai", request_body = ChatRequest, responses((status = 200, description = "A chat completion, or server-sent events of chunks with `stream`", content((crate::routes::schemas::Completion = "application/json"), (crate::routes::schemas::SseEvent = "text/event-stream")))))]
-#[post("/v1/chat/completions")]
-async fn chat_completions(
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatRequest, responses((status = 200, description = "A chat completion, or server-sent events of chunks with `stream`", content((crate::routes::schemas::Completion = "application/json"), (crate::routes::schemas::SseEvent = "text/event-stream")))))]
+pub(super) async fn chat_completions(
     state: web::Data<AppState>,
     principal: Principal,
     body: web::Json<ChatRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let meter = Meter::start(&state, &principal, &body.model);
+    let call = Call::start(&state, &principal, &body.model)?;
     if body.messages.is_empty() {
         return Err(invalid("messages must not be empty"));
     }
@@ -193,113 +187,33 @@ async fn chat_completions(
     }
     let mut request = body.sampling.request(DEFAULT_CHAT_TOKENS)?;
     request.messages = messages;
-    generate(state, meter, &body.model, request, &body.sampling, Kind::Chat).await
+    generate(call, &body.model, request, &body.sampling, Kind::Chat).await
 }
 
-/// What one call produced so far, for the answer and the meter.
-#[derive(Default)]
-pub(super) struct Progress {
-    pub(super) text: String,
-    pub(super) finish_reason: Option<String>,
-    pub(super) prompt_tokens: u32,
-    pub(super) completion_tokens: u32,
-}
-
-impl Progress {
-    pub(super) fn add(&mut self, chunk: &GenerateChunk) {
-        self.text.push_str(&chunk.text);
-        if !chunk.finish_reason.is_empty() {
-            self.finish_reason = Some(chunk.finish_reason.clone());
-        }
-        self.prompt_tokens = self.prompt_tokens.max(chunk.prompt_tokens);
-        self.completion_tokens = self.completion_tokens.max(chunk.completion_tokens);
-    }
-
-    fn usage(&self) -> Value {
-        json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        })
-    }
-}
-
-/// Meters a call once it ends (or its client leaves): usage, and the tokens-per-minute count.
-pub(super) struct Meter {
-    state: web::Data<AppState>,
-    pub(super) principal: Principal,
-    pub(super) served: Served,
-    started: Instant,
-    pub(super) ok: bool,
-    pub(super) prompt_tokens: u32,
-    pub(super) completion_tokens: u32,
-}
-
-impl Meter {
-    /// Starts metering a call; it is recorded (as failed unless marked ok) when dropped.
-    pub(super) fn start(state: &web::Data<AppState>, principal: &Principal, requested: &str) -> Self {
-        Self {
-            state: state.clone(),
-            principal: principal.clone(),
-            served: Served { model: requested.to_owned(), version: 0, input_tokens: 0 },
-            started: Instant::now(),
-            ok: false,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-        }
-    }
-}
-
-impl Drop for Meter {
-    fn drop(&mut self) {
-        let Ok(tenant) = self.principal.own_tenant(Role::Invoker) else { return };
-        self.state.usage.record(Metered {
-            tenant_id: &tenant.id,
-            tenant: tenant.name.as_str(),
-            key_id: &self.principal.key_id,
-            model: &self.served.model,
-            version: self.served.version,
-            ok: self.ok,
-            input_tokens: i64::from(self.prompt_tokens),
-            output_tokens: i64::from(self.completion_tokens),
-            latency: self.started.elapsed(),
-        });
-        if self.completion_tokens > 0 {
-            let (state, principal, n) = (self.state.clone(), self.principal.clone(), i64::from(self.completion_tokens));
-            tokio::spawn(async move {
-                if let Err(e) = state.limiter.record_tokens(&principal, n).await {
-                    tracing::warn!(error = %e, "counting generated tokens against the limits failed");
-                }
-            });
-        }
-    }
+fn usage(progress: &Progress) -> Value {
+    json!({
+        "prompt_tokens": progress.prompt_tokens,
+        "completion_tokens": progress.completion_tokens,
+        "total_tokens": progress.prompt_tokens + progress.completion_tokens,
+    })
 }
 
 async fn generate(
-    state: web::Data<AppState>,
-    mut meter: Meter,
+    mut call: Call,
     requested: &str,
-    mut request: GenerateRequest,
+    request: GenerateRequest,
     sampling: &Sampling,
     kind: Kind,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = meter.principal.own_tenant(Role::Invoker)?.clone();
-    let spec = model_spec(&state, &tenant, requested, Task::Generation, &mut meter.served).await?;
-    let served_by = spec.display_name.clone();
-    request.model = Some(spec);
-    let mut chunks = state.runners.generate(request).await?;
+    let target = call.resolve(requested, Some(Task::Generation)).await?;
+    let served_by = target.served_by();
+    let chunks = call.generate(target, request).await?;
     let id = format!("{}-{}", if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }, uuid::Uuid::now_v7().simple());
     let created = registry::db::now_ms() / 1000;
     let model = requested.to_owned();
-    let mut progress = Progress::default();
 
     if !sampling.stream {
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
-            progress.add(&chunk);
-            (meter.prompt_tokens, meter.completion_tokens) = (progress.prompt_tokens, progress.completion_tokens);
-        }
-        meter.ok = true;
+        let progress = chunks.finish().await?;
         let finish = progress.finish_reason.clone().unwrap_or_else(|| "stop".into());
         let choice = match kind {
             Kind::Completion => json!({ "index": 0, "text": progress.text, "finish_reason": finish, "logprobs": null }),
@@ -313,7 +227,7 @@ async fn generate(
         let object = if kind == Kind::Chat { "chat.completion" } else { "text_completion" };
         return Ok(HttpResponse::Ok().insert_header((SERVED_BY, served_by)).json(json!({
             "id": id, "object": object, "created": created, "model": model,
-            "choices": [choice], "usage": progress.usage(),
+            "choices": [choice], "usage": usage(&progress),
         })));
     }
 
@@ -334,16 +248,14 @@ async fn generate(
             json!([{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }])
         }
     };
-    // The state the stream carries: the runner's chunks, what was made, and the meter, which
-    // records the call when the stream ends or is dropped with a departed client.
+    // The state the stream carries: the chunks, with the call that meters them when the stream
+    // ends or is dropped with a departed client.
     struct Sse {
-        chunks: crate::runners::Generation,
-        progress: Progress,
-        meter: Meter,
+        chunks: Generated,
         first: bool,
         done: bool,
     }
-    let sse = Sse { chunks, progress, meter, first: true, done: false };
+    let sse = Sse { chunks, first: true, done: false };
     let stream = futures::stream::unfold(sse, move |mut sse| {
         let event = event.clone();
         async move {
@@ -352,9 +264,6 @@ async fn generate(
             }
             let out = match sse.chunks.next().await {
                 Some(Ok(chunk)) => {
-                    sse.progress.add(&chunk);
-                    (sse.meter.prompt_tokens, sse.meter.completion_tokens) =
-                        (sse.progress.prompt_tokens, sse.progress.completion_tokens);
                     let finish = (!chunk.finish_reason.is_empty()).then_some(chunk.finish_reason.as_str());
                     let mut out = Vec::new();
                     if !chunk.text.is_empty() || finish.is_some() || sse.first {
@@ -362,9 +271,8 @@ async fn generate(
                         sse.first = false;
                     }
                     if finish.is_some() {
-                        sse.meter.ok = true;
                         if include_usage {
-                            out.extend_from_slice(&event(json!([]), Some(sse.progress.usage())));
+                            out.extend_from_slice(&event(json!([]), Some(usage(sse.chunks.progress()))));
                         }
                         out.extend_from_slice(b"data: [DONE]\n\n");
                         sse.done = true;
@@ -374,7 +282,7 @@ async fn generate(
                 Some(Err(error)) => {
                     sse.done = true;
                     error.log_if_ours();
-                    let body = json!({ "error": { "code": error.code(), "message": error.message() } });
+                    let body = json!({ "error": { "code": error.code().as_str(), "message": error.message() } });
                     format!("data: {body}\n\n").into_bytes()
                 }
                 None => {

@@ -1,42 +1,38 @@
 use actix_web::body::SizedStream;
 use actix_web::http::{Method, StatusCode, header};
-use actix_web::{HttpRequest, HttpResponse, put, route, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use registry::files::Upload;
 use registry::models::Model;
-use registry::names::{Digest, FilePath, Role};
+use registry::names::{Digest, FilePath};
 use registry::versions::VersionFile;
 use serde_json::json;
 
-use super::{model_in, version_number};
+use super::extract::{FileSegment, VersionPath};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::body::upload_error;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// The client's sha256 of the body, hex or base64; a mismatch rejects the file.
 const CHECKSUM_HEADER: &str = "x-checksum-sha256";
 
 /// Streams one file into a draft version (`path` may name folders); a body that stalls ends
 /// with 408. Requires: developer.
-#[utoipa::path(tag = "files", path = "/api/v1/tenants/{tenant}/models/{model}/versions/{version}/files/{path}", params(("tenant" = String, Path), ("model" = String, Path), ("version" = String, Path), ("path" = String, Path, description = "The file's path in the version; may name folders"), ("x-checksum-sha256" = Option<String>, Header, description = "The body's sha256, hex or base64; a mismatch rejects the file")), request_body(content = crate::routes::schemas::Binary, content_type = "application/octet-stream"), responses((status = 201, body = registry::versions::VersionFile)))]
-#[put("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/files/{path:.*}")]
-async fn put(
+#[utoipa::path(put, tag = "files", path = "/api/v1/tenants/{tenant}/models/{model}/versions/{version}/files/{path}", params(VersionPath, FileSegment, ("x-checksum-sha256" = Option<String>, Header, description = "The body's sha256, hex or base64; a mismatch rejects the file")), request_body(content = crate::routes::schemas::Binary, content_type = "application/octet-stream"), responses((status = 201, body = registry::versions::VersionFile)))]
+pub(super) async fn put(
     state: web::Data<AppState>,
     principal: Principal,
     req: HttpRequest,
-    path: web::Path<(String, String, String, String)>,
+    VersionPath { tenant, model, number }: VersionPath,
+    segment: web::Path<FileSegment>,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, model, version, file) = path.into_inner();
-    let model = model_in(&state, &principal, &tenant, &model, Role::Developer).await?;
-    let number = version_number(&version)?;
+    let file = segment.into_inner().path;
     let file = super::parse(FilePath::parse(&file))?;
     let declared = match req.headers().get(CHECKSUM_HEADER) {
         Some(value) => {
-            let value = value
-                .to_str()
-                .map_err(|_| ApiError::bad_request("invalid_request", "X-Checksum-Sha256 is not text"))?;
+            let value = value.to_str().map_err(|_| ApiError::invalid("X-Checksum-Sha256 is not text"))?;
             Some(super::parse(Digest::parse(value))?)
         }
         None => None,
@@ -46,33 +42,31 @@ async fn put(
     let started = std::time::Instant::now();
     let recorded =
         state.registry.upload_file(&principal.actor(), &model, number, upload).await.map_err(upload_error)?;
-    crate::metrics::upload(&tenant, recorded.size, started.elapsed());
+    crate::metrics::upload(tenant.name.as_str(), recorded.size, started.elapsed());
     Ok(HttpResponse::Created().json(recorded))
 }
 
 /// Downloads one file of a version, byte for byte: `ETag` is the sha256, `If-None-Match`
 /// answers 304, one `Range` answers 206, `HEAD` answers the headers alone. Requires: viewer.
-#[utoipa::path(method(get, head), tag = "files", path = "/api/v1/tenants/{tenant}/models/{model}/versions/{version}/files/{path}", params(("tenant" = String, Path), ("model" = String, Path), ("version" = String, Path), ("path" = String, Path), DownloadQuery), responses((status = 200, description = "The bytes, or a presigned URL with `?presigned=true`", content((crate::routes::schemas::Binary = "application/octet-stream"), (crate::routes::schemas::PresignedDownload = "application/json"))), (status = 206, description = "The range asked for", body = crate::routes::schemas::Binary, content_type = "application/octet-stream"), (status = 304, description = "Not modified (`If-None-Match`)")))]
-#[route("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/files/{path:.*}", method = "GET", method = "HEAD")]
-async fn get(
+#[utoipa::path(method(get, head), tag = "files", path = "/api/v1/tenants/{tenant}/models/{model}/versions/{version}/files/{path}", params(VersionPath, FileSegment, DownloadQuery), responses((status = 200, description = "The bytes, or a presigned URL with `?presigned=true`", content((crate::routes::schemas::Binary = "application/octet-stream"), (crate::routes::schemas::PresignedDownload = "application/json"))), (status = 206, description = "The range asked for", body = crate::routes::schemas::Binary, content_type = "application/octet-stream"), (status = 304, description = "Not modified (`If-None-Match`)")))]
+pub(super) async fn get(
     state: web::Data<AppState>,
-    principal: Principal,
     req: HttpRequest,
-    path: web::Path<(String, String, String, String)>,
+    VersionPath { model, number, .. }: VersionPath,
+    segment: web::Path<FileSegment>,
     query: web::Query<DownloadQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, model, version, file) = path.into_inner();
-    let model = model_in(&state, &principal, &tenant, &model, Role::Viewer).await?;
+    let file = segment.into_inner().path;
     let file = FilePath::parse(&file).map_err(|_| ApiError::not_found(format!("file {file:?} not found")))?;
-    let file = state.registry.version_file(&model, version_number(&version)?, &file).await?;
+    let file = state.registry.version_file(&model, number, &file).await?;
     if query.presigned {
         // Hand out a short-lived URL straight to the bucket instead of the bytes.
         let signed = state.registry.storage().sign_blob_get(&model.tenant_id, &file.digest, PRESIGNED_TTL).await?;
         return match signed {
             Some(signed) => Ok(HttpResponse::Ok()
                 .json(json!({ "url": signed.url, "expires_in": PRESIGNED_TTL.as_secs(), "sha256": file.digest }))),
-            None => Err(ApiError::bad_request(
-                "not_supported",
+            None => Err(ApiError::new(
+                ErrorCode::NotSupported,
                 "this object store cannot presign URLs; download the file directly",
             )),
         };
@@ -86,7 +80,7 @@ const PRESIGNED_TTL: std::time::Duration = std::time::Duration::from_secs(900);
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct DownloadQuery {
+pub(super) struct DownloadQuery {
     #[serde(default)]
     presigned: bool,
 }
@@ -110,8 +104,7 @@ pub(super) async fn send_file(
             ByteRange::Ignored => None,
             ByteRange::Unsatisfiable => {
                 return Err(ApiError::new(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    "range_not_satisfiable",
+                    ErrorCode::RangeNotSatisfiable,
                     format!("the range {value:?} is outside the file's {} bytes", file.size),
                 )
                 .with_header(header::CONTENT_RANGE, format!("bytes */{}", file.size)));

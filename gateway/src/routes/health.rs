@@ -1,20 +1,18 @@
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// The process is up. No auth.
-#[utoipa::path(tag = "health", responses((status = 200, body = crate::routes::schemas::Health)))]
-#[get("/healthz")]
-async fn healthz() -> HttpResponse {
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = crate::routes::schemas::Health)))]
+pub(super) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
 /// The database and the object store answer and at least one runner is reachable. No auth.
-#[utoipa::path(tag = "health", responses((status = 200, body = crate::routes::schemas::Readiness), (status = 503, description = "A dependency is unavailable; `details` holds the checks", body = crate::routes::schemas::ErrorBody)))]
-#[get("/readyz")]
-async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = crate::routes::schemas::Readiness), (status = 503, description = "A dependency is unavailable; `details` holds the checks", body = crate::routes::schemas::ErrorBody)))]
+pub(super) async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let database = state.registry.db().ping().await.is_ok();
     let storage = state.registry.storage().check().await.is_ok();
     let statuses = state.runners.statuses().await;
@@ -27,6 +25,6 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if database && storage && runners_up > 0 {
         Ok(HttpResponse::Ok().json(json!({ "status": "ready", "checks": body })))
     } else {
-        Err(ApiError::unavailable("not_ready", "not ready: a dependency is unavailable").with_details(body))
+        Err(ApiError::unavailable(ErrorCode::NotReady, "not ready: a dependency is unavailable").with_details(body))
     }
 }

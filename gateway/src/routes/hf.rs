@@ -4,7 +4,7 @@
 //! ready version), a version number, a version's commit id, or an alias.
 
 use actix_web::http::header::HeaderName;
-use actix_web::{HttpRequest, HttpResponse, get, route, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use registry::models::Model;
 use registry::names::{FilePath, Role};
 use registry::versions::{Version, VersionFile};
@@ -33,8 +33,7 @@ async fn revision(state: &AppState, model: &Model, revision: &str) -> Result<Ver
 
 /// `GET|HEAD /hf/{tenant}/{model}/resolve/{revision}/{path}`. Requires: viewer.
 #[utoipa::path(method(get, head), tag = "huggingface", path = "/hf/{tenant}/{model}/resolve/{revision}/{path}", params(("tenant" = String, Path), ("model" = String, Path), ("revision" = String, Path), ("path" = String, Path)), responses((status = 200, body = crate::routes::schemas::Binary, content_type = "application/octet-stream"), (status = 206, body = crate::routes::schemas::Binary, content_type = "application/octet-stream"), (status = 304, description = "Not modified")))]
-#[route("/hf/{tenant}/{model}/resolve/{revision}/{path:.*}", method = "GET", method = "HEAD")]
-async fn resolve(
+pub(super) async fn resolve(
     state: web::Data<AppState>,
     principal: Principal,
     req: HttpRequest,
@@ -55,9 +54,8 @@ async fn resolve(
 }
 
 /// `GET /hf/api/models/{tenant}/{model}/revision/{revision}`: the revision's commit and files. Requires: viewer.
-#[utoipa::path(tag = "huggingface", responses((status = 200, body = crate::routes::schemas::HubModelInfo)))]
-#[get("/hf/api/models/{tenant}/{model}/revision/{revision}")]
-async fn info(
+#[utoipa::path(get, path = "/hf/api/models/{tenant}/{model}/revision/{revision}", tag = "huggingface", responses((status = 200, body = crate::routes::schemas::HubModelInfo)))]
+pub(super) async fn info(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<(String, String, String)>,
@@ -69,9 +67,8 @@ async fn info(
 }
 
 /// `GET /hf/api/models/{tenant}/{model}`: as above for `main`. Requires: viewer.
-#[utoipa::path(tag = "huggingface", responses((status = 200, body = crate::routes::schemas::HubModelInfo)))]
-#[get("/hf/api/models/{tenant}/{model}")]
-async fn info_main(
+#[utoipa::path(get, path = "/hf/api/models/{tenant}/{model}", tag = "huggingface", responses((status = 200, body = crate::routes::schemas::HubModelInfo)))]
+pub(super) async fn info_main(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<(String, String)>,
@@ -84,16 +81,15 @@ async fn info_main(
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-struct TreeQuery {
+pub(super) struct TreeQuery {
     #[serde(default)]
     recursive: bool,
 }
 
 /// `GET /hf/api/models/{tenant}/{model}/tree/{revision}[/{folder}]`: files and folders, as
 /// `snapshot_download` lists them. Requires: viewer.
-#[utoipa::path(tag = "huggingface", path = "/hf/api/models/{tenant}/{model}/tree/{revision}", params(("tenant" = String, Path), ("model" = String, Path), ("revision" = String, Path), TreeQuery), responses((status = 200, body = Vec<crate::routes::schemas::HubTreeEntry>)))]
-#[get("/hf/api/models/{tenant}/{model}/tree/{revision}{folder:(/.*)?}")]
-async fn tree(
+#[utoipa::path(get, tag = "huggingface", path = "/hf/api/models/{tenant}/{model}/tree/{revision}", params(("tenant" = String, Path), ("model" = String, Path), ("revision" = String, Path), TreeQuery), responses((status = 200, body = Vec<crate::routes::schemas::HubTreeEntry>)))]
+pub(super) async fn tree(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<(String, String, String, String)>,

@@ -4,18 +4,16 @@
 //! extension is in `kserve_generate.rs`. Errors answer
 //! `{"error": "…"}`, the protocol's shape. `{model}` is a model name; `versions/{v}` a number.
 
-use std::time::Instant;
-
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, get, post, web};
+use actix_web::{HttpResponse, web};
 use registry::names::{ModelName, ModelRef, Role, Task};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::openai::{Served, resolve_spec};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::inference::Call;
 
 /// The protocol's error shape, `{"error": "message"}`, with the error's status and headers
 /// (`Retry-After` on 429 and 503); a server-side failure is logged, as for any other answer.
@@ -38,16 +36,14 @@ pub(super) fn answer(result: Result<HttpResponse, ApiError>) -> HttpResponse {
 }
 
 /// Requires: nothing.
-#[utoipa::path(tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeLive)))]
-#[get("/v2/health/live")]
-async fn live() -> HttpResponse {
+#[utoipa::path(get, path = "/v2/health/live", tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeLive)))]
+pub(super) async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "live": true }))
 }
 
 /// Ready when the metadata database answers. Requires: nothing.
-#[utoipa::path(tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeReady), (status = 503, body = crate::routes::schemas::KServeReady)))]
-#[get("/v2/health/ready")]
-async fn ready(state: web::Data<AppState>) -> HttpResponse {
+#[utoipa::path(get, path = "/v2/health/ready", tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeReady), (status = 503, body = crate::routes::schemas::KServeReady)))]
+pub(super) async fn ready(state: web::Data<AppState>) -> HttpResponse {
     match state.registry.db().ping().await {
         Ok(()) => HttpResponse::Ok().json(json!({ "ready": true })),
         Err(_) => HttpResponse::ServiceUnavailable().json(json!({ "ready": false })),
@@ -55,9 +51,8 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Server metadata. Requires: nothing.
-#[utoipa::path(tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeServer)))]
-#[get("/v2")]
-async fn server() -> HttpResponse {
+#[utoipa::path(get, path = "/v2", tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeServer)))]
+pub(super) async fn server() -> HttpResponse {
     HttpResponse::Ok()
         .json(json!({ "name": "modelgate", "version": env!("CARGO_PKG_VERSION"), "extensions": ["generate"] }))
 }
@@ -110,16 +105,18 @@ async fn metadata(
 }
 
 /// Model metadata (the newest ready version). Requires: invoker.
-#[utoipa::path(tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeMetadata)))]
-#[get("/v2/models/{model}")]
-async fn model_metadata(state: web::Data<AppState>, principal: Principal, path: web::Path<String>) -> HttpResponse {
+#[utoipa::path(get, path = "/v2/models/{model}", tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeMetadata)))]
+pub(super) async fn model_metadata(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> HttpResponse {
     answer(metadata(&state, &principal, &path, None).await)
 }
 
 /// Model metadata of one version. Requires: invoker.
-#[utoipa::path(tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeMetadata)))]
-#[get("/v2/models/{model}/versions/{version}")]
-async fn version_metadata(
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}", tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeMetadata)))]
+pub(super) async fn version_metadata(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<(String, String)>,
@@ -149,16 +146,18 @@ async fn readiness(state: &AppState, principal: &Principal, model: &str, version
 }
 
 /// Ready when a ready version answers to the name. Requires: invoker.
-#[utoipa::path(tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeModelReady)))]
-#[get("/v2/models/{model}/ready")]
-async fn model_ready(state: web::Data<AppState>, principal: Principal, path: web::Path<String>) -> HttpResponse {
+#[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeModelReady)))]
+pub(super) async fn model_ready(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> HttpResponse {
     readiness(&state, &principal, &path, None).await
 }
 
 /// Requires: invoker.
-#[utoipa::path(tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeModelReady)))]
-#[get("/v2/models/{model}/versions/{version}/ready")]
-async fn version_ready(
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/ready", tag = "kserve", responses((status = 200, body = crate::routes::schemas::KServeModelReady)))]
+pub(super) async fn version_ready(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<(String, String)>,
@@ -183,7 +182,7 @@ struct InferInput {
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_request", message)
+    ApiError::invalid(message)
 }
 
 /// The texts of the one BYTES input, its shape checked against its data.
@@ -221,71 +220,55 @@ async fn infer(
     version: Option<&str>,
     request: &InferRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = principal.own_tenant(Role::Invoker)?;
-    let started = Instant::now();
-    let mut served = Served { model: model.to_owned(), version: 0, input_tokens: 0 };
-    let result = async {
-        let texts = texts(request)?;
-        let n = texts.len();
-        let reference = reference(model, version);
-        let (spec, task) = resolve_spec(state, tenant, &reference, &mut served).await.map_err(|e| {
-            if e.status() == StatusCode::NOT_FOUND {
-                ApiError::not_found(format!("model {model:?} not found"))
-            } else {
-                e
-            }
-        })?;
-        let outputs = match task {
-            Task::Embedding => {
-                let answer = state.runners.embed(spec, texts).await?;
-                served.input_tokens = answer.embeddings.iter().map(|e| i64::from(e.tokens)).sum();
-                let width = answer.embeddings.first().map_or(0, |e| e.values.len());
-                let data: Vec<f32> = answer.embeddings.into_iter().flat_map(|e| e.values).collect();
-                json!([{ "name": "embedding", "datatype": "FP32", "shape": [n, width], "data": data }])
-            }
-            Task::Classification => {
-                let results = state.runners.classify(spec, texts).await?.results;
-                served.input_tokens = results.iter().map(|r| i64::from(r.tokens)).sum();
-                let width = results.first().map_or(0, |r| r.scores.len());
-                let labels: Vec<String> = results
-                    .iter()
-                    .map(|r| {
-                        r.scores
-                            .iter()
-                            .max_by(|a, b| a.score.total_cmp(&b.score))
-                            .map(|s| s.label.clone())
-                            .unwrap_or_default()
-                    })
-                    .collect();
-                let scores: Vec<f32> = results.iter().flat_map(|r| r.scores.iter().map(|s| s.score)).collect();
-                json!([
-                    { "name": "scores", "datatype": "FP32", "shape": [n, width], "data": scores },
-                    { "name": "label", "datatype": "BYTES", "shape": [n], "data": labels }
-                ])
-            }
-            Task::Generation => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "generation models answer /v1/completions, /v1/chat/completions and /v2/models/{model}/generate",
-                ));
-            }
-        };
-        let mut body = json!({ "model_name": model, "model_version": served.version.to_string(), "outputs": outputs });
-        if let Some(id) = &request.id {
-            body["id"] = json!(id);
+    let mut call = Call::start(state, principal, model)?;
+    let texts = texts(request)?;
+    let n = texts.len();
+    let target = call.resolve(&reference(model, version), None).await.map_err(|e| {
+        if e.status() == StatusCode::NOT_FOUND { ApiError::not_found(format!("model {model:?} not found")) } else { e }
+    })?;
+    let outputs = match target.task {
+        Task::Embedding => {
+            let answer = call.embed(target, texts).await?;
+            let width = answer.embeddings.first().map_or(0, |e| e.values.len());
+            let data: Vec<f32> = answer.embeddings.into_iter().flat_map(|e| e.values).collect();
+            json!([{ "name": "embedding", "datatype": "FP32", "shape": [n, width], "data": data }])
         }
-        Ok(HttpResponse::Ok().json(body))
+        Task::Classification => {
+            let results = call.classify(target, texts).await?.results;
+            let width = results.first().map_or(0, |r| r.scores.len());
+            let labels: Vec<String> = results
+                .iter()
+                .map(|r| {
+                    r.scores
+                        .iter()
+                        .max_by(|a, b| a.score.total_cmp(&b.score))
+                        .map(|s| s.label.clone())
+                        .unwrap_or_default()
+                })
+                .collect();
+            let scores: Vec<f32> = results.iter().flat_map(|r| r.scores.iter().map(|s| s.score)).collect();
+            json!([
+                { "name": "scores", "datatype": "FP32", "shape": [n, width], "data": scores },
+                { "name": "label", "datatype": "BYTES", "shape": [n], "data": labels }
+            ])
+        }
+        Task::Generation => {
+            return Err(ApiError::invalid(
+                "generation models answer /v1/completions, /v1/chat/completions and /v2/models/{model}/generate",
+            ));
+        }
+    };
+    let mut body = json!({ "model_name": model, "model_version": call.version().to_string(), "outputs": outputs });
+    if let Some(id) = &request.id {
+        body["id"] = json!(id);
     }
-    .await;
-    served.record(state, principal, result.is_ok(), started);
-    result
+    call.succeeded();
+    Ok(HttpResponse::Ok().json(body))
 }
 
 /// Inference with the newest ready version. Requires: invoker.
-#[utoipa::path(tag = "kserve", request_body = InferRequest, responses((status = 200, body = crate::routes::schemas::KServeInferResponse)))]
-#[post("/v2/models/{model}/infer")]
-async fn model_infer(
+#[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "kserve", request_body = InferRequest, responses((status = 200, body = crate::routes::schemas::KServeInferResponse)))]
+pub(super) async fn model_infer(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<String>,
@@ -295,9 +278,8 @@ async fn model_infer(
 }
 
 /// Inference with one version. Requires: invoker.
-#[utoipa::path(tag = "kserve", request_body = InferRequest, responses((status = 200, body = crate::routes::schemas::KServeInferResponse)))]
-#[post("/v2/models/{model}/versions/{version}/infer")]
-async fn version_infer(
+#[utoipa::path(post, path = "/v2/models/{model}/versions/{version}/infer", tag = "kserve", request_body = InferRequest, responses((status = 200, body = crate::routes::schemas::KServeInferResponse)))]
+pub(super) async fn version_infer(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<(String, String)>,
@@ -321,11 +303,11 @@ fn parse(body: &[u8]) -> Result<InferRequest, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorCode;
 
     #[actix_web::test]
     async fn kserve_errors_keep_the_status_and_headers_of_the_error() {
-        let refused =
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", "the model's queue is full").retry_after(1);
+        let refused = ApiError::new(ErrorCode::Overloaded, "the model's queue is full").retry_after(1);
         let response = kserve_error(&refused);
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         let retry_after = response.headers().get(actix_web::http::header::RETRY_AFTER);

@@ -4,19 +4,17 @@
 //! level or under `parameters`. Errors answer `{"error": "…"}`, in the stream as an event.
 
 use actix_web::web::Bytes;
-use actix_web::{HttpResponse, post, web};
-use futures::StreamExt as _;
+use actix_web::{HttpResponse, web};
 use proto::v1::GenerateRequest;
-use registry::names::{Role, Task};
+use registry::names::Task;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::completions::{Meter, Progress};
 use super::kserve::{answer, reference, stream_error};
-use super::openai::{SERVED_BY, model_spec};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::inference::{Call, SERVED_BY};
 
 /// Generates this many tokens when the request sets no limit.
 const DEFAULT_MAX_TOKENS: u32 = 64;
@@ -44,7 +42,7 @@ struct GenerateBody {
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_request", message)
+    ApiError::invalid(message)
 }
 
 impl GenerateBody {
@@ -110,41 +108,30 @@ async fn generate(
     body: web::Bytes,
     stream: bool,
 ) -> Result<HttpResponse, ApiError> {
-    let mut request = GenerateBody::parse(&body)?.request()?;
-    let tenant = principal.own_tenant(Role::Invoker)?.clone();
+    let request = GenerateBody::parse(&body)?.request()?;
     let requested = reference(&model, version.as_deref());
-    let mut meter = Meter::start(&state, &principal, &requested);
-    let spec = model_spec(&state, &tenant, &requested, Task::Generation, &mut meter.served).await?;
-    let served_by = spec.display_name.clone();
-    let model_version = meter.served.version.to_string();
-    request.model = Some(spec);
-    let mut chunks = state.runners.generate(request).await?;
+    let mut call = Call::start(&state, &principal, &requested)?;
+    let target = call.resolve(&requested, Some(Task::Generation)).await?;
+    let served_by = target.served_by();
+    let model_version = call.version().to_string();
+    let chunks = call.generate(target, request).await?;
     let shape = move |text: &str| json!({ "model_name": model, "model_version": model_version, "text_output": text });
 
     if !stream {
-        let mut progress = Progress::default();
-        while let Some(chunk) = chunks.next().await {
-            progress.add(&chunk?);
-            (meter.prompt_tokens, meter.completion_tokens) = (progress.prompt_tokens, progress.completion_tokens);
-        }
-        meter.ok = true;
+        let progress = chunks.finish().await?;
         return Ok(HttpResponse::Ok().insert_header((SERVED_BY, served_by)).json(shape(&progress.text)));
     }
 
-    // The meter rides with the stream: it records the call when the stream ends or is
-    // dropped with a departed client (which also stops the generation).
-    let events = futures::stream::unfold(Some((chunks, meter, Progress::default())), move |carried| {
+    // The call rides with the stream: it is metered when the stream ends or is dropped with a
+    // departed client (which also stops the generation).
+    let events = futures::stream::unfold(Some(chunks), move |carried| {
         let shape = shape.clone();
         async move {
-            let (mut chunks, mut meter, mut progress) = carried?;
+            let mut chunks = carried?;
             let event = match chunks.next().await {
                 Some(Ok(chunk)) => {
-                    progress.add(&chunk);
-                    (meter.prompt_tokens, meter.completion_tokens) =
-                        (progress.prompt_tokens, progress.completion_tokens);
                     let mut event = shape(&chunk.text);
                     if !chunk.finish_reason.is_empty() {
-                        meter.ok = true;
                         event["finish_reason"] = json!(chunk.finish_reason);
                         return Some((Ok(sse(&event)), None));
                     }
@@ -155,7 +142,7 @@ async fn generate(
                 }
                 None => return None,
             };
-            Some((Ok::<_, actix_web::Error>(sse(&event)), Some((chunks, meter, progress))))
+            Some((Ok::<_, actix_web::Error>(sse(&event)), Some(chunks)))
         }
     });
     Ok(HttpResponse::Ok()
@@ -170,9 +157,8 @@ fn sse(event: &serde_json::Value) -> Bytes {
 }
 
 /// Generates text from `text_input`. Requires: invoker.
-#[utoipa::path(tag = "kserve", request_body = crate::routes::schemas::KServeGenerateRequest, responses((status = 200, body = crate::routes::schemas::KServeGenerateResponse)))]
-#[post("/v2/models/{model}/generate")]
-async fn model_generate(
+#[utoipa::path(post, path = "/v2/models/{model}/generate", tag = "kserve", request_body = crate::routes::schemas::KServeGenerateRequest, responses((status = 200, body = crate::routes::schemas::KServeGenerateResponse)))]
+pub(super) async fn model_generate(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<String>,
@@ -182,9 +168,8 @@ async fn model_generate(
 }
 
 /// The same for one version. Requires: invoker.
-#[utoipa::path(tag = "kserve", request_body = crate::routes::schemas::KServeGenerateRequest, responses((status = 200, body = crate::routes::schemas::KServeGenerateResponse)))]
-#[post("/v2/models/{model}/versions/{version}/generate")]
-async fn version_generate(
+#[utoipa::path(post, path = "/v2/models/{model}/versions/{version}/generate", tag = "kserve", request_body = crate::routes::schemas::KServeGenerateRequest, responses((status = 200, body = crate::routes::schemas::KServeGenerateResponse)))]
+pub(super) async fn version_generate(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<(String, String)>,
@@ -195,9 +180,8 @@ async fn version_generate(
 }
 
 /// Generates text from `text_input`, streamed as server-sent events. Requires: invoker.
-#[utoipa::path(tag = "kserve", request_body = crate::routes::schemas::KServeGenerateRequest, responses((status = 200, description = "Server-sent events, each `data:` a generate response", content_type = "text/event-stream", body = crate::routes::schemas::SseEvent)))]
-#[post("/v2/models/{model}/generate_stream")]
-async fn model_generate_stream(
+#[utoipa::path(post, path = "/v2/models/{model}/generate_stream", tag = "kserve", request_body = crate::routes::schemas::KServeGenerateRequest, responses((status = 200, description = "Server-sent events, each `data:` a generate response", content_type = "text/event-stream", body = crate::routes::schemas::SseEvent)))]
+pub(super) async fn model_generate_stream(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<String>,
@@ -207,9 +191,8 @@ async fn model_generate_stream(
 }
 
 /// The same for one version. Requires: invoker.
-#[utoipa::path(tag = "kserve", request_body = crate::routes::schemas::KServeGenerateRequest, responses((status = 200, description = "Server-sent events, each `data:` a generate response", content_type = "text/event-stream", body = crate::routes::schemas::SseEvent)))]
-#[post("/v2/models/{model}/versions/{version}/generate_stream")]
-async fn version_generate_stream(
+#[utoipa::path(post, path = "/v2/models/{model}/versions/{version}/generate_stream", tag = "kserve", request_body = crate::routes::schemas::KServeGenerateRequest, responses((status = 200, description = "Server-sent events, each `data:` a generate response", content_type = "text/event-stream", body = crate::routes::schemas::SseEvent)))]
+pub(super) async fn version_generate_stream(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<(String, String)>,

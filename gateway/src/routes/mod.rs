@@ -1,15 +1,6 @@
-//! Every route, with what it requires stated in its handler.
-//!
-//! | route | requires |
-//! | --- | --- |
-//! | `GET /healthz`, `GET /readyz` | nothing |
-//! | `POST /api/v1/auth/token` | an API key (not a token) |
-//! | `POST/GET /api/v1/tenants`, `PUT .../quotas`, `POST /api/v1/admin/gc`, `DELETE /api/v1/admin/quarantine/{version_id}` | platform admin |
-//! | `POST/GET/DELETE .../keys`, `GET .../audit` | tenant admin |
-//! | `GET` models, versions, files | viewer |
-//! | `POST` models, versions, `PUT` files, commit, archive, `PUT`/`DELETE` aliases, `DELETE` models | developer |
-//! | `/hf/...` (Hugging Face Hub–compatible downloads) | viewer |
-//! | `/v1/models`, `/v1/embeddings` | invoker (tenant key) |
+//! The management and inference APIs' handlers, one file per resource or protocol. Which
+//! handler serves which route, and what each route requires, is said once, in `table.rs`;
+//! inference handlers are thin adapters of the core in `crate::inference`.
 
 mod admin;
 mod aliases;
@@ -17,9 +8,11 @@ mod audit;
 mod auth_token;
 mod classifications;
 mod completions;
+mod extract;
 pub(crate) mod files;
 mod health;
 pub(crate) mod hf;
+mod input;
 mod keys;
 pub mod kserve;
 mod kserve_generate;
@@ -34,83 +27,10 @@ mod uploads;
 mod usage;
 mod versions;
 
-use actix_web::web;
+use crate::error::{ApiError, ErrorCode};
 
-use crate::error::ApiError;
-
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    // actix tries routes in this order, matching every parameterised one with a regex: the
-    // inference routes, the hot path, come first.
-    cfg.service(openai::embeddings)
-        .service(completions::chat_completions)
-        .service(completions::completions)
-        .service(classifications::classifications)
-        .service(kserve::model_infer)
-        .service(kserve::version_infer)
-        .service(health::healthz)
-        .service(health::readyz)
-        .service(auth_token::issue)
-        .service(auth_token::jwks)
-        .service(auth_token::whoami)
-        .service(admin::gc)
-        .service(admin::clear_quarantine)
-        .service(runners::list)
-        .service(runners::load)
-        .service(runners::unload)
-        .service(runners::pin)
-        .service(tenants::create)
-        .service(tenants::list)
-        .service(tenants::quotas)
-        .service(tenants::set_quotas)
-        .service(tenants::suspend)
-        .service(tenants::resume)
-        .service(keys::create)
-        .service(keys::list)
-        .service(keys::revoke)
-        .service(keys::update)
-        .service(models::create)
-        .service(models::list)
-        .service(models::get)
-        .service(versions::create)
-        .service(versions::list)
-        .service(versions::get)
-        .service(versions::commit)
-        .service(files::put)
-        .service(files::get)
-        .service(uploads::start)
-        .service(uploads::list)
-        .service(uploads::status)
-        .service(uploads::chunk)
-        .service(uploads::complete)
-        .service(uploads::abort)
-        .service(aliases::put)
-        .service(aliases::list)
-        .service(aliases::history)
-        .service(aliases::remove)
-        .service(versions::archive)
-        .service(models::remove)
-        .service(models::update)
-        .service(audit::list)
-        .service(audit::search)
-        .service(usage::usage)
-        .service(hf::resolve)
-        .service(hf::info)
-        .service(hf::info_main)
-        .service(hf::tree)
-        .service(kserve::live)
-        .service(kserve::ready)
-        .service(kserve::server)
-        .service(kserve::model_metadata)
-        .service(kserve::version_metadata)
-        .service(kserve::model_ready)
-        .service(kserve::version_ready)
-        .service(kserve_generate::model_generate)
-        .service(kserve_generate::version_generate)
-        .service(kserve_generate::model_generate_stream)
-        .service(kserve_generate::version_generate_stream)
-        .service(openai::models)
-        .service(openapi::serve);
-}
+pub(crate) use extract::Matched;
+pub(crate) use table::configure;
 
 /// A JSON list envelope, as every list endpoint answers.
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -139,7 +59,7 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Resul
         return Ok(T::default());
     }
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("the JSON body is invalid: {e}")))
+        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("the JSON body is invalid: {e}")))
 }
 
 fn parse<T>(parsed: Result<T, registry::Error>) -> Result<T, ApiError> {
@@ -155,8 +75,8 @@ pub(crate) fn parse_time(raw: &str) -> Result<i64, ApiError> {
     time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
         .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
         .map_err(|_| {
-            ApiError::bad_request(
-                "invalid_query",
+            ApiError::new(
+                ErrorCode::InvalidQuery,
                 format!("{raw:?} is not a time: use RFC 3339 or seconds since the epoch"),
             )
         })

@@ -1,18 +1,18 @@
-use actix_web::{HttpResponse, delete, get, patch, post, web};
+use actix_web::{HttpResponse, web};
 use registry::models::{ModelFilter, ModelPatch};
-use registry::names::{ModelName, Role, Task};
+use registry::names::{ModelName, Task};
 use registry::page::PageRequest;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::model_in;
+use super::extract::{ModelPath, TenantPath};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateModel {
+pub(super) struct CreateModel {
     name: String,
     task: String,
     #[serde(default)]
@@ -22,15 +22,13 @@ struct CreateModel {
 }
 
 /// Requires: developer.
-#[utoipa::path(tag = "models", request_body = CreateModel, responses((status = 201, body = registry::models::Model)))]
-#[post("/api/v1/tenants/{tenant}/models")]
-async fn create(
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/models", params(TenantPath), tag = "models", request_body = CreateModel, responses((status = 201, body = registry::models::Model)))]
+pub(super) async fn create(
     state: web::Data<AppState>,
     principal: Principal,
-    path: web::Path<String>,
+    TenantPath(tenant): TenantPath,
     body: web::Json<CreateModel>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = principal.tenant(&state.registry, &path, Role::Developer).await?;
     let name = super::parse(ModelName::parse(&body.name))?;
     let task = super::parse(Task::parse(&body.task))?;
     let model =
@@ -41,7 +39,7 @@ async fn create(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(super) struct ListQuery {
     limit: Option<i64>,
     cursor: Option<String>,
     task: Option<String>,
@@ -50,15 +48,12 @@ struct ListQuery {
 }
 
 /// Models by name; `?task=`, `?tag=`, `?name_prefix=` filter. Requires: viewer.
-#[utoipa::path(tag = "models", params(ListQuery), responses((status = 200, body = registry::page::Page<registry::models::Model>)))]
-#[get("/api/v1/tenants/{tenant}/models")]
-async fn list(
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/models", tag = "models", params(TenantPath, ListQuery), responses((status = 200, body = registry::page::Page<registry::models::Model>)))]
+pub(super) async fn list(
     state: web::Data<AppState>,
-    principal: Principal,
-    path: web::Path<String>,
+    TenantPath(tenant): TenantPath,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = principal.tenant(&state.registry, &path, Role::Viewer).await?;
     let query = query.into_inner();
     let page = super::parse(PageRequest::parse(query.limit, query.cursor.as_deref()))?;
     let filter = ModelFilter {
@@ -71,37 +66,30 @@ async fn list(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PatchModel {
+pub(super) struct PatchModel {
     description: Option<String>,
     tags: Option<Vec<String>>,
 }
 
 /// Changes the description and/or tags. Requires: developer.
-#[utoipa::path(tag = "models", request_body = PatchModel, responses((status = 200, body = registry::models::Model)))]
-#[patch("/api/v1/tenants/{tenant}/models/{model}")]
-async fn update(
+#[utoipa::path(patch, path = "/api/v1/tenants/{tenant}/models/{model}", params(ModelPath), tag = "models", request_body = PatchModel, responses((status = 200, body = registry::models::Model)))]
+pub(super) async fn update(
     state: web::Data<AppState>,
     principal: Principal,
-    path: web::Path<(String, String)>,
+    ModelPath { model, .. }: ModelPath,
     body: web::Json<PatchModel>,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, model) = path.into_inner();
-    let model = model_in(&state, &principal, &tenant, &model, Role::Developer).await?;
     let body = body.into_inner();
     let patch = ModelPatch { description: body.description, tags: body.tags };
     Ok(HttpResponse::Ok().json(state.registry.update_model(&principal.actor(), &model, patch).await?))
 }
 
 /// The model with its aliases. Requires: viewer.
-#[utoipa::path(tag = "models", responses((status = 200, body = crate::routes::schemas::ModelWithAliases)))]
-#[get("/api/v1/tenants/{tenant}/models/{model}")]
-async fn get(
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/models/{model}", params(ModelPath), tag = "models", responses((status = 200, body = crate::routes::schemas::ModelWithAliases)))]
+pub(super) async fn get(
     state: web::Data<AppState>,
-    principal: Principal,
-    path: web::Path<(String, String)>,
+    ModelPath { model, .. }: ModelPath,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, model) = path.into_inner();
-    let model = model_in(&state, &principal, &tenant, &model, Role::Viewer).await?;
     let aliases = state.registry.aliases(&model).await?;
     let mut answer = serde_json::to_value(&model).map_err(ApiError::internal)?;
     answer["aliases"] = json!(aliases);
@@ -109,15 +97,12 @@ async fn get(
 }
 
 /// Deletes a model (refused while it has aliases); its versions are archived. Requires: developer.
-#[utoipa::path(tag = "models", responses((status = 204, description = "Deleted")))]
-#[delete("/api/v1/tenants/{tenant}/models/{model}")]
-async fn remove(
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/models/{model}", params(ModelPath), tag = "models", responses((status = 204, description = "Deleted")))]
+pub(super) async fn remove(
     state: web::Data<AppState>,
     principal: Principal,
-    path: web::Path<(String, String)>,
+    ModelPath { model, .. }: ModelPath,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, model) = path.into_inner();
-    let model = model_in(&state, &principal, &tenant, &model, Role::Developer).await?;
     state.registry.delete_model(&principal.actor(), &model).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -1,14 +1,14 @@
 //! The OpenAPI 3.1 document of the management and inference APIs, served at
 //! `GET /api/v1/openapi.json`.
 //!
-//! Each handler describes its own operation (`#[utoipa::path]` next to its actix route, with the
-//! types it reads and answers); the route table adds what every route shares: whether it needs a
-//! credential, and the error envelope of every status that is not a success. A test checks that
-//! the document and the route table name the same routes.
+//! Each handler describes its own operation (`#[utoipa::path]`, with the types it reads and
+//! answers); the route table names the operations and adds what every route shares: whether it
+//! needs a credential, and the error envelope of every status that is not a success. A test
+//! checks that the document and the route table name the same routes.
 
 use std::sync::OnceLock;
 
-use actix_web::{HttpResponse, get};
+use actix_web::HttpResponse;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::{OneOfBuilder, Schema};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
@@ -27,92 +27,24 @@ use super::table::{self, Need};
             Hugging Face Hub–compatible downloads (`/hf`). Errors are `{\"error\": {\"code\", \
             \"message\", \"type\"}}`; limits answer 429 with `Retry-After`.",
     ),
-    paths(
-        serve,
-        super::health::healthz,
-        super::health::readyz,
-        super::auth_token::jwks,
-        super::auth_token::issue,
-        super::auth_token::whoami,
-        super::tenants::create,
-        super::tenants::list,
-        super::admin::gc,
-        super::admin::clear_quarantine,
-        super::runners::list,
-        super::runners::load,
-        super::runners::unload,
-        super::runners::pin,
-        super::tenants::set_quotas,
-        super::tenants::suspend,
-        super::tenants::resume,
-        super::tenants::quotas,
-        super::audit::list,
-        super::audit::search,
-        super::usage::usage,
-        super::keys::create,
-        super::keys::list,
-        super::keys::update,
-        super::keys::revoke,
-        super::models::create,
-        super::models::list,
-        super::models::get,
-        super::models::update,
-        super::models::remove,
-        super::aliases::list,
-        super::aliases::put,
-        super::aliases::remove,
-        super::aliases::history,
-        super::versions::create,
-        super::versions::list,
-        super::versions::get,
-        super::versions::commit,
-        super::versions::archive,
-        super::files::put,
-        super::files::get,
-        super::uploads::start,
-        super::uploads::list,
-        super::uploads::status,
-        super::uploads::abort,
-        super::uploads::chunk,
-        super::uploads::complete,
-        super::hf::resolve,
-        super::hf::info_main,
-        super::hf::info,
-        super::hf::tree,
-        super::kserve::live,
-        super::kserve::ready,
-        super::kserve::server,
-        super::kserve::model_metadata,
-        super::kserve::version_metadata,
-        super::kserve::model_ready,
-        super::kserve::version_ready,
-        super::kserve::model_infer,
-        super::kserve::version_infer,
-        super::kserve_generate::model_generate,
-        super::kserve_generate::version_generate,
-        super::kserve_generate::model_generate_stream,
-        super::kserve_generate::version_generate_stream,
-        super::openai::models,
-        super::openai::embeddings,
-        super::classifications::classifications,
-        super::completions::completions,
-        super::completions::chat_completions,
-    ),
-    components(schemas(ErrorBody, KServeError)),
-    modifiers(&FromTable),
+    components(schemas(ErrorBody, KServeError))
 )]
 struct ApiDoc;
 
-/// The document, built once.
+/// The document, built once: the routes' operations (from the route table) with what the table
+/// adds to each.
 fn document() -> &'static Document {
     static DOCUMENT: OnceLock<Document> = OnceLock::new();
-    DOCUMENT.get_or_init(ApiDoc::openapi)
+    DOCUMENT.get_or_init(|| {
+        let mut doc = ApiDoc::openapi().merge_from(table::Operations::openapi());
+        FromTable.modify(&mut doc);
+        doc
+    })
 }
 
 /// This document. Requires: nothing.
-#[utoipa::path(tag = "meta", responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
-#[get("/api/v1/openapi.json")]
-async fn serve() -> HttpResponse {
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta", responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
+pub(super) async fn serve() -> HttpResponse {
     static JSON: OnceLock<String> = OnceLock::new();
     let json = JSON.get_or_init(|| document().to_json().expect("the OpenAPI document serializes; this is a bug"));
     HttpResponse::Ok().content_type("application/json").body(json.as_str())
@@ -228,6 +160,23 @@ mod tests {
         let table: BTreeSet<String> =
             table::ROUTES.iter().map(|r| format!("{} {}", r.method, openapi_path(r.path))).collect();
         assert_eq!(documented, table, "the OpenAPI document and routes/table.rs differ");
+    }
+
+    #[test]
+    fn every_path_parameter_is_declared_once() {
+        let doc = serde_json::to_value(document()).expect("serializes");
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            let named: BTreeSet<&str> = path.split('{').skip(1).filter_map(|rest| rest.split('}').next()).collect();
+            for (method, operation) in item.as_object().expect("a path item") {
+                let declared: Vec<&str> = operation["parameters"]
+                    .as_array()
+                    .map(|ps| ps.iter().filter(|p| p["in"] == "path").filter_map(|p| p["name"].as_str()).collect())
+                    .unwrap_or_default();
+                let unique: BTreeSet<&str> = declared.iter().copied().collect();
+                assert_eq!(unique.len(), declared.len(), "{method} {path} declares a parameter twice: {declared:?}");
+                assert_eq!(unique, named, "{method} {path} declares {declared:?}");
+            }
+        }
     }
 
     #[test]

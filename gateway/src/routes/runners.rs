@@ -1,23 +1,25 @@
 //! The runners, for platform admins: what each holds and does, and explicit load (preload,
 //! optionally pinned), unload and pin of a model version.
 
-use actix_web::{HttpResponse, get, post, web};
+use actix_web::{HttpResponse, web};
+use proto::v1::ModelSpec;
+use registry::models::Model;
 use registry::names::Role;
+use registry::tenants::Tenant;
 use registry::versions::VersionStatus;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::openai::{Served, model_spec};
+use super::extract::VersionPath;
 use super::{model_in, version_number};
 use crate::AppState;
 use crate::auth::Principal;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Each runner: reachable or not, device, memory used against its budget, cache counts, and
 /// every loaded model with its counts. Requires: platform admin.
-#[utoipa::path(tag = "admin", responses((status = 200, body = crate::routes::schemas::RunnerList)))]
-#[get("/api/v1/admin/runners")]
-async fn list(state: web::Data<AppState>, principal: Principal) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/api/v1/admin/runners", tag = "admin", responses((status = 200, body = crate::routes::schemas::RunnerList)))]
+pub(super) async fn list(state: web::Data<AppState>, principal: Principal) -> Result<HttpResponse, ApiError> {
     principal.require_platform_admin()?;
     let data: Vec<Value> = state
         .runners
@@ -65,29 +67,34 @@ struct LoadBody {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PinBody {
+pub(super) struct PinBody {
     pinned: bool,
 }
 
-/// The version's id and, for a load, what a runner needs: ready versions only.
+/// What a runner needs to load a version: ready, not quarantined versions only.
+async fn spec_to_load(state: &AppState, tenant: &Tenant, model: &Model, number: i64) -> Result<ModelSpec, ApiError> {
+    let version = state.registry.version(model, number).await?;
+    if version.status != VersionStatus::Ready {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("version {}@{number} is {}; only ready versions load", model.name, version.status.as_str()),
+        ));
+    }
+    if let Some(quarantine) = state.registry.quarantine(&version.id).await? {
+        return Err(registry::Error::Quarantined(Box::new(quarantine)).into());
+    }
+    Ok(crate::inference::spec(&state.registry, tenant, model, &version))
+}
+
+/// The same for a version named by (tenant, model, version), as the dashboard's forms name it.
 pub(crate) async fn ready_version(
     state: &AppState,
     principal: &Principal,
     (tenant, model, version): &(String, String, String),
-) -> Result<proto::v1::ModelSpec, ApiError> {
-    let found = model_in(state, principal, tenant, model, Role::Admin).await?;
-    let number = version_number(version)?;
-    let v = state.registry.version(&found, number).await?;
-    if v.status != VersionStatus::Ready {
-        return Err(ApiError::new(
-            actix_web::http::StatusCode::CONFLICT,
-            "conflict",
-            format!("version {model}@{number} is {}; only ready versions load", v.status.as_str()),
-        ));
-    }
+) -> Result<ModelSpec, ApiError> {
     let tenant = principal.tenant(&state.registry, tenant, Role::Admin).await?;
-    let mut served = Served { model: model.clone(), version: number, input_tokens: 0 };
-    model_spec(state, &tenant, &format!("{model}@{number}"), found.task, &mut served).await
+    let model = model_in(state, principal, tenant.name.as_str(), model, Role::Admin).await?;
+    spec_to_load(state, &tenant, &model, version_number(version)?).await
 }
 
 fn per_runner(results: Vec<(String, Result<bool, tonic::Status>)>, field: &str) -> Value {
@@ -103,45 +110,36 @@ fn per_runner(results: Vec<(String, Result<bool, tonic::Status>)>, field: &str) 
 
 /// Loads the version now on the runner its traffic goes to, pinned if asked. Requires:
 /// platform admin.
-#[utoipa::path(tag = "admin", request_body(content = Option<LoadBody>, content_type = "application/json"), responses((status = 200, body = crate::routes::schemas::Loaded)))]
-#[post("/api/v1/admin/tenants/{tenant}/models/{model}/versions/{version}/load")]
-async fn load(
+#[utoipa::path(post, path = "/api/v1/admin/tenants/{tenant}/models/{model}/versions/{version}/load", params(VersionPath), tag = "admin", request_body(content = Option<LoadBody>, content_type = "application/json"), responses((status = 200, body = crate::routes::schemas::Loaded)))]
+pub(super) async fn load(
     state: web::Data<AppState>,
-    principal: Principal,
-    path: web::Path<(String, String, String)>,
+    VersionPath { tenant, model, number }: VersionPath,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    principal.require_platform_admin()?;
     let body: LoadBody = super::optional_json(&body)?;
-    let spec = ready_version(&state, &principal, &path).await?;
+    let spec = spec_to_load(&state, &tenant, &model, number).await?;
     let (runner, memory_bytes) = state.runners.load(spec, body.pin).await?;
     Ok(HttpResponse::Ok().json(json!({ "runner": runner, "memory_bytes": memory_bytes, "pinned": body.pin })))
 }
 
 /// Unloads the version from every runner where it is idle. Requires: platform admin.
-#[utoipa::path(tag = "admin", responses((status = 200, body = crate::routes::schemas::PerRunner)))]
-#[post("/api/v1/admin/tenants/{tenant}/models/{model}/versions/{version}/unload")]
-async fn unload(
+#[utoipa::path(post, path = "/api/v1/admin/tenants/{tenant}/models/{model}/versions/{version}/unload", params(VersionPath), tag = "admin", responses((status = 200, body = crate::routes::schemas::PerRunner)))]
+pub(super) async fn unload(
     state: web::Data<AppState>,
-    principal: Principal,
-    path: web::Path<(String, String, String)>,
+    VersionPath { tenant, model, number }: VersionPath,
 ) -> Result<HttpResponse, ApiError> {
-    principal.require_platform_admin()?;
-    let spec = ready_version(&state, &principal, &path).await?;
+    let spec = spec_to_load(&state, &tenant, &model, number).await?;
     Ok(HttpResponse::Ok().json(per_runner(state.runners.unload(&spec.version_id).await, "unloaded")))
 }
 
 /// Pins (`{"pinned": true}`) or unpins the version wherever it is loaded. Requires: platform
 /// admin.
-#[utoipa::path(tag = "admin", request_body = PinBody, responses((status = 200, body = crate::routes::schemas::PerRunner)))]
-#[post("/api/v1/admin/tenants/{tenant}/models/{model}/versions/{version}/pin")]
-async fn pin(
+#[utoipa::path(post, path = "/api/v1/admin/tenants/{tenant}/models/{model}/versions/{version}/pin", params(VersionPath), tag = "admin", request_body = PinBody, responses((status = 200, body = crate::routes::schemas::PerRunner)))]
+pub(super) async fn pin(
     state: web::Data<AppState>,
-    principal: Principal,
-    path: web::Path<(String, String, String)>,
+    VersionPath { tenant, model, number }: VersionPath,
     body: web::Json<PinBody>,
 ) -> Result<HttpResponse, ApiError> {
-    principal.require_platform_admin()?;
-    let spec = ready_version(&state, &principal, &path).await?;
+    let spec = spec_to_load(&state, &tenant, &model, number).await?;
     Ok(HttpResponse::Ok().json(per_runner(state.runners.pin(&spec.version_id, body.pinned).await, "loaded")))
 }

@@ -1,8 +1,8 @@
-//! The route table: every route and what it requires. The gateway enforces it before any
-//! handler runs (a route missing from it is refused), docs/API.md prints it (a test keeps the
-//! two equal), and the end-to-end matrix test calls every route with every role, in the
-//! caller's own tenant and in another. Handlers still state and check their own needs; this
-//! table is the second, central lock.
+//! The route table: every route, what it requires and which handler serves it. The gateway
+//! enforces it before any handler runs (a route missing from it is refused), routes requests
+//! by it, documents it (docs/API.md prints it, and a test keeps the two equal; the OpenAPI
+//! document's operations come from it), and the end-to-end matrix test calls every route with
+//! every role, in the caller's own tenant and in another.
 
 use actix_web::http::Method;
 use registry::names::Role;
@@ -69,80 +69,116 @@ macro_rules! version {
     };
 }
 
-/// Every route the gateway serves.
-pub const ROUTES: &[Rule] = &[
-    rule("GET", "/healthz", Public),
-    rule("GET", "/readyz", Public),
-    rule("GET", "/.well-known/jwks.json", Public),
-    rule("GET", "/api/v1/openapi.json", Public),
-    rule("POST", "/api/v1/auth/token", ApiKey),
-    rule("GET", "/api/v1/auth/whoami", Need::Authenticated),
-    rule("POST", "/api/v1/tenants", PlatformAdmin),
-    rule("GET", "/api/v1/tenants", PlatformAdmin),
-    rule("POST", "/api/v1/admin/gc", PlatformAdmin),
-    rule("GET", "/api/v1/admin/runners", PlatformAdmin),
-    rule("DELETE", "/api/v1/admin/quarantine/{version_id}", PlatformAdmin),
-    rule("POST", "/api/v1/admin/tenants/{tenant}/models/{model}/versions/{version}/load", PlatformAdmin),
-    rule("POST", "/api/v1/admin/tenants/{tenant}/models/{model}/versions/{version}/unload", PlatformAdmin),
-    rule("POST", "/api/v1/admin/tenants/{tenant}/models/{model}/versions/{version}/pin", PlatformAdmin),
-    rule("PUT", "/api/v1/tenants/{tenant}/quotas", PlatformAdmin),
-    rule("POST", "/api/v1/tenants/{tenant}/suspend", PlatformAdmin),
-    rule("POST", "/api/v1/tenants/{tenant}/resume", PlatformAdmin),
-    rule("GET", "/api/v1/tenants/{tenant}/quotas", Tenant(Admin)),
-    rule("GET", "/api/v1/tenants/{tenant}/audit", Tenant(Admin)),
-    rule("GET", "/api/v1/audit", Need::AnyAdmin),
-    rule("GET", "/api/v1/tenants/{tenant}/usage", Tenant(Admin)),
-    rule("POST", "/api/v1/tenants/{tenant}/keys", Tenant(Admin)),
-    rule("GET", "/api/v1/tenants/{tenant}/keys", Tenant(Admin)),
-    rule("PATCH", "/api/v1/tenants/{tenant}/keys/{id}", Tenant(Admin)),
-    rule("DELETE", "/api/v1/tenants/{tenant}/keys/{id}", Tenant(Admin)),
-    rule("POST", "/api/v1/tenants/{tenant}/models", Tenant(Developer)),
-    rule("GET", "/api/v1/tenants/{tenant}/models", Tenant(Viewer)),
-    rule("GET", model!(""), Tenant(Viewer)),
-    rule("PATCH", model!(""), Tenant(Developer)),
-    rule("DELETE", model!(""), Tenant(Developer)),
-    rule("GET", model!("/aliases"), Tenant(Viewer)),
-    rule("PUT", model!("/aliases/{alias}"), Tenant(Developer)),
-    rule("DELETE", model!("/aliases/{alias}"), Tenant(Developer)),
-    rule("GET", model!("/aliases/{alias}/history"), Tenant(Viewer)),
-    rule("POST", model!("/versions"), Tenant(Developer)),
-    rule("GET", model!("/versions"), Tenant(Viewer)),
-    rule("GET", version!(""), Tenant(Viewer)),
-    rule("POST", version!("/commit"), Tenant(Developer)),
-    rule("POST", version!("/archive"), Tenant(Developer)),
-    rule("PUT", version!("/files/{path:.*}"), Tenant(Developer)),
-    rule("GET", version!("/files/{path:.*}"), Tenant(Viewer)),
-    rule("HEAD", version!("/files/{path:.*}"), Tenant(Viewer)),
-    rule("POST", version!("/uploads"), Tenant(Developer)),
-    rule("GET", version!("/uploads"), Tenant(Developer)),
-    rule("GET", version!("/uploads/{id}"), Tenant(Developer)),
-    rule("DELETE", version!("/uploads/{id}"), Tenant(Developer)),
-    rule("PUT", version!("/uploads/{id}/chunks/{index}"), Tenant(Developer)),
-    rule("POST", version!("/uploads/{id}/complete"), Tenant(Developer)),
-    rule("GET", "/hf/{tenant}/{model}/resolve/{revision}/{path:.*}", Tenant(Viewer)),
-    rule("HEAD", "/hf/{tenant}/{model}/resolve/{revision}/{path:.*}", Tenant(Viewer)),
-    rule("GET", "/hf/api/models/{tenant}/{model}", Tenant(Viewer)),
-    rule("GET", "/hf/api/models/{tenant}/{model}/revision/{revision}", Tenant(Viewer)),
-    rule("GET", "/hf/api/models/{tenant}/{model}/tree/{revision}{folder:(/.*)?}", Tenant(Viewer)),
-    rule("GET", "/v2/health/live", Public),
-    rule("GET", "/v2/health/ready", Public),
-    rule("GET", "/v2", Public),
-    rule("GET", "/v2/models/{model}", OwnTenant(Invoker)),
-    rule("GET", "/v2/models/{model}/versions/{version}", OwnTenant(Invoker)),
-    rule("GET", "/v2/models/{model}/ready", OwnTenant(Invoker)),
-    rule("GET", "/v2/models/{model}/versions/{version}/ready", OwnTenant(Invoker)),
-    rule("POST", "/v2/models/{model}/infer", OwnTenant(Invoker)),
-    rule("POST", "/v2/models/{model}/versions/{version}/infer", OwnTenant(Invoker)),
-    rule("POST", "/v2/models/{model}/generate", OwnTenant(Invoker)),
-    rule("POST", "/v2/models/{model}/versions/{version}/generate", OwnTenant(Invoker)),
-    rule("POST", "/v2/models/{model}/generate_stream", OwnTenant(Invoker)),
-    rule("POST", "/v2/models/{model}/versions/{version}/generate_stream", OwnTenant(Invoker)),
-    rule("GET", "/v1/models", OwnTenant(Invoker)),
-    rule("POST", "/v1/embeddings", OwnTenant(Invoker)),
-    rule("POST", "/v1/classifications", OwnTenant(Invoker)),
-    rule("POST", "/v1/completions", OwnTenant(Invoker)),
-    rule("POST", "/v1/chat/completions", OwnTenant(Invoker)),
-];
+/// The one list of routes: each route's method(s), pattern, need and handler, said once. From
+/// it come [`ROUTES`] (which the gateway enforces before any handler runs, and docs/API.md
+/// prints), [`configure`] (actix's routing, in this order: the inference routes, the hot path,
+/// come first) and the operations of the OpenAPI document; a handler cannot be served without
+/// a need.
+macro_rules! routes {
+    ($($($method:ident),+ $path:expr => $need:expr, $module:ident::$handler:ident;)+) => {
+        /// Every route the gateway serves.
+        pub const ROUTES: &[Rule] = &[$($(rule(stringify!($method), $path, $need),)+)+];
+
+        /// Registers every route's handler.
+        pub(crate) fn configure(cfg: &mut actix_web::web::ServiceConfig) {
+            $(cfg.service(
+                actix_web::web::resource($path)
+                    .guard(Methods(&[$(stringify!($method)),+]))
+                    .to(super::$module::$handler),
+            );)+
+        }
+
+        /// Every handler the list serves, as `module::handler`.
+        #[cfg(test)]
+        const HANDLERS: &[&str] = &[$(concat!(stringify!($module), "::", stringify!($handler))),+];
+
+        /// The routes' operations, as their handlers describe them.
+        #[derive(utoipa::OpenApi)]
+        #[openapi(paths($(super::$module::$handler),+))]
+        pub(super) struct Operations;
+    };
+}
+
+routes! {
+    GET "/v1/models" => OwnTenant(Invoker), openai::models;
+    POST "/v1/embeddings" => OwnTenant(Invoker), openai::embeddings;
+    POST "/v1/classifications" => OwnTenant(Invoker), classifications::classifications;
+    POST "/v1/completions" => OwnTenant(Invoker), completions::completions;
+    POST "/v1/chat/completions" => OwnTenant(Invoker), completions::chat_completions;
+    GET "/v2/models/{model}" => OwnTenant(Invoker), kserve::model_metadata;
+    GET "/v2/models/{model}/versions/{version}" => OwnTenant(Invoker), kserve::version_metadata;
+    GET "/v2/models/{model}/ready" => OwnTenant(Invoker), kserve::model_ready;
+    GET "/v2/models/{model}/versions/{version}/ready" => OwnTenant(Invoker), kserve::version_ready;
+    POST "/v2/models/{model}/infer" => OwnTenant(Invoker), kserve::model_infer;
+    POST "/v2/models/{model}/versions/{version}/infer" => OwnTenant(Invoker), kserve::version_infer;
+    POST "/v2/models/{model}/generate" => OwnTenant(Invoker), kserve_generate::model_generate;
+    POST "/v2/models/{model}/versions/{version}/generate" => OwnTenant(Invoker), kserve_generate::version_generate;
+    POST "/v2/models/{model}/generate_stream" => OwnTenant(Invoker), kserve_generate::model_generate_stream;
+    POST "/v2/models/{model}/versions/{version}/generate_stream" => OwnTenant(Invoker), kserve_generate::version_generate_stream;
+    GET "/healthz" => Public, health::healthz;
+    GET "/readyz" => Public, health::readyz;
+    GET "/.well-known/jwks.json" => Public, auth_token::jwks;
+    GET "/api/v1/openapi.json" => Public, openapi::serve;
+    POST "/api/v1/auth/token" => ApiKey, auth_token::issue;
+    GET "/api/v1/auth/whoami" => Need::Authenticated, auth_token::whoami;
+    POST "/api/v1/tenants" => PlatformAdmin, tenants::create;
+    GET "/api/v1/tenants" => PlatformAdmin, tenants::list;
+    POST "/api/v1/admin/gc" => PlatformAdmin, admin::gc;
+    GET "/api/v1/admin/runners" => PlatformAdmin, runners::list;
+    DELETE "/api/v1/admin/quarantine/{version_id}" => PlatformAdmin, admin::clear_quarantine;
+    POST "/api/v1/admin/tenants/{tenant}/models/{model}/versions/{version}/load" => PlatformAdmin, runners::load;
+    POST "/api/v1/admin/tenants/{tenant}/models/{model}/versions/{version}/unload" => PlatformAdmin, runners::unload;
+    POST "/api/v1/admin/tenants/{tenant}/models/{model}/versions/{version}/pin" => PlatformAdmin, runners::pin;
+    PUT "/api/v1/tenants/{tenant}/quotas" => PlatformAdmin, tenants::set_quotas;
+    POST "/api/v1/tenants/{tenant}/suspend" => PlatformAdmin, tenants::suspend;
+    POST "/api/v1/tenants/{tenant}/resume" => PlatformAdmin, tenants::resume;
+    GET "/api/v1/tenants/{tenant}/quotas" => Tenant(Admin), tenants::quotas;
+    GET "/api/v1/tenants/{tenant}/audit" => Tenant(Admin), audit::list;
+    GET "/api/v1/audit" => Need::AnyAdmin, audit::search;
+    GET "/api/v1/tenants/{tenant}/usage" => Tenant(Admin), usage::usage;
+    POST "/api/v1/tenants/{tenant}/keys" => Tenant(Admin), keys::create;
+    GET "/api/v1/tenants/{tenant}/keys" => Tenant(Admin), keys::list;
+    PATCH "/api/v1/tenants/{tenant}/keys/{id}" => Tenant(Admin), keys::update;
+    DELETE "/api/v1/tenants/{tenant}/keys/{id}" => Tenant(Admin), keys::revoke;
+    POST "/api/v1/tenants/{tenant}/models" => Tenant(Developer), models::create;
+    GET "/api/v1/tenants/{tenant}/models" => Tenant(Viewer), models::list;
+    GET model!("") => Tenant(Viewer), models::get;
+    PATCH model!("") => Tenant(Developer), models::update;
+    DELETE model!("") => Tenant(Developer), models::remove;
+    GET model!("/aliases") => Tenant(Viewer), aliases::list;
+    PUT model!("/aliases/{alias}") => Tenant(Developer), aliases::put;
+    DELETE model!("/aliases/{alias}") => Tenant(Developer), aliases::remove;
+    GET model!("/aliases/{alias}/history") => Tenant(Viewer), aliases::history;
+    POST model!("/versions") => Tenant(Developer), versions::create;
+    GET model!("/versions") => Tenant(Viewer), versions::list;
+    GET version!("") => Tenant(Viewer), versions::get;
+    POST version!("/commit") => Tenant(Developer), versions::commit;
+    POST version!("/archive") => Tenant(Developer), versions::archive;
+    PUT version!("/files/{path:.*}") => Tenant(Developer), files::put;
+    GET, HEAD version!("/files/{path:.*}") => Tenant(Viewer), files::get;
+    POST version!("/uploads") => Tenant(Developer), uploads::start;
+    GET version!("/uploads") => Tenant(Developer), uploads::list;
+    GET version!("/uploads/{id}") => Tenant(Developer), uploads::status;
+    DELETE version!("/uploads/{id}") => Tenant(Developer), uploads::abort;
+    PUT version!("/uploads/{id}/chunks/{index}") => Tenant(Developer), uploads::chunk;
+    POST version!("/uploads/{id}/complete") => Tenant(Developer), uploads::complete;
+    GET, HEAD "/hf/{tenant}/{model}/resolve/{revision}/{path:.*}" => Tenant(Viewer), hf::resolve;
+    GET "/hf/api/models/{tenant}/{model}" => Tenant(Viewer), hf::info_main;
+    GET "/hf/api/models/{tenant}/{model}/revision/{revision}" => Tenant(Viewer), hf::info;
+    GET "/hf/api/models/{tenant}/{model}/tree/{revision}{folder:(/.*)?}" => Tenant(Viewer), hf::tree;
+    GET "/v2/health/live" => Public, kserve::live;
+    GET "/v2/health/ready" => Public, kserve::ready;
+    GET "/v2" => Public, kserve::server;
+}
+
+/// Admits a request whose method is one of these.
+struct Methods(&'static [&'static str]);
+
+impl actix_web::guard::Guard for Methods {
+    fn check(&self, ctx: &actix_web::guard::GuardContext<'_>) -> bool {
+        self.0.contains(&ctx.head().method.as_str())
+    }
+}
 
 /// The rule of a request and the path's named segments, or None for a route not in the table.
 pub fn rule_for(method: &Method, path: &str) -> Option<(&'static Rule, Vec<(&'static str, String)>)> {
@@ -259,6 +295,57 @@ mod tests {
         let (open, close) = (format!("<!-- {marker}:start -->\n"), format!("<!-- {marker}:end -->"));
         let start = docs.find(&open).expect("start marker") + open.len();
         &docs[start..docs.find(&close).expect("end marker")]
+    }
+
+    /// A handler is served only from the list above, which gives it a need: a route handler
+    /// the list does not name, or a route registered anywhere else (but the dashboard's, which
+    /// has its own list of pages), fails here.
+    #[test]
+    fn every_route_is_served_from_the_list_with_a_need() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let routes = std::fs::read_dir(root.join("routes")).expect("the routes folder");
+        for entry in routes {
+            let path = entry.expect("a file").path();
+            let module = path.file_stem().and_then(|s| s.to_str()).expect("a file name").to_owned();
+            let source = std::fs::read_to_string(&path).expect("readable");
+            // A handler is the function after its `#[utoipa::path(...)]` description.
+            for described in source.split("#[utoipa::path(").skip(1) {
+                let handler = described
+                    .split("async fn ")
+                    .nth(1)
+                    .and_then(|rest| rest.split('(').next())
+                    .expect("a handler after its description");
+                let named = format!("{module}::{handler}");
+                assert!(HANDLERS.contains(&named.as_str()), "{named} is a handler the route list does not serve");
+            }
+        }
+        let mut stack = vec![root];
+        while let Some(folder) = stack.pop() {
+            for entry in std::fs::read_dir(&folder).expect("a source folder") {
+                let path = entry.expect("an entry").path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let source = std::fs::read_to_string(&path).expect("readable");
+                let registers = [
+                    "web::resource(",
+                    "web::scope(",
+                    ".route(\"",
+                    "#[get(",
+                    "#[post(",
+                    "#[put(",
+                    "#[patch(",
+                    "#[delete(",
+                    "#[route(",
+                ]
+                .iter()
+                .any(|r| source.contains(r));
+                let allowed =
+                    path.ends_with("routes/table.rs") || path.components().any(|c| c.as_os_str() == "dashboard");
+                assert!(allowed || !registers, "{} registers a route outside the route list", path.display());
+            }
+        }
     }
 
     #[test]

@@ -1,23 +1,23 @@
-use actix_web::{HttpResponse, get, post, put, web};
+use actix_web::{HttpResponse, web};
 use registry::limits::Limits;
 use registry::names::{Role, TenantSlug};
 use serde::Deserialize;
 
 use super::PageQuery;
+use super::extract::TenantPath;
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateTenant {
+pub(super) struct CreateTenant {
     name: String,
 }
 
 /// Requires: platform admin.
-#[utoipa::path(tag = "tenants", request_body = CreateTenant, responses((status = 201, body = registry::tenants::Tenant)))]
-#[post("/api/v1/tenants")]
-async fn create(
+#[utoipa::path(post, path = "/api/v1/tenants", tag = "tenants", request_body = CreateTenant, responses((status = 201, body = registry::tenants::Tenant)))]
+pub(super) async fn create(
     state: web::Data<AppState>,
     principal: Principal,
     body: web::Json<CreateTenant>,
@@ -29,9 +29,8 @@ async fn create(
 }
 
 /// Requires: platform admin.
-#[utoipa::path(tag = "tenants", params(super::PageQuery), responses((status = 200, body = registry::page::Page<registry::tenants::Tenant>)))]
-#[get("/api/v1/tenants")]
-async fn list(
+#[utoipa::path(get, path = "/api/v1/tenants", tag = "tenants", params(super::PageQuery), responses((status = 200, body = registry::page::Page<registry::tenants::Tenant>)))]
+pub(super) async fn list(
     state: web::Data<AppState>,
     principal: Principal,
     query: web::Query<PageQuery>,
@@ -42,7 +41,7 @@ async fn list(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SetQuotas {
+pub(super) struct SetQuotas {
     /// Bytes of distinct files the tenant may store; null (or absent) lifts the limit.
     #[serde(default)]
     storage_bytes: Option<i64>,
@@ -56,28 +55,23 @@ struct SetQuotas {
 }
 
 /// The tenant's limits and what it uses. Requires: tenant admin.
-#[utoipa::path(tag = "tenants", responses((status = 200, body = crate::routes::schemas::Quotas)))]
-#[get("/api/v1/tenants/{tenant}/quotas")]
-async fn quotas(
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/quotas", params(TenantPath), tag = "tenants", responses((status = 200, body = crate::routes::schemas::Quotas)))]
+pub(super) async fn quotas(
     state: web::Data<AppState>,
-    principal: Principal,
-    path: web::Path<String>,
+    TenantPath(tenant): TenantPath,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = principal.tenant(&state.registry, &path, Role::Admin).await?;
     Ok(HttpResponse::Ok().json(state.registry.storage_usage(&tenant.id).await?))
 }
 
 /// Sets the tenant's limits. Requires: platform admin.
-#[utoipa::path(tag = "tenants", request_body = SetQuotas, responses((status = 200, body = crate::routes::schemas::Quotas)))]
-#[put("/api/v1/tenants/{tenant}/quotas")]
-async fn set_quotas(
+#[utoipa::path(put, path = "/api/v1/tenants/{tenant}/quotas", params(TenantPath), tag = "tenants", request_body = SetQuotas, responses((status = 200, body = crate::routes::schemas::Quotas)))]
+pub(super) async fn set_quotas(
     state: web::Data<AppState>,
     principal: Principal,
-    path: web::Path<String>,
+    TenantPath(tenant): TenantPath,
     body: web::Json<SetQuotas>,
 ) -> Result<HttpResponse, ApiError> {
     principal.require_platform_admin()?;
-    let tenant = principal.tenant(&state.registry, &path, Role::Admin).await?;
     let limits = Limits {
         requests_per_minute: body.requests_per_minute,
         concurrent_requests: body.concurrent_requests,
@@ -89,9 +83,8 @@ async fn set_quotas(
 }
 /// Suspends the tenant: every key and token of it is refused (on every gateway within the
 /// auth cache's lifetime) and its data is kept. Requires: platform admin.
-#[utoipa::path(tag = "tenants", responses((status = 200, body = registry::tenants::Tenant)))]
-#[post("/api/v1/tenants/{tenant}/suspend")]
-async fn suspend(
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/suspend", tag = "tenants", responses((status = 200, body = registry::tenants::Tenant)))]
+pub(super) async fn suspend(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<String>,
@@ -100,9 +93,8 @@ async fn suspend(
 }
 
 /// Lifts a suspension. Requires: platform admin.
-#[utoipa::path(tag = "tenants", responses((status = 200, body = registry::tenants::Tenant)))]
-#[post("/api/v1/tenants/{tenant}/resume")]
-async fn resume(
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/resume", tag = "tenants", responses((status = 200, body = registry::tenants::Tenant)))]
+pub(super) async fn resume(
     state: web::Data<AppState>,
     principal: Principal,
     path: web::Path<String>,

@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use actix_web::{HttpResponse, delete, get, post, put, web};
-use registry::models::Model;
-use registry::names::{Digest, FilePath, Role};
+use actix_web::{HttpResponse, web};
+use registry::names::{Digest, FilePath};
 use registry::page::PageRequest;
 use registry::uploads::{NewUpload, Started};
 use serde::Deserialize;
 
-use super::{model_in, version_number};
+use super::extract::{ChunkSegment, IdSegment, VersionPath};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::body::{BodyLimits, upload_error};
@@ -18,7 +17,7 @@ use crate::error::ApiError;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct StartUpload {
+pub(super) struct StartUpload {
     path: String,
     size: u64,
     sha256: String,
@@ -30,22 +29,15 @@ struct StartUpload {
     presigned: bool,
 }
 
-async fn draft_model(state: &AppState, principal: &Principal, tenant: &str, model: &str) -> Result<Model, ApiError> {
-    model_in(state, principal, tenant, model, Role::Developer).await
-}
-
 /// 201 with `"status": "open"` and the session, or 200 with `"status": "complete"` and the
 /// recorded file when the tenant already stores this content. Requires: developer.
-#[utoipa::path(tag = "uploads", request_body = StartUpload, responses((status = 201, description = "`status: open`: send the chunks", body = registry::uploads::Started), (status = 200, description = "`status: complete`: the tenant stores this content already", body = registry::uploads::Started)))]
-#[post("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads")]
-async fn start(
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads", params(VersionPath), tag = "uploads", request_body = StartUpload, responses((status = 201, description = "`status: open`: send the chunks", body = registry::uploads::Started), (status = 200, description = "`status: complete`: the tenant stores this content already", body = registry::uploads::Started)))]
+pub(super) async fn start(
     state: web::Data<AppState>,
     principal: Principal,
-    path: web::Path<(String, String, String)>,
+    VersionPath { model, number, .. }: VersionPath,
     body: web::Json<StartUpload>,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, model, version) = path.into_inner();
-    let model = draft_model(&state, &principal, &tenant, &model).await?;
     let file = super::parse(FilePath::parse(&body.path))?;
     let sha256 = super::parse(Digest::parse(&body.sha256))?;
     let ttl = state.upload_session_ttl;
@@ -58,7 +50,7 @@ async fn start(
         expires_in,
         presigned: body.presigned,
     };
-    let started = state.registry.start_upload(&principal.actor(), &model, version_number(&version)?, new).await?;
+    let started = state.registry.start_upload(&principal.actor(), &model, number, new).await?;
     Ok(match started {
         Started::Open(_) => HttpResponse::Created().json(started),
         // The tenant has this content: the file is recorded and nothing needs sending.
@@ -69,55 +61,46 @@ async fn start(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct ListUploads {
+pub(super) struct ListUploads {
     limit: Option<i64>,
     cursor: Option<String>,
 }
 
 /// The draft's live sessions, oldest first, paginated. Requires: developer.
-#[utoipa::path(tag = "uploads", params(ListUploads), responses((status = 200, body = registry::page::Page<registry::uploads::UploadSession>)))]
-#[get("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads")]
-async fn list(
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads", tag = "uploads", params(VersionPath, ListUploads), responses((status = 200, body = registry::page::Page<registry::uploads::UploadSession>)))]
+pub(super) async fn list(
     state: web::Data<AppState>,
-    principal: Principal,
-    path: web::Path<(String, String, String)>,
+    VersionPath { model, number, .. }: VersionPath,
     query: web::Query<ListUploads>,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, model, version) = path.into_inner();
-    let model = draft_model(&state, &principal, &tenant, &model).await?;
     let page = PageRequest::parse(query.limit, query.cursor.as_deref())?;
-    Ok(HttpResponse::Ok().json(state.registry.list_uploads(&model, version_number(&version)?, &page).await?))
+    Ok(HttpResponse::Ok().json(state.registry.list_uploads(&model, number, &page).await?))
 }
 
 /// What the server has. Requires: developer.
-#[utoipa::path(tag = "uploads", responses((status = 200, body = registry::uploads::UploadSession)))]
-#[get("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads/{id}")]
-async fn status(
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads/{id}", params(VersionPath, IdSegment), tag = "uploads", responses((status = 200, body = registry::uploads::UploadSession)))]
+pub(super) async fn status(
     state: web::Data<AppState>,
-    principal: Principal,
-    path: web::Path<(String, String, String, String)>,
+    VersionPath { model, .. }: VersionPath,
+    segment: web::Path<IdSegment>,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, model, _, id) = path.into_inner();
-    let model = draft_model(&state, &principal, &tenant, &model).await?;
+    let id = segment.into_inner().id;
     Ok(HttpResponse::Ok().json(state.registry.upload_session(&model, &id).await?))
 }
 
 /// Chunk `index` (bytes `index * chunk_size ..`, exactly `chunk_size` long but for the last).
 /// A body that stalls ends with 408; chunks beyond the gateway's buffer budget get 429.
 /// Requires: developer.
-#[utoipa::path(tag = "uploads", request_body(content = crate::routes::schemas::Binary, content_type = "application/octet-stream"), responses((status = 200, body = registry::uploads::UploadSession)))]
-#[put("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads/{id}/chunks/{index}")]
-async fn chunk(
+#[utoipa::path(put, path = "/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads/{id}/chunks/{index}", params(VersionPath, ChunkSegment), tag = "uploads", request_body(content = crate::routes::schemas::Binary, content_type = "application/octet-stream"), responses((status = 200, body = registry::uploads::UploadSession)))]
+pub(super) async fn chunk(
     state: web::Data<AppState>,
-    principal: Principal,
-    path: web::Path<(String, String, String, String, String)>,
+    VersionPath { tenant, model, .. }: VersionPath,
+    segment: web::Path<ChunkSegment>,
     limits: web::Data<BodyLimits>,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, model, _, id, index) = path.into_inner();
-    let model = draft_model(&state, &principal, &tenant, &model).await?;
-    let index =
-        index.parse::<u64>().map_err(|_| ApiError::bad_request("invalid_request", "the chunk index is a number"))?;
+    let ChunkSegment { id, index } = segment.into_inner();
+    let index = index.parse::<u64>().map_err(|_| ApiError::invalid("the chunk index is a number"))?;
     // The chunk is held whole until it is stored: room for it is taken from the budget first
     // (an unknown session or a bad index is refused by put_chunk, which holds nothing then).
     let session = state.registry.upload_session(&model, &id).await?;
@@ -129,33 +112,30 @@ async fn chunk(
     let started = std::time::Instant::now();
     let session = state.registry.put_chunk(&model, &id, index, body).await.map_err(upload_error)?;
     let bytes = session.chunk_size.min(session.size.saturating_sub(index.saturating_mul(session.chunk_size)));
-    crate::metrics::upload(&tenant, bytes, started.elapsed());
+    crate::metrics::upload(tenant.name.as_str(), bytes, started.elapsed());
     Ok(HttpResponse::Ok().json(session))
 }
 
 /// Assembles the chunks, checks the declared size and sha256, records the file. Requires: developer.
-#[utoipa::path(tag = "uploads", responses((status = 201, body = registry::versions::VersionFile)))]
-#[post("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads/{id}/complete")]
-async fn complete(
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads/{id}/complete", params(VersionPath, IdSegment), tag = "uploads", responses((status = 201, body = registry::versions::VersionFile)))]
+pub(super) async fn complete(
     state: web::Data<AppState>,
     principal: Principal,
-    path: web::Path<(String, String, String, String)>,
+    VersionPath { model, .. }: VersionPath,
+    segment: web::Path<IdSegment>,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, model, _, id) = path.into_inner();
-    let model = draft_model(&state, &principal, &tenant, &model).await?;
+    let id = segment.into_inner().id;
     Ok(HttpResponse::Created().json(state.registry.complete_upload(&principal.actor(), &model, &id).await?))
 }
 
 /// Requires: developer.
-#[utoipa::path(tag = "uploads", responses((status = 204, description = "Aborted")))]
-#[delete("/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads/{id}")]
-async fn abort(
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/models/{model}/versions/{version}/uploads/{id}", params(VersionPath, IdSegment), tag = "uploads", responses((status = 204, description = "Aborted")))]
+pub(super) async fn abort(
     state: web::Data<AppState>,
-    principal: Principal,
-    path: web::Path<(String, String, String, String)>,
+    VersionPath { model, .. }: VersionPath,
+    segment: web::Path<IdSegment>,
 ) -> Result<HttpResponse, ApiError> {
-    let (tenant, model, _, id) = path.into_inner();
-    let model = draft_model(&state, &principal, &tenant, &model).await?;
+    let id = segment.into_inner().id;
     state.registry.abort_upload(&model, &id).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -1,20 +1,19 @@
 //! Metered inference usage of a tenant, over time.
 
-use actix_web::{HttpResponse, get, web};
-use registry::names::Role;
+use actix_web::{HttpResponse, web};
 use registry::usage::{GroupBy, Step};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::extract::TenantPath;
 use super::{parse, parse_time};
 use crate::AppState;
-use crate::auth::Principal;
 use crate::error::ApiError;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct UsageQuery {
+pub(super) struct UsageQuery {
     /// RFC 3339 or seconds since the epoch; default: 24 steps before `to`.
     from: Option<String>,
     /// Default: now.
@@ -26,15 +25,12 @@ struct UsageQuery {
 }
 
 /// Requests, errors, tokens and latency per step. Requires: tenant admin.
-#[utoipa::path(tag = "usage", params(UsageQuery), responses((status = 200, body = crate::routes::schemas::UsageReport)))]
-#[get("/api/v1/tenants/{tenant}/usage")]
-async fn usage(
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/usage", tag = "usage", params(TenantPath, UsageQuery), responses((status = 200, body = crate::routes::schemas::UsageReport)))]
+pub(super) async fn usage(
     state: web::Data<AppState>,
-    principal: Principal,
-    path: web::Path<String>,
+    TenantPath(tenant): TenantPath,
     query: web::Query<UsageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = principal.tenant(&state.registry, &path, Role::Admin).await?;
     let step = parse(Step::parse(query.step.as_deref().unwrap_or("hour")))?;
     let group_by = query.group_by.as_deref().map(GroupBy::parse).transpose().map_err(ApiError::from)?;
     let step_ms = step.millis();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use registry::Registry;
 
 use super::blame;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Calls lost on one runner within this long of the first are lost in the same death.
 const SAME_DEATH: Duration = Duration::from_secs(5);
@@ -119,7 +119,7 @@ pub(super) fn lost_call(verdict: &Verdict, version_id: &str, status: tonic::Stat
         return ApiError::quarantined("its runner died during this call");
     }
     ApiError::unavailable(
-        "runner_unavailable",
+        ErrorCode::RunnerUnavailable,
         "the runner went away during this call; it is not repeated elsewhere in case it was the cause. Try again",
     )
     .with_source(status)

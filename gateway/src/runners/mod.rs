@@ -27,7 +27,7 @@ use proto::v1::{
 };
 use tonic::transport::Channel;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 pub use config::{DEFAULT_SERVER_NAME, RoutingConfig, RunnerTlsConfig, client_tls_config};
 pub use generation::Generation;
@@ -323,7 +323,7 @@ impl RunnerPool {
     pub async fn generate(&self, request: GenerateRequest) -> Result<Generation, ApiError> {
         let timeout = Duration::from_millis(self.inner.config.generate_timeout_ms);
         let Some(spec) = request.model.as_ref() else {
-            return Err(ApiError::bad_request("invalid_request", "no model given"));
+            return Err(ApiError::invalid("no model given"));
         };
         self.call(spec, |mut client| {
             let call = crate::trace::grpc_request(request.clone(), timeout);
@@ -376,9 +376,11 @@ impl RunnerPool {
             }
         }
         Err(match last {
-            Some(status) => ApiError::unavailable("runner_unavailable", "no runner is reachable; try again shortly")
-                .with_source(status),
-            None => ApiError::unavailable("runner_unavailable", "no runners are configured"),
+            Some(status) => {
+                ApiError::unavailable(ErrorCode::RunnerUnavailable, "no runner is reachable; try again shortly")
+                    .with_source(status)
+            }
+            None => ApiError::unavailable(ErrorCode::RunnerUnavailable, "no runners are configured"),
         })
     }
 

@@ -6,10 +6,13 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::{Value, json};
 
+mod code;
+pub use code::{ErrorCode, markdown as codes_markdown};
+
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     details: Option<Value>,
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -18,7 +21,7 @@ pub struct ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.status.as_u16(), self.code, self.message)
+        write!(f, "{} ({}): {}", self.status.as_u16(), self.code.as_str(), self.message)
     }
 }
 
@@ -29,28 +32,31 @@ impl std::error::Error for ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: None, headers: Vec::new(), source: None }
+    /// An error answered with its code's status.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { status: code.status(), code, message: message.into(), details: None, headers: Vec::new(), source: None }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
+    /// 400 `invalid_request`: the request breaks a rule.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(ErrorCode::Unauthorized, message)
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(ErrorCode::Forbidden, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(ErrorCode::NotFound, message)
     }
 
-    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1)
+    /// A dependency is down: 503 with `Retry-After: 1`.
+    pub fn unavailable(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(code, message).retry_after(1)
     }
 
     /// A quarantined version (its calls took runners down): 503 without `Retry-After`, since
@@ -58,8 +64,7 @@ impl ApiError {
     /// for protocols whose errors carry only a message (KServe v2).
     pub fn quarantined(reason: impl std::fmt::Display) -> Self {
         Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "version_quarantined",
+            ErrorCode::VersionQuarantined,
             format!(
                 "version_quarantined: this model version is quarantined ({reason}); it answers no inference until a platform admin clears it"
             ),
@@ -67,8 +72,7 @@ impl ApiError {
     }
 
     pub fn internal(source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
-            .with_source(source)
+        Self::new(ErrorCode::Internal, "internal error; it has been logged").with_source(source)
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -98,7 +102,7 @@ impl ApiError {
         self.status
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         self.code
     }
 
@@ -111,7 +115,7 @@ impl ApiError {
     pub(crate) fn log_if_ours(&self) {
         if self.status.is_server_error() {
             let chain = error_chain(self);
-            tracing::error!(http.status = self.status.as_u16(), error.code = self.code, error = %chain, "request failed");
+            tracing::error!(http.status = self.status.as_u16(), error.code = self.code.as_str(), error = %chain, "request failed");
         }
     }
 
@@ -149,7 +153,7 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut body = json!({ "code": self.code, "message": self.message, "type": self.kind() });
+        let mut body = json!({ "code": self.code.as_str(), "message": self.message, "type": self.kind() });
         if let Some(details) = &self.details {
             body["details"] = details.clone();
         }
@@ -174,23 +178,20 @@ impl From<registry::Error> for ApiError {
         let message = e.to_string();
         match e {
             E::NotFound { .. } => ApiError::not_found(message),
-            E::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
-            E::Invalid(_) => ApiError::bad_request("invalid_request", message),
-            E::DigestMismatch { .. } => ApiError::bad_request("digest_mismatch", message),
-            E::QuotaExceeded(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "storage_quota_exceeded", message),
+            E::Conflict(_) => ApiError::new(ErrorCode::Conflict, message),
+            E::Invalid(_) => ApiError::invalid(message),
+            E::DigestMismatch { .. } => ApiError::new(ErrorCode::DigestMismatch, message),
+            E::QuotaExceeded(_) => ApiError::new(ErrorCode::StorageQuotaExceeded, message),
             E::Validation(ref problems) => {
                 let details = json!({ "problems": problems });
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message).with_details(details)
+                ApiError::new(ErrorCode::ValidationFailed, message).with_details(details)
             }
-            E::Upload(_) => ApiError::bad_request("upload_interrupted", message).with_source(e),
-            E::DatabaseUnavailable(_) => ApiError::unavailable("database_unavailable", message).with_source(e),
-            E::Storage(object_store::Error::NotFound { .. }) => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "blob_missing",
-                "a stored file is missing from object storage",
-            )
-            .with_source(e),
-            E::Storage(_) => ApiError::unavailable("storage_unavailable", message).with_source(e),
+            E::Upload(_) => ApiError::new(ErrorCode::UploadInterrupted, message).with_source(e),
+            E::DatabaseUnavailable(_) => ApiError::unavailable(ErrorCode::DatabaseUnavailable, message).with_source(e),
+            E::Storage(object_store::Error::NotFound { .. }) => {
+                ApiError::new(ErrorCode::BlobMissing, "a stored file is missing from object storage").with_source(e)
+            }
+            E::Storage(_) => ApiError::unavailable(ErrorCode::StorageUnavailable, message).with_source(e),
             E::Quarantined(ref q) => ApiError::quarantined(&q.reason),
             E::Database(_) | E::StorageConfig(_) | E::Io(..) => ApiError::internal(e),
         }
@@ -202,7 +203,7 @@ impl From<std::sync::Arc<registry::Error>> for ApiError {
     fn from(e: std::sync::Arc<registry::Error>) -> Self {
         match &*e {
             registry::Error::DatabaseUnavailable(_) => {
-                ApiError::unavailable("database_unavailable", e.to_string()).with_source(e)
+                ApiError::unavailable(ErrorCode::DatabaseUnavailable, e.to_string()).with_source(e)
             }
             _ => ApiError::internal(e),
         }
@@ -214,32 +215,24 @@ impl From<tonic::Status> for ApiError {
         use tonic::Code;
         let message = s.message().to_owned();
         match s.code() {
-            Code::InvalidArgument => ApiError::bad_request("invalid_request", message),
-            Code::FailedPrecondition => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "model_unloadable", message),
-            Code::ResourceExhausted => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", message).retry_after(1)
-            }
+            Code::InvalidArgument => ApiError::invalid(message),
+            Code::FailedPrecondition => ApiError::new(ErrorCode::ModelUnloadable, message),
+            Code::ResourceExhausted => ApiError::new(ErrorCode::Overloaded, message).retry_after(1),
             // A transport failure (its source) names addresses and certificates: for the log only.
             Code::Unavailable if std::error::Error::source(&s).is_some() => {
-                ApiError::unavailable("runner_unavailable", "no runner could be reached; try again shortly")
+                ApiError::unavailable(ErrorCode::RunnerUnavailable, "no runner could be reached; try again shortly")
                     .with_source(s)
             }
-            Code::Unavailable => ApiError::unavailable("runner_unavailable", message).with_source(s),
-            Code::DeadlineExceeded => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message),
+            Code::Unavailable => ApiError::unavailable(ErrorCode::RunnerUnavailable, message).with_source(s),
+            Code::DeadlineExceeded => ApiError::new(ErrorCode::Timeout, message),
             // tonic's server ends a call past its `grpc-timeout` as CANCELLED "Timeout expired".
-            Code::Cancelled if message == "Timeout expired" => ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                "the runner did not answer within this kind of call's timeout",
-            ),
+            Code::Cancelled if message == "Timeout expired" => {
+                ApiError::new(ErrorCode::Timeout, "the runner did not answer within this kind of call's timeout")
+            }
             // The runner's own failures (a corrupt file, a refused spec, a fault) are ours to
             // read in the log; the caller learns only that it failed.
-            _ => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "runner_error",
-                "the runner could not serve this request; it has been logged",
-            )
-            .with_source(s),
+            _ => ApiError::new(ErrorCode::RunnerError, "the runner could not serve this request; it has been logged")
+                .with_source(s),
         }
     }
 }
