@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 
 use crate::audit::{self, Entry};
 use crate::db::{new_id, now_ms};
-use crate::names::{ModelName, Task};
+use crate::names::{AliasName, ModelName, Task};
 use crate::page::{Page, PageRequest};
 use crate::{Actor, Error, Registry, Result};
 
@@ -24,6 +24,16 @@ pub struct Model {
     #[serde(serialize_with = "crate::db::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
+}
+
+/// A model a caller can name in an inference request: it has a ready version, so `name`
+/// resolves, and so does `name:alias` for each of its aliases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallableModel {
+    pub name: ModelName,
+    pub created_at: i64,
+    /// By name.
+    pub aliases: Vec<AliasName>,
 }
 
 /// Which models a list returns; unset fields match everything.
@@ -196,6 +206,33 @@ impl Registry {
         let mut models = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
         self.load_tags(&mut models).await?;
         Ok(Page::new(models, page, |m| m.name.to_string()))
+    }
+
+    /// Every model of the tenant with a ready version, by name, with its aliases: what
+    /// `GET /v1/models` lists, in one query however many models there are. An alias points
+    /// at ready versions only, so a model without one has no alias either.
+    pub async fn callable_models(&self, tenant_id: &str) -> Result<Vec<CallableModel>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT m.name, m.created_at, a.name AS alias FROM models m
+             LEFT JOIN aliases a ON a.model_id = m.id
+             WHERE m.tenant_id = $1 AND m.deleted_at IS NULL
+             AND EXISTS (SELECT 1 FROM model_versions v WHERE v.model_id = m.id AND v.status = 'ready')
+             ORDER BY m.name, alias",
+        )
+        .bind(tenant_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut models: Vec<CallableModel> = Vec::new();
+        for r in &rows {
+            let name = ModelName::parse(&r.try_get::<String, _>("name")?)?;
+            if models.last().is_none_or(|m| m.name != name) {
+                models.push(CallableModel { name, created_at: r.try_get("created_at")?, aliases: Vec::new() });
+            }
+            if let (Some(alias), Some(model)) = (r.try_get::<Option<String>, _>("alias")?, models.last_mut()) {
+                model.aliases.push(AliasName::parse(&alias)?);
+            }
+        }
+        Ok(models)
     }
 
     async fn load_tags(&self, models: &mut [Model]) -> Result<()> {

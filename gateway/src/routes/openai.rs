@@ -3,9 +3,7 @@
 
 use actix_web::{HttpResponse, web};
 use base64::Engine as _;
-use registry::models::ModelFilter;
-use registry::names::{ModelRef, Role, Task};
-use registry::page::PageRequest;
+use registry::names::{Role, Task};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -21,26 +19,10 @@ use crate::inference::{Call, SERVED_BY};
 pub(super) async fn models(state: web::Data<AppState>, principal: Principal) -> Result<HttpResponse, ApiError> {
     let tenant = principal.own_tenant(Role::Invoker)?;
     let mut data = Vec::new();
-    let mut models = Vec::new();
-    let mut page = PageRequest::first(registry::page::MAX_LIMIT);
-    loop {
-        let batch = state.registry.list_models(&tenant.id, &ModelFilter::default(), &page).await?;
-        models.extend(batch.data);
-        match batch.next_cursor {
-            Some(_) => page.after = models.last().map(|m| m.name.to_string()),
-            None => break,
-        }
-    }
-    for model in models {
-        let latest = state.registry.resolve(&tenant.id, &ModelRef::Latest(model.name.clone())).await;
-        if latest.is_err() {
-            continue;
-        }
+    for model in state.registry.callable_models(&tenant.id).await? {
         let entry = |id: String| json!({ "id": id, "object": "model", "created": model.created_at / 1000, "owned_by": tenant.name });
         data.push(entry(model.name.to_string()));
-        for alias in state.registry.aliases(&model).await? {
-            data.push(entry(format!("{}:{}", model.name, alias.name)));
-        }
+        data.extend(model.aliases.iter().map(|alias| entry(format!("{}:{alias}", model.name))));
     }
     Ok(HttpResponse::Ok().json(json!({ "object": "list", "data": data })))
 }

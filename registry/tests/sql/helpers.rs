@@ -1,13 +1,29 @@
-//! Registries on fresh databases of each backend.
+//! Registries on fresh databases of each backend, and what most tests start from: a tenant,
+//! a model, and versions that really commit (a tiny LSTM classifier passes validation).
 
 use std::path::Path;
 
-use registry::Registry;
+use bytes::Bytes;
 use registry::db::Db;
+use registry::files::Upload;
+use registry::models::Model;
+use registry::names::{Digest, FilePath, ModelName, Task, TenantSlug};
 use registry::storage::{Storage, StorageConfig};
+use registry::tenants::Tenant;
+use registry::versions::{NewVersion, Version, VersionFile};
+use registry::{Actor, Registry};
+use serde_json::json;
 
 /// Names the Postgres server the suite also runs on; unset, only SQLite is tested.
 pub const POSTGRES_VAR: &str = "MODELGATE_TEST_POSTGRES_URL";
+
+/// A registry on a fresh database with in-memory object storage.
+pub struct TestDb {
+    pub registry: Registry,
+    /// `sqlite` or `postgres`, for assertion messages.
+    pub backend: &'static str,
+    _dir: tempfile::TempDir,
+}
 
 /// The Postgres server's URL, or None (said once per suite) when the variable is unset.
 pub fn postgres_server(suite: &str) -> Option<String> {
@@ -42,4 +58,99 @@ pub async fn open(url: &str) -> Registry {
     let storage =
         Storage::open(&StorageConfig { url: "memory:///".into(), ..StorageConfig::default() }).expect("memory store");
     Registry::new(db, storage)
+}
+
+/// A registry on a fresh SQLite file, and one on a fresh Postgres database when the server
+/// is configured: a test runs its body on each.
+pub async fn each_database(suite: &str) -> Vec<TestDb> {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let mut all = vec![TestDb { registry: open(&sqlite_url(dir.path())).await, backend: "sqlite", _dir: dir }];
+    if let Some(server) = postgres_server(suite) {
+        let url = fresh_postgres(&server).await;
+        let dir = tempfile::tempdir().expect("temporary folder");
+        all.push(TestDb { registry: open(&url).await, backend: "postgres", _dir: dir });
+    }
+    all
+}
+
+/// The actor of a test's changes, as an API key would be.
+pub fn actor() -> Actor {
+    Actor { key_id: "test-key".into(), source_ip: Some("127.0.0.1".into()) }
+}
+
+pub async fn tenant(registry: &Registry, slug: &str) -> Tenant {
+    let slug = TenantSlug::parse(slug).expect("a tenant name");
+    registry.create_tenant(&actor(), &slug).await.expect("creating a tenant")
+}
+
+/// A classification model (what the tiny LSTM classifier commits as).
+pub async fn model(registry: &Registry, tenant: &Tenant, name: &str) -> Model {
+    let name = ModelName::parse(name).expect("a model name");
+    registry.create_model(&actor(), &tenant.id, &name, Task::Classification, "", &[]).await.expect("creating a model")
+}
+
+/// A safetensors file of zero-valued F32 tensors of these shapes.
+fn safetensors(tensors: &[(&str, &[u64])]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0;
+    for (name, shape) in tensors {
+        let bytes = shape.iter().product::<u64>() * 4;
+        header.insert(
+            (*name).into(),
+            json!({ "dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes] }),
+        );
+        offset += bytes;
+    }
+    let mut header = serde_json::to_vec(&header).expect("json");
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend(header);
+    file.resize(file.len() + usize::try_from(offset).expect("a small file"), 0);
+    file
+}
+
+/// The files of a tiny LSTM classifier that passes commit-time validation; `seed` changes
+/// the vocabulary, so versions can differ in content.
+pub fn classifier_files(seed: u32) -> Vec<(&'static str, Vec<u8>)> {
+    let config = json!({ "model_type": "lstm_classifier", "vocab_size": 4, "embedding_dim": 2, "hidden_dim": 1, "max_length": 16 });
+    let weights = safetensors(&[
+        ("embedding.weight", &[4, 2]),
+        ("lstm.weight_ih_l0", &[4, 2]),
+        ("lstm.weight_hh_l0", &[4, 1]),
+        ("dense.weight", &[1, 1]),
+    ]);
+    vec![
+        ("config.json", serde_json::to_vec(&config).expect("json")),
+        ("vocab.json", serde_json::to_vec(&json!({ format!("word{seed}"): 1 })).expect("json")),
+        ("model.safetensors", weights),
+    ]
+}
+
+/// Uploads one file into a draft, declaring its sha256 as clients do (`X-Checksum-Sha256`).
+pub async fn upload(registry: &Registry, model: &Model, number: i64, path: &str, bytes: Vec<u8>) -> VersionFile {
+    use sha2::Digest as _;
+    let path = FilePath::parse(path).expect("a file path");
+    let digest = Digest::from_bytes(&sha2::Sha256::digest(&bytes).into());
+    let upload = Upload {
+        path: &path,
+        declared: Some(&digest),
+        content_length: Some(bytes.len() as u64),
+        body: futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(bytes))]),
+    };
+    registry.upload_file(&actor(), model, number, upload).await.expect("uploading a file")
+}
+
+/// A new draft with the classifier's files, not committed.
+pub async fn draft(registry: &Registry, model: &Model) -> Version {
+    let version = registry.create_version(&actor(), model, NewVersion::default()).await.expect("creating a draft");
+    for (path, bytes) in classifier_files(version.number as u32) {
+        upload(registry, model, version.number, path, bytes).await;
+    }
+    version
+}
+
+/// A new version with the classifier's files, committed: ready and callable.
+pub async fn ready(registry: &Registry, model: &Model) -> Version {
+    let number = draft(registry, model).await.number;
+    registry.commit_version(&actor(), model, number, None).await.expect("committing the draft")
 }

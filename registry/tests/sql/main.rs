@@ -2,5 +2,6 @@
 //! Postgres too when `MODELGATE_TEST_POSTGRES_URL` names a server (each test gets a fresh
 //! database on it). The same test body runs on both backends.
 
+mod callable;
 mod helpers;
 mod migrations;
