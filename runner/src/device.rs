@@ -100,6 +100,15 @@ fn free_device_memory(cuda: &candle_core::CudaDevice) -> Result<u64> {
         .map_err(|e| crate::error::Error::Device(e.to_string()))
 }
 
+/// How the runner names `device` to people (its status, its logs): `CPU`, `CUDA 0`, `Metal 0`.
+pub fn name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "CPU".to_owned(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("CUDA {gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("Metal {gpu_id}"),
+    }
+}
+
 fn select_device() -> Device {
     #[cfg(feature = "cuda")]
     match Device::cuda_if_available(0) {
@@ -129,6 +138,11 @@ mod tests {
         assert_eq!(GpuDtype::Auto.resolve(None, DType::BF16), DType::BF16);
         assert_eq!(GpuDtype::F32.resolve(Some("bfloat16"), DType::F16), DType::F32, "the setting wins");
         assert_eq!(GpuDtype::Bf16.resolve(Some("float16"), DType::F16), DType::BF16);
+    }
+
+    #[test]
+    fn devices_are_named_for_people() {
+        assert_eq!(name(&Device::Cpu), "CPU");
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl Runner {
     ) -> Result<Self, Error> {
         let artifacts = artifacts::ArtifactCache::new(cache_dir, store, config.cache_max_bytes)?;
         let placement = device::Placement::new(config.gpu_dtype);
-        tracing::info!(device = ?placement.device, gpu_dtype = ?config.gpu_dtype, memory_budget_mib = config.memory_budget_mib, "runner ready");
+        tracing::info!(device = %device::name(&placement.device), gpu_dtype = ?config.gpu_dtype, memory_budget_mib = config.memory_budget_mib, "runner ready");
         let limits = worker::BatchLimits {
             queue_depth: config.queue_depth.max(1),
             max_batch_inputs: config.max_batch_inputs.max(1),
@@ -384,7 +384,7 @@ impl RunnerRpc for Runner {
         Ok(Response::new(StatusResponse {
             memory_used_bytes: loaded.iter().map(|m| m.memory_bytes).sum(),
             memory_budget_bytes: self.models.budget_bytes(),
-            device: format!("{:?}", self.models.device()),
+            device: device::name(self.models.device()),
             loads_total: self.models.loads_total(),
             cache_hits: read(&counters.hits),
             cache_misses: read(&counters.misses),

@@ -144,23 +144,6 @@ async fn embed(app: &TestApp, key: &str, model: &str, input: &str) -> (u16, bool
     (status, retry_after, body)
 }
 
-/// A dashboard page as the holder of `key` sees it, signed in without a browser.
-async fn dashboard_page(app: &TestApp, key: &str, page: &str) -> String {
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("a client");
-    let signed_in = client
-        .post(format!("{}/admin/login", app.base))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("key={key}"))
-        .send()
-        .await
-        .expect("sign-in answers");
-    assert_eq!(signed_in.status(), 303, "signed in");
-    let cookie = signed_in.headers()["set-cookie"].to_str().expect("a cookie").split(';').next().expect("its value");
-    let answer = client.get(format!("{}{page}", app.base)).header("cookie", cookie).send().await.expect("the page");
-    assert_eq!(answer.status(), 200);
-    answer.text().await.expect("the page's text")
-}
-
 /// Calls `model` at once from many connections, so that every HTTP worker of the gateway
 /// makes its connection to the runner now (each worker thread has its own).
 async fn warm(app: &TestApp, key: &str) {
@@ -286,7 +269,7 @@ async fn alone_in_flight(database: Database) {
     assert!(q["reason"].as_str().is_some_and(|r| r.contains("alone")), "{q}");
     assert!(q["since"].is_string() && q["strikes"] == 2, "{q}");
     assert_eq!(quarantine(&app, &good_admin, "good").await, Value::Null);
-    let page = dashboard_page(&app, &evil_admin, "/admin/tenants/evil/models/m/versions/1").await;
+    let page = app.dashboard_page(&evil_admin, "/admin/tenants/evil/models/m/versions/1").await;
     assert!(page.contains("id=\"quarantine\"") && page.contains("alone"), "the version's page says why: {page}");
     let after = app.metrics().await;
     for name in ["modelgate_version_quarantines_total", "modelgate_version_strikes_total"] {

@@ -2,7 +2,8 @@
 //! its keys, uploads a tiny model through the page and commits it, moves `production` to it,
 //! sees it loaded on a runner after a call, sees the call in the usage chart and every
 //! change in the audit log; the other tenant's admin finds none of it; forms without the
-//! session's token are refused. Every page is saved under `target/screenshots/`.
+//! session's token are refused. Every page is saved under `target/screenshots/`. Without a
+//! browser: pages name the keys that acted (their ids on hover) and the runner's device.
 
 use std::path::Path;
 
@@ -131,6 +132,9 @@ async fn the_dashboard_runs_a_tenant_from_sign_in_to_usage_in_a_real_browser() {
     }
     b.click("#commit").await;
     b.wait_text("#version-status", "ready").await;
+    let admin_id = app.admin_key.split('_').nth(1).expect("key id");
+    assert_eq!(b.text("#uploader").await, "bootstrap admin", "the uploader's key by name");
+    assert_eq!(b.attribute("#uploader", "title").await.as_deref(), Some(admin_id), "its id on hover");
     check_layout(&b, "version").await;
     b.screenshot("version").await;
 
@@ -145,6 +149,7 @@ async fn the_dashboard_runs_a_tenant_from_sign_in_to_usage_in_a_real_browser() {
     b.click("#confirm-move").await;
     b.wait_text("#alias-history", "production").await;
     assert!(b.text("#aliases table").await.contains("production v2"));
+    assert!(b.text("#alias-history").await.contains("bootstrap admin"), "{}", b.text("#alias-history").await);
     b.screenshot("model").await;
 
     // A call loads it on a runner.
@@ -152,6 +157,7 @@ async fn the_dashboard_runs_a_tenant_from_sign_in_to_usage_in_a_real_browser() {
     assert_eq!(status, 200, "{body}");
     visit(&b, &format!("{base}/admin/runners"), ".runner", "runners").await;
     b.wait_text("#runners", "globex/tiny@2").await;
+    assert!(b.text("#runners dl.facts").await.contains("CPU"), "{}", b.text("#runners dl.facts").await);
     assert!(!b.find_all("#runners meter").await.is_empty(), "memory is shown against the budget");
     b.click("#runners form[action='/admin/runners/pin'] button").await;
     b.wait_text("#runners", "pinned").await;
@@ -261,4 +267,31 @@ async fn the_dashboard_runs_a_tenant_from_sign_in_to_usage_in_a_real_browser() {
     b.goto(&format!("{base}/admin/tenants/initech/models")).await;
     b.wait_text("main", "session has ended").await;
     b.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_name_the_keys_that_acted_with_their_ids_on_hover() {
+    let app = TestApp::spawn(AppOptions::new(Database::Sqlite)).await;
+    let (acme_admin, _) = app.acme_with_tiny_model().await;
+    app.set_alias(&acme_admin, "acme", "tiny", "production", 1).await;
+    // A platform admin's key belongs to no tenant; it is named all the same.
+    app.set_alias(&app.admin_key, "acme", "tiny", "staging", 1).await;
+    let id = |key: &str| key.split('_').nth(1).expect("key id").to_owned();
+    let (acme_id, root_id) = (id(&acme_admin), id(&app.admin_key));
+    let named = |page: &str, name: &str, id: &str| {
+        assert!(page.contains(&format!("title=\"{id}\">{name}</span>")), "{name} with {id} on hover:\n{page}");
+        assert!(!page.contains(&format!(">{id}<")), "{id} is not shown as text:\n{page}");
+    };
+
+    let model = app.dashboard_page(&acme_admin, "/admin/tenants/acme/models/tiny").await;
+    named(&model, "admin key", &acme_id);
+    named(&model, "bootstrap admin", &root_id);
+    let version = app.dashboard_page(&acme_admin, "/admin/tenants/acme/models/tiny/versions/1").await;
+    named(&version, "admin key", &acme_id);
+    let audit = app.dashboard_page(&acme_admin, "/admin/audit").await;
+    named(&audit, "admin key", &acme_id);
+
+    let runners = app.dashboard_page(&app.admin_key, "/admin/runners").await;
+    assert!(runners.contains("<dt>Device</dt><dd>CPU</dd>"), "the device by its name:\n{runners}");
+    app.stop().await;
 }

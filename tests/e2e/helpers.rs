@@ -342,6 +342,25 @@ impl TestApp {
         }
     }
 
+    /// A dashboard page as the holder of `key` sees it, signed in without a browser.
+    pub async fn dashboard_page(&self, key: &str, page: &str) -> String {
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("a client");
+        let signed_in = client
+            .post(format!("{}/admin/login", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("key={key}"))
+            .send()
+            .await
+            .expect("sign-in answers");
+        assert_eq!(signed_in.status(), 303, "signed in");
+        let cookie =
+            signed_in.headers()["set-cookie"].to_str().expect("a cookie").split(';').next().expect("its value");
+        let answer =
+            client.get(format!("{}{page}", self.base)).header("cookie", cookie).send().await.expect("the page");
+        assert_eq!(answer.status(), 200);
+        answer.text().await.expect("the page's text")
+    }
+
     pub async fn call(&self, method: Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
         let mut request = self.req(method, path, Some(key));
         if let Some(body) = body {

@@ -7,6 +7,7 @@ use registry::names::Role;
 use registry::page::PageRequest;
 use serde::Deserialize;
 
+use super::actors::{Actor, KeyNames};
 use super::view::{Chrome, Session, url_encode, when};
 use super::{PageError, html};
 use crate::AppState;
@@ -34,7 +35,7 @@ struct AuditQuery {
 
 struct EntryRow {
     at: String,
-    actor: String,
+    actor: Actor,
     tenant: String,
     action: String,
     target: String,
@@ -102,6 +103,8 @@ async fn page(
         to: bound(&q.to, true)?,
     };
     let found = state.registry.audit_entries(&filter, &PageRequest::parse(Some(50), q.cursor.as_deref())?).await?;
+    let actors = found.data.iter().map(|e| e.actor.as_str());
+    let names = KeyNames::look_up(&state.registry, filter.tenant_id.as_deref(), actors).await?;
     let json = |v: Option<serde_json::Value>| v.map(|v| v.to_string()).unwrap_or_default();
     let older = found.next_cursor.map(|cursor| {
         let fields = [
@@ -123,7 +126,7 @@ async fn page(
             .into_iter()
             .map(|e| EntryRow {
                 at: when(e.at),
-                actor: e.actor,
+                actor: names.actor(&e.actor),
                 tenant: e.tenant.unwrap_or_default(),
                 action: e.action,
                 target: e.target,

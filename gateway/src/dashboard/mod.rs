@@ -10,6 +10,7 @@
 //! exactly as the API's gate does for a bearer credential. Handlers narrow further with
 //! `Principal::tenant`, like the API's.
 
+mod actors;
 mod assets;
 mod audit;
 mod charts;
@@ -187,7 +188,5 @@ fn optional_number(field: &str, raw: &str) -> Result<Option<i64>, ApiError> {
     if raw.is_empty() {
         return Ok(None);
     }
-    raw.parse::<i64>()
-        .map(Some)
-        .map_err(|_| ApiError::invalid(format!("{field} must be a whole number or blank")))
+    raw.parse::<i64>().map(Some).map_err(|_| ApiError::invalid(format!("{field} must be a whole number or blank")))
 }

@@ -10,6 +10,7 @@ use registry::page::PageRequest;
 use registry::versions::VersionStatus;
 use serde::Deserialize;
 
+use super::actors::{Actor, KeyNames};
 use super::view::{Chrome, Session, bytes, when};
 use super::{PageError, html, see_other};
 use crate::AppState;
@@ -88,7 +89,7 @@ struct VersionRow {
     architecture: String,
     files: usize,
     size: String,
-    created_by: String,
+    created_by: Actor,
     created: String,
     derived_from: String,
 }
@@ -96,7 +97,7 @@ struct VersionRow {
 struct AliasRow {
     name: String,
     targets: String,
-    updated_by: String,
+    updated_by: Actor,
     updated: String,
 }
 
@@ -104,7 +105,7 @@ struct MoveRow {
     alias: String,
     from: String,
     to: String,
-    by: String,
+    by: Actor,
     at: String,
 }
 
@@ -153,23 +154,28 @@ async fn page(
     let model = model_of(&state, &session, &tenant, &model, Role::Viewer).await?;
     let versions = state.registry.list_versions(&model, None, &PageRequest::first(1000)).await?.data;
     let aliases = state.registry.aliases(&model).await?;
-    let mut history = Vec::new();
+    let mut moves = Vec::new();
     for alias in &aliases {
         for m in state.registry.alias_history(&model, &alias.name).await? {
-            let text = |t: &Option<Vec<AliasTarget>>| t.as_deref().map(targets_text).unwrap_or_else(|| "–".into());
-            history.push((
-                m.moved_at,
-                MoveRow {
-                    alias: alias.name.to_string(),
-                    from: text(&m.from),
-                    to: text(&m.to),
-                    by: m.moved_by.clone(),
-                    at: when(m.moved_at),
-                },
-            ));
+            moves.push((alias.name.to_string(), m));
         }
     }
-    history.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+    moves.sort_by_key(|(_, m)| std::cmp::Reverse(m.moved_at));
+    let actors = (versions.iter().map(|v| v.created_by.as_str()))
+        .chain(aliases.iter().map(|a| a.updated_by.as_str()))
+        .chain(moves.iter().map(|(_, m)| m.moved_by.as_str()));
+    let names = KeyNames::look_up(&state.registry, Some(&model.tenant_id), actors).await?;
+    let text = |t: &Option<Vec<AliasTarget>>| t.as_deref().map(targets_text).unwrap_or_else(|| "–".into());
+    let history = moves
+        .into_iter()
+        .map(|(alias, m)| MoveRow {
+            alias,
+            from: text(&m.from),
+            to: text(&m.to),
+            by: names.actor(&m.moved_by),
+            at: when(m.moved_at),
+        })
+        .collect();
     let view = ModelPage {
         chrome: session.chrome("models"),
         tenant: tenant.clone(),
@@ -186,23 +192,23 @@ async fn page(
                 architecture: v.architecture.unwrap_or_default(),
                 files: v.files.len(),
                 size: bytes(v.files.iter().map(|f| f.size).sum()),
-                created_by: v.created_by,
+                created_by: names.actor(&v.created_by),
                 created: when(v.created_at),
                 derived_from: v.derived_from.unwrap_or_default(),
             })
             .collect(),
-        aliases: aliases.iter().map(alias_row).collect(),
-        history: history.into_iter().map(|(_, row)| row).collect(),
+        aliases: aliases.iter().map(|a| alias_row(a, &names)).collect(),
+        history,
         can_write: session.can(Role::Developer),
     };
     html(&view)
 }
 
-fn alias_row(a: &Alias) -> AliasRow {
+fn alias_row(a: &Alias, names: &KeyNames) -> AliasRow {
     AliasRow {
         name: a.name.to_string(),
         targets: targets_text(&a.targets),
-        updated_by: a.updated_by.clone(),
+        updated_by: names.actor(&a.updated_by),
         updated: when(a.updated_at),
     }
 }

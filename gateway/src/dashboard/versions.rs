@@ -14,6 +14,7 @@ use registry::names::{FilePath, Role};
 use registry::quarantine::Quarantine;
 use registry::versions::{NewVersion, Version, VersionStatus};
 
+use super::actors::{Actor, KeyNames};
 use super::view::{Chrome, Session, bytes, when, when_opt};
 use super::{PageError, html, html_with, see_other};
 use crate::AppState;
@@ -38,7 +39,7 @@ struct VersionPage {
     architecture: String,
     description: String,
     derived_from: String,
-    created_by: String,
+    created_by: Actor,
     created: String,
     committed: String,
     total_size: String,
@@ -64,11 +65,18 @@ impl From<Quarantine> for QuarantineView {
     }
 }
 
+/// Who uploaded `v`, by the key's name.
+async fn uploader(state: &AppState, model: &Model, v: &Version) -> Result<Actor, PageError> {
+    let names = KeyNames::look_up(&state.registry, Some(&model.tenant_id), [v.created_by.as_str()]).await?;
+    Ok(names.actor(&v.created_by))
+}
+
 fn version_page(
     session: &Session,
     tenant: &str,
     model: &Model,
     v: Version,
+    uploader: Actor,
     problems: &[Problem],
     quarantine: Option<Quarantine>,
 ) -> VersionPage {
@@ -107,7 +115,7 @@ fn version_page(
         architecture: v.architecture.unwrap_or_default(),
         description: v.description,
         derived_from: v.derived_from.unwrap_or_default(),
-        created_by: v.created_by,
+        created_by: uploader,
         created: when(v.created_at),
         committed: when_opt(v.committed_at),
         total_size: bytes(v.files.iter().map(|f| f.size).sum()),
@@ -130,7 +138,8 @@ async fn page(
     let model = model_in(&state, &session.principal, &tenant, &model, Role::Viewer).await?;
     let v = state.registry.version(&model, version_number(&version)?).await?;
     let quarantine = state.registry.quarantine(&v.id).await?;
-    html(&version_page(&session, &tenant, &model, v, &[], quarantine))
+    let uploader = uploader(&state, &model, &v).await?;
+    html(&version_page(&session, &tenant, &model, v, uploader, &[], quarantine))
 }
 
 /// Where a file part goes in the version: its name, or for a folder picked whole, its path
@@ -149,9 +158,7 @@ fn file_path(field: &Field) -> Option<String> {
 /// The text of a small form field.
 async fn text(field: &mut Field) -> Result<String, ApiError> {
     let mut out = Vec::new();
-    while let Some(chunk) =
-        field.try_next().await.map_err(|e| ApiError::invalid(e.to_string()))?
-    {
+    while let Some(chunk) = field.try_next().await.map_err(|e| ApiError::invalid(e.to_string()))? {
         out.extend_from_slice(&chunk);
         if out.len() > 64 * 1024 {
             return Err(ApiError::invalid("a text field is longer than 64 KiB"));
@@ -173,10 +180,8 @@ async fn receive(
     let actor = session.principal.actor();
     let mut description = String::new();
     let mut received = 0;
-    while let Some(mut field) = form
-        .try_next()
-        .await
-        .map_err(|e| ApiError::invalid(format!("the form is malformed: {e}")))?
+    while let Some(mut field) =
+        form.try_next().await.map_err(|e| ApiError::invalid(format!("the form is malformed: {e}")))?
     {
         let Some(path) = file_path(&field) else {
             if field.name() == Some("description") {
@@ -257,7 +262,9 @@ async fn commit(
         Ok(v) => Ok(see_other(&format!("/admin/tenants/{tenant}/models/{}/versions/{}", model.name, v.number))),
         Err(registry::Error::Validation(problems)) => {
             let v = state.registry.version(&model, number).await?;
-            html_with(StatusCode::UNPROCESSABLE_ENTITY, &version_page(&session, &tenant, &model, v, &problems, None))
+            let uploader = uploader(&state, &model, &v).await?;
+            let view = version_page(&session, &tenant, &model, v, uploader, &problems, None);
+            html_with(StatusCode::UNPROCESSABLE_ENTITY, &view)
         }
         Err(e) => Err(e.into()),
     }
