@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::gguf;
 use crate::safetensors::TensorInfo;
+use crate::{families, gguf};
 
 /// Most positions a generator may declare (Qwen2.5-1M declares 1,010,000).
 pub const MAX_CONTEXT: u64 = 1 << 20;
@@ -74,18 +74,20 @@ pub fn admit(task: &str, config: &[u8], weights: &Weights) -> Result<Plan, Vec<S
     let raw: serde_json::Value =
         serde_json::from_slice(config).map_err(|e| vec![format!("config.json is not valid JSON: {e}")])?;
     let model_type = raw.get("model_type").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+    if !families::serves(task, &model_type) {
+        return Err(vec![format!("config.json: no model family serves task {task:?} for {model_type:?}")]);
+    }
     let mut check = Check { problems: Vec::new(), weights };
     let plan = match (task, model_type.as_str()) {
         ("embedding" | "classification", "bert") => check.config(raw).map(|c| check.bert(&c)),
-        ("classification", "lstm_classifier") => check.config(raw).map(|c| check.lstm(&c)),
+        ("classification", families::LSTM) => check.config(raw).map(|c| check.lstm(&c)),
         ("generation", "llama" | "qwen2") => match &weights.gguf {
             // The GGUF file's own metadata sizes what candle's quantized loaders build.
             Some((header, size)) => Some(check.gguf(&model_type, header, *size)),
             None => check.config(raw).map(|c| check.decoder(&c, &model_type)),
         },
-        _ => {
-            return Err(vec![format!("config.json: no model family serves task {task:?} for {model_type:?}")]);
-        }
+        // A family listed without its check here: refused, not guessed at.
+        _ => return Err(vec![format!("config.json: task {task:?} for {model_type:?} has no admission check")]),
     };
     match plan {
         Some(Some(mut plan)) if check.problems.is_empty() => {

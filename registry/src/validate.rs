@@ -15,18 +15,7 @@ use crate::{Error, Result};
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 const MAX_TOKENIZER_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Architectures a runner family serves, by task, keyed by the config's `model_type`.
-const SUPPORTED: &[(Task, &str)] = &[
-    (Task::Embedding, "bert"),
-    (Task::Generation, "llama"),
-    (Task::Generation, "qwen2"),
-    (Task::Classification, "bert"),
-    (Task::Classification, LSTM),
-];
-
-/// The LSTM classifier's own format (see runner/src/models/lstm_classifier.rs): its words
-/// come from `vocab.json`, not a tokenizers file.
-const LSTM: &str = "lstm_classifier";
+use formats::families::{self, LSTM};
 
 /// Checks a version's files and returns the architecture it runs as, or every problem found.
 /// `max_model_bytes`, when known, is the largest memory budget of a runner: a version that
@@ -145,7 +134,7 @@ pub async fn validate(
 
 /// The architectures (config.json `model_type`) the runner serves for `task`.
 pub fn supported(task: Task) -> Vec<&'static str> {
-    SUPPORTED.iter().filter(|(t, _)| *t == task).map(|(_, arch)| *arch).collect()
+    families::architectures(task.as_str())
 }
 
 /// The architecture a config.json names, if it is one `task` supports with the fields its
@@ -156,7 +145,7 @@ pub fn check_config(task: Task, bytes: &[u8]) -> Result<String, String> {
         .get("model_type")
         .and_then(Value::as_str)
         .ok_or("has no \"model_type\"; cannot tell the architecture")?;
-    if !SUPPORTED.iter().any(|(t, arch)| *t == task && *arch == model_type) {
+    if !families::serves(task.as_str(), model_type) {
         let supported = supported(task);
         return Err(format!(
             "architecture {model_type:?} is not supported for task {}; supported: {}",

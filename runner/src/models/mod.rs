@@ -320,6 +320,16 @@ fn inference(e: impl std::fmt::Display) -> Error {
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_family_the_registry_admits_is_one_the_runner_loads() {
+        for (task, model_type) in formats::families::FAMILIES {
+            let config = serde_json::json!({ "model_type": model_type });
+            // Its fields are missing; its tag must be known.
+            let error = ModelConfig::deserialize(config).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(!error.contains("unknown variant"), "{task} {model_type}: {error}");
+        }
+    }
+
     /// A BERT-shaped encoder's files: embeddings and one layer's intermediate weights (all
     /// the admission reads), an integer tensor besides, config and tokenizer.
     fn encoder_files(dir: &Path, max_positions: usize) -> ModelFiles {
