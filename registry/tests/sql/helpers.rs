@@ -4,10 +4,14 @@
 use std::path::Path;
 
 use bytes::Bytes;
+use registry::aliases::AliasTarget;
 use registry::db::Db;
 use registry::files::Upload;
+use registry::keys::{ApiKey, KeyRole};
+use registry::limits::Limits;
 use registry::models::Model;
-use registry::names::{Digest, FilePath, ModelName, Task, TenantSlug};
+use registry::names::{AliasName, Digest, FilePath, ModelName, Role, Task, TenantSlug};
+use registry::page::{Page, PageRequest};
 use registry::storage::{Storage, StorageConfig};
 use registry::tenants::Tenant;
 use registry::versions::{NewVersion, Version, VersionFile};
@@ -78,6 +82,13 @@ pub fn actor() -> Actor {
     Actor { key_id: "test-key".into(), source_ip: Some("127.0.0.1".into()) }
 }
 
+/// A key of the tenant named `app`, without limits, and its secret.
+pub async fn key(registry: &Registry, tenant: &Tenant, role: Role) -> (ApiKey, String) {
+    let role = KeyRole::Tenant(role);
+    let limits = Limits::default();
+    registry.create_key(&actor(), Some(&tenant.id), "app", role, None, limits).await.expect("creating a key")
+}
+
 pub async fn tenant(registry: &Registry, slug: &str) -> Tenant {
     let slug = TenantSlug::parse(slug).expect("a tenant name");
     registry.create_tenant(&actor(), &slug).await.expect("creating a tenant")
@@ -85,8 +96,43 @@ pub async fn tenant(registry: &Registry, slug: &str) -> Tenant {
 
 /// A classification model (what the tiny LSTM classifier commits as).
 pub async fn model(registry: &Registry, tenant: &Tenant, name: &str) -> Model {
+    tagged_model(registry, tenant, name, &[]).await
+}
+
+pub async fn tagged_model(registry: &Registry, tenant: &Tenant, name: &str, tags: &[&str]) -> Model {
     let name = ModelName::parse(name).expect("a model name");
-    registry.create_model(&actor(), &tenant.id, &name, Task::Classification, "", &[]).await.expect("creating a model")
+    let tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
+    registry.create_model(&actor(), &tenant.id, &name, Task::Classification, "", &tags).await.expect("creating a model")
+}
+
+pub fn alias(name: &str) -> AliasName {
+    AliasName::parse(name).expect("an alias name")
+}
+
+/// Points `name` at one version.
+pub async fn set_alias(registry: &Registry, model: &Model, name: &str, version: i64) {
+    let targets = [AliasTarget { version, weight: 100 }];
+    registry.set_alias(&actor(), model, &alias(name), &targets).await.expect("setting an alias");
+}
+
+/// Every item of a paged list, fetched `limit` at a time through the cursors it hands out.
+pub async fn all_pages<T, F, Fut>(limit: i64, mut fetch: F) -> Vec<T>
+where
+    F: FnMut(PageRequest) -> Fut,
+    Fut: std::future::Future<Output = registry::Result<Page<T>>>,
+{
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let request = PageRequest::parse(Some(limit), cursor.as_deref()).expect("a cursor this server handed out");
+        let page = fetch(request).await.expect("a page");
+        assert!(page.data.len() as i64 <= limit, "a page holds at most its limit");
+        items.extend(page.data);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return items,
+        }
+    }
 }
 
 /// A safetensors file of zero-valued F32 tensors of these shapes.
@@ -127,7 +173,13 @@ pub fn classifier_files(seed: u32) -> Vec<(&'static str, Vec<u8>)> {
 }
 
 /// Uploads one file into a draft, declaring its sha256 as clients do (`X-Checksum-Sha256`).
-pub async fn upload(registry: &Registry, model: &Model, number: i64, path: &str, bytes: Vec<u8>) -> VersionFile {
+pub async fn try_upload(
+    registry: &Registry,
+    model: &Model,
+    number: i64,
+    path: &str,
+    bytes: Vec<u8>,
+) -> registry::Result<VersionFile> {
     use sha2::Digest as _;
     let path = FilePath::parse(path).expect("a file path");
     let digest = Digest::from_bytes(&sha2::Sha256::digest(&bytes).into());
@@ -137,7 +189,11 @@ pub async fn upload(registry: &Registry, model: &Model, number: i64, path: &str,
         content_length: Some(bytes.len() as u64),
         body: futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(bytes))]),
     };
-    registry.upload_file(&actor(), model, number, upload).await.expect("uploading a file")
+    registry.upload_file(&actor(), model, number, upload).await
+}
+
+pub async fn upload(registry: &Registry, model: &Model, number: i64, path: &str, bytes: Vec<u8>) -> VersionFile {
+    try_upload(registry, model, number, path, bytes).await.expect("uploading a file")
 }
 
 /// A new draft with the classifier's files, not committed.
