@@ -39,6 +39,8 @@ pub enum Scope {
 
 #[derive(Debug, Clone)]
 pub struct Principal {
+    /// The API key that authenticated, itself or through a token this gateway issued for it;
+    /// `oidc:<issuer>:<subject>` for an external token. What [`Principal::actor`] records.
     pub key_id: String,
     /// The key's own request limits (none for platform admins and external tokens).
     pub limits: Limits,

@@ -3,6 +3,7 @@
 //! long request stays loaded, pinned models stay, and load/unload/pin work over gRPC.
 
 use futures::StreamExt as _;
+use object_store::ObjectStoreExt as _;
 use proto::v1::{PinRequest, StatusRequest, StatusResponse, UnloadRequest};
 use reqwest::Method;
 use serde_json::json;
@@ -120,11 +121,11 @@ async fn a_failed_load_reaches_every_waiter_and_is_tried_again_next_time() {
     let (_, tenants) = app.call(Method::GET, "/api/v1/tenants", &app.admin_key, None).await;
     let tenant_id = tenants["data"][0]["id"].as_str().expect("tenant id").to_owned();
     let weights = std::fs::read(dir.join("model.safetensors")).expect("weights");
-    let blob = app
-        .data_dir()
-        .join(format!("blobs/tenants/{tenant_id}/blobs/sha256"))
-        .join(hex::encode(sha2::Sha256::digest(&weights)));
-    std::fs::remove_file(&blob).expect("the blob goes missing");
+    let digest = registry::names::Digest::parse(&hex::encode(sha2::Sha256::digest(&weights))).expect("a digest");
+    let storage = app.storage();
+    let blob = storage.blob_path(&tenant_id, &digest);
+    let store = storage.object_store();
+    store.delete(&blob).await.expect("the blob goes missing");
 
     let calls = (0..6).map(|i| app.embed(&admin, "m", json!(format!("hello {i}"))));
     for (code, body) in futures::future::join_all(calls).await {
@@ -134,7 +135,7 @@ async fn a_failed_load_reaches_every_waiter_and_is_tried_again_next_time() {
     // of these arrive, so how many loads they caused is not fixed here.)
     let failed_loads = status(&app).await.loads_total;
     assert!((1..=6).contains(&failed_loads));
-    std::fs::write(&blob, &weights).expect("the blob is back");
+    store.put(&blob, weights.into()).await.expect("the blob is back");
     let (code, body) = app.embed(&admin, "m", json!("hello")).await;
     assert_eq!(code, 200, "the failure was not remembered: {body}");
     assert_eq!(status(&app).await.loads_total, failed_loads + 1, "the next request loads again");
