@@ -294,3 +294,13 @@ fn json_error(e: JsonPayloadError) -> ApiError {
         e => ApiError::new(ErrorCode::InvalidJson, format!("the JSON body could not be read: {e}")),
     }
 }
+
+/// The text of docs/API.md between `<!-- {marker}:start -->` and its end marker: the tables
+/// printed from the code, which tests keep equal to it.
+#[cfg(test)]
+pub(crate) fn api_docs_section(marker: &str) -> &'static str {
+    let docs = include_str!("../../docs/API.md");
+    let (open, close) = (format!("<!-- {marker}:start -->\n"), format!("<!-- {marker}:end -->"));
+    let start = docs.find(&open).expect("start marker") + open.len();
+    &docs[start..docs.find(&close).expect("end marker")]
+}

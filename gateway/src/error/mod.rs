@@ -7,7 +7,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::{Value, json};
 
 mod code;
-pub use code::{ErrorCode, markdown as codes_markdown};
+pub use code::ErrorCode;
 
 #[derive(Debug)]
 pub struct ApiError {

@@ -289,14 +289,6 @@ mod tests {
         assert!(rule_for(&Method::GET, "/api/v1/tenants//models").is_none());
     }
 
-    /// The text of docs/API.md between `<!-- {marker}:start -->` and its end marker.
-    fn printed(marker: &str) -> &'static str {
-        let docs = include_str!("../../../docs/API.md");
-        let (open, close) = (format!("<!-- {marker}:start -->\n"), format!("<!-- {marker}:end -->"));
-        let start = docs.find(&open).expect("start marker") + open.len();
-        &docs[start..docs.find(&close).expect("end marker")]
-    }
-
     /// A handler is served only from the list above, which gives it a need: a route handler
     /// the list does not name, or a route registered anywhere else (but the dashboard's, which
     /// has its own list of pages), fails here.
@@ -309,7 +301,7 @@ mod tests {
             let module = path.file_stem().and_then(|s| s.to_str()).expect("a file name").to_owned();
             let source = std::fs::read_to_string(&path).expect("readable");
             // A handler is the function after its `#[utoipa::path(...)]` description.
-            for described in source.split("#[utoipa::path(").skip(1) {
+            for described in source.split("\n#[utoipa::path(").skip(1) {
                 let handler = described
                     .split("async fn ")
                     .nth(1)
@@ -350,13 +342,17 @@ mod tests {
 
     #[test]
     fn the_api_docs_print_this_table() {
-        assert_eq!(printed("route-table"), markdown(), "docs/API.md's route table differs from routes/table.rs");
+        assert_eq!(
+            crate::api_docs_section("route-table"),
+            markdown(),
+            "docs/API.md's route table differs from routes/table.rs"
+        );
     }
 
     #[test]
     fn the_api_docs_print_the_dashboards_pages() {
         assert_eq!(
-            printed("page-table"),
+            crate::api_docs_section("page-table"),
             markdown_of(crate::dashboard::PAGES),
             "docs/API.md's page table differs from dashboard/mod.rs"
         );
