@@ -104,9 +104,10 @@ async fn check_csrf(req: &mut ServiceRequest, sid: &str) -> Result<(), ApiError>
     let presented = if let Some(value) = req.headers().get(CSRF_HEADER) {
         value.to_str().ok().map(str::to_owned)
     } else if req.content_type() == "application/x-www-form-urlencoded" {
-        let body = req.extract::<web::Bytes>().await.map_err(|_| {
-            ApiError::invalid("the form could not be read; send it again from its page")
-        })?;
+        let body = req
+            .extract::<web::Bytes>()
+            .await
+            .map_err(|_| ApiError::invalid("the form could not be read; send it again from its page"))?;
         let token = std::str::from_utf8(&body)
             .ok()
             .and_then(|form| web::Query::<CsrfField>::from_query(form).ok())
