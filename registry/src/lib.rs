@@ -27,10 +27,12 @@ pub use error::{Error, Problem, Result};
 use db::Db;
 use storage::Storage;
 
-/// Who makes a change, for the audit log.
+/// Who makes a change: recorded in the audit log and as the `created_by`, `updated_by` or
+/// `moved_by` of what it changed.
 #[derive(Debug, Clone)]
 pub struct Actor {
-    /// The id of the API key that acted (`bootstrap` for start-up actions).
+    /// The id of the API key that acted; `oidc:{issuer}:{subject}` for an external issuer's
+    /// token; `system` ([`Actor::system`]) for the gateway's own actions (start-up, GC).
     pub key_id: String,
     pub source_ip: Option<String>,
 }

@@ -88,21 +88,30 @@ pub enum ObjectKey<'a> {
     /// `{prefix}/tenants/{tenant_id}/sessions/{session_id}/assembled`: the object a resumable
     /// session's multipart upload becomes, until its digest is checked.
     Assembled { tenant_id: &'a str, session_id: &'a str },
+    /// `{prefix}/tenants/{tenant_id}/staging`: the folder of a tenant's staged uploads.
+    StagingFolder { tenant_id: &'a str },
+    /// `{prefix}/tenants/{tenant_id}/sessions/{session_id}`: the folder of a session's objects.
+    SessionFolder { tenant_id: &'a str, session_id: &'a str },
+    /// `{prefix}/readiness-probe`: never written; asking for it shows the store answers.
+    ReadinessProbe,
 }
 
 impl ObjectKey<'_> {
     fn path(&self, prefix: &Path) -> Path {
         let index;
-        let parts: [&str; 5] = match self {
-            ObjectKey::Blob { tenant_id, digest } => ["tenants", tenant_id, "blobs", "sha256", digest.as_hex()],
-            ObjectKey::Staging { tenant_id, upload_id } => ["tenants", tenant_id, "staging", upload_id, "data"],
+        let parts: &[&str] = match self {
+            ObjectKey::Blob { tenant_id, digest } => &["tenants", tenant_id, "blobs", "sha256", digest.as_hex()],
+            ObjectKey::Staging { tenant_id, upload_id } => &["tenants", tenant_id, "staging", upload_id, "data"],
             ObjectKey::Chunk { tenant_id, session_id, index: i } => {
                 index = format!("{i:010}");
-                ["tenants", tenant_id, "sessions", session_id, &index]
+                &["tenants", tenant_id, "sessions", session_id, &index]
             }
             ObjectKey::Assembled { tenant_id, session_id } => {
-                ["tenants", tenant_id, "sessions", session_id, "assembled"]
+                &["tenants", tenant_id, "sessions", session_id, "assembled"]
             }
+            ObjectKey::StagingFolder { tenant_id } => &["tenants", tenant_id, "staging"],
+            ObjectKey::SessionFolder { tenant_id, session_id } => &["tenants", tenant_id, "sessions", session_id],
+            ObjectKey::ReadinessProbe => &["readiness-probe"],
         };
         parts.iter().fold(prefix.clone(), |path, part| path.join(*part))
     }
@@ -266,7 +275,7 @@ impl Storage {
     /// Deletes the tenant's staged uploads last written before `cutoff_ms` (ones a crash or a
     /// dropped connection left behind); returns how many.
     pub async fn delete_stale_staging(&self, tenant_id: &str, cutoff_ms: i64) -> Result<u64> {
-        let folder = self.prefix.clone().join("tenants").join(tenant_id).join("staging");
+        let folder = ObjectKey::StagingFolder { tenant_id }.path(&self.prefix);
         let stale: Vec<Path> = self
             .store
             .list(Some(&folder))
@@ -282,7 +291,7 @@ impl Storage {
 
     /// Whether the store answers at all (a missing object is an answer).
     pub async fn check(&self) -> Result<()> {
-        let probe = self.prefix.clone().join("readiness-probe");
+        let probe = ObjectKey::ReadinessProbe.path(&self.prefix);
         match self.store.head(&probe).await {
             Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),

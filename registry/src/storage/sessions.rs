@@ -141,7 +141,7 @@ impl Storage {
                 Err(e) => tracing::warn!(error = %e, session.id = session_id, "aborting a multipart upload failed"),
             }
         }
-        let folder = self.prefix.clone().join("tenants").join(tenant_id).join("sessions").join(session_id);
+        let folder = ObjectKey::SessionFolder { tenant_id, session_id }.path(&self.prefix);
         let chunks: Vec<Path> = self.store.list(Some(&folder)).map_ok(|meta| meta.location).try_collect().await?;
         for path in &chunks {
             self.delete_if_present(path).await?;
