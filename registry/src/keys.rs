@@ -233,6 +233,23 @@ impl Registry {
         Ok(Page::new(keys, page, |k| format!("{}/{}", k.created_at, k.id)))
     }
 
+    /// The keys of `ids` that exist, in one query (at most 1,000 ids).
+    pub async fn keys_by_ids(&self, ids: &[&str]) -> Result<Vec<ApiKey>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        if ids.len() > 1000 {
+            return Err(Error::Invalid(format!("at most 1000 keys at once; asked for {}", ids.len())));
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id IN ({})", placeholders.join(", "));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in ids {
+            query = query.bind(*id);
+        }
+        query.fetch_all(self.db.pool()).await?.iter().map(from_row).collect()
+    }
+
     pub async fn key_by_id(&self, id: &str) -> Result<Option<ApiKey>> {
         let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(self.db.pool()).await?;

@@ -26,6 +26,24 @@ async fn a_key_is_found_by_its_id_and_only_its_own_secret_matches() {
 }
 
 #[tokio::test]
+async fn keys_are_read_by_many_ids_at_once_and_unknown_ids_are_left_out() {
+    for db in each_database("keys by ids").await {
+        let (r, backend) = (&db.registry, db.backend);
+        let (acme, other) = (tenant(r, "acme").await, tenant(r, "other").await);
+        let ((a, _), (b, _)) = (key(r, &acme, Role::Viewer).await, key(r, &other, Role::Admin).await);
+        let mut found: Vec<String> =
+            r.keys_by_ids(&[&a.id, &b.id, "nosuchkey000"]).await.expect("lookup").into_iter().map(|k| k.id).collect();
+        found.sort();
+        let mut expected = vec![a.id.clone(), b.id.clone()];
+        expected.sort();
+        assert_eq!(found, expected, "{backend}");
+        assert!(r.keys_by_ids(&[]).await.expect("nothing asked").is_empty(), "{backend}");
+        let too_many = vec!["x"; 1001];
+        assert!(matches!(r.keys_by_ids(&too_many).await, Err(Error::Invalid(_))), "{backend}");
+    }
+}
+
+#[tokio::test]
 async fn a_revoked_key_stays_revoked_and_another_tenant_cannot_revoke_it() {
     for db in each_database("key revocation").await {
         let (r, backend) = (&db.registry, db.backend);
