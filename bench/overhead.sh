@@ -35,6 +35,9 @@ runners = ["http://$RUNNER"]
 listen = "$RUNNER"
 [log]
 filter = "warn"
+# Two processes on one host: only one could hold the default metrics listener.
+[metrics]
+enabled = false
 TOML
 MODELGATE_CONFIG=$WORK/modelgate.toml "$BIN" serve --role runner >"$WORK/runner.log" 2>&1 &
 PIDS+=($!)
@@ -100,7 +103,7 @@ run() { # name url round
   wrk -t1 -c"$CONNECTIONS" -d3s -s "$WORK/post.lua" "$2/v1/embeddings" >/dev/null
   wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$2/v1/embeddings" >"$WORK/$1.$3.txt"
 }
-echo "--- $CONNECTIONS connections, ${DURATION}s each, $ROUNDS rounds, $(nproc) cores"
+echo "--- $CONNECTIONS connections, ${DURATION}s each, $ROUNDS rounds, CPU: $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2- | sed "s/^ //") ($(nproc) cores)"
 for round in $(seq 1 "$ROUNDS"); do
   run shim "http://$SHIM_AT" "$round"
   run nginx "http://$NGINX_AT" "$round"
