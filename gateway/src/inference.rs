@@ -238,9 +238,4 @@ impl Generated {
     pub fn progress(&self) -> &Progress {
         &self.progress
     }
-
-    /// The version number the generation runs (for answers that name it).
-    pub fn version(&self) -> i64 {
-        self.call.version
-    }
 }
