@@ -6,6 +6,11 @@ mod cache;
 pub mod convert;
 mod device;
 mod error;
+#[cfg_attr(
+    not(test),
+    expect(dead_code, unused_imports, reason = "the generation scheduler (issue 24) is its first user")
+)]
+mod kv;
 pub mod metrics;
 mod models;
 pub mod template;
