@@ -14,6 +14,8 @@ mod kv;
 pub mod metrics;
 mod models;
 pub mod template;
+#[cfg(test)]
+mod test_rng;
 pub mod tls;
 mod worker;
 

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::test_rng::Rng;
 
 const BS: usize = 4;
 
@@ -272,23 +273,6 @@ fn kv_preemption_takes_the_youngest_sequence_of_the_tenant_holding_most_blocks()
     assert_eq!((pool.blocks_held_by("alone"), pool.blocks_held_by("many"), pool.blocks_held_by("none")), (5, 6, 0));
     assert_eq!(pool.holdings().iter().map(|h| h.seq).collect::<Vec<_>>(), [A, B, C], "in admission order");
     assert_eq!(pool.preemption_victim(), Some(C));
-}
-
-/// A seeded generator (SplitMix64), so a failing run can be replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
 }
 
 /// Random allocations, growth, caching, frees and lookups over a small vocabulary (so that
