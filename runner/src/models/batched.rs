@@ -4,11 +4,12 @@
 //! sixteen, so tenants sharing a step never change each other's tokens.
 //!
 //! How the invariance is kept, by construction:
-//! - every `out[r][j]` is one [`dot`] of `x[r]` and `w[j]`: `k` in fixed chunks of [`LANES`]
-//!   lanes, each lane summed in chunk order, the lanes folded by a fixed pairwise tree, then the
-//!   tail of `k` in order, then the bias. Nothing in it depends on `rows` or on where the row is;
+//! - every `out[r][j]` is one [`dot`] of `x[r]` and `w[j]`, in the SIMD the CPU has (chosen
+//!   at run time, the same for every call on a machine): the vector chunks of `k` taken in
+//!   turn by [`ACCUMULATORS`] accumulators, folded by a fixed tree, then the scalar tail of `k`
+//!   in order, then the bias. Nothing in it depends on `rows` or on where the row is;
 //! - a row's dot product is the same function call whatever other rows there are (compilers
-//!   may not reassociate floating-point sums, and Rust does not contract `a * b + c` into FMA);
+//!   may not reassociate floating-point sums);
 //! - the work is split over output columns, in fixed chunks of [`COLS_PER_TASK`]: that decides
 //!   who computes a dot product, never its order.
 //!
@@ -18,8 +19,8 @@
 
 use rayon::prelude::*;
 
-/// Independent accumulators of a dot product: the compiler keeps them in vector registers.
-const LANES: usize = 16;
+/// Independent vector accumulators of a dot product (enough to hide the add latency).
+const ACCUMULATORS: usize = 4;
 /// Output columns one rayon task computes.
 const COLS_PER_TASK: usize = 32;
 
@@ -134,42 +135,60 @@ fn check_len(what: &'static str, actual: usize, a: usize, b: usize) -> Result<()
     if actual == expected { Ok(()) } else { Err(LinearError::Length { what, expected, actual }) }
 }
 
-/// `column[r] = dot(x[r], w) + bias` for every row `r` of `x` (rows of `k`). `w` stays in L1
-/// while the rows pass over it. (Sharing each loaded chunk of `w` among several rows measured
-/// slower: their accumulators no longer fit the registers.)
+/// `column[r] = dot(x[r], w) + bias` for every row `r` of `x` (rows of `k`), in the widest SIMD
+/// the CPU has (pulp picks it at run time: AVX-512, AVX2+FMA, else SSE2). `w` stays in L1 while
+/// the rows pass over it. (Sharing each loaded chunk of `w` among several rows measured slower:
+/// their accumulators no longer fit the registers.)
 fn dots_into(w: &[f32], x: &[f32], k: usize, bias: f32, column: &mut [f32]) {
     if k == 0 {
         column.fill(bias);
         return;
     }
-    for (row, o) in x.chunks_exact(k).zip(column) {
-        *o = dot(w, row) + bias;
+    pulp::Arch::new().dispatch(Dots { w, x, k, bias, column });
+}
+
+struct Dots<'a> {
+    w: &'a [f32],
+    x: &'a [f32],
+    k: usize,
+    bias: f32,
+    column: &'a mut [f32],
+}
+
+impl pulp::WithSimd for Dots<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        for (row, o) in self.x.chunks_exact(self.k).zip(self.column) {
+            *o = dot(simd, self.w, row) + self.bias;
+        }
     }
 }
 
-/// The dot product of `w` and `x` (of the same length), always in the same operations: lane `l`
-/// sums `w[i] * x[i]` over `i ≡ l (mod LANES)` in order, the lanes are folded pairwise
-/// (16 → 8 → 4 → 2 → 1), then the tail past the last full chunk is added in order. Independent
-/// lanes let the compiler vectorize it (a plain sum of products must keep its order, scalar).
+/// The dot product of `w` and `x` (of the same length), always in the same operations for a
+/// given CPU: [`ACCUMULATORS`] vector accumulators take the SIMD chunks in turn (fused
+/// multiply-add), leftover chunks go to the first, the accumulators are folded pairwise and
+/// summed across lanes, then the scalar tail is added in order. Nothing depends on the batch.
 #[inline(always)]
-fn dot(w: &[f32], x: &[f32]) -> f32 {
-    let full = w.len() / LANES * LANES;
-    let mut lanes = [0f32; LANES];
-    for (w, x) in w[..full].chunks_exact(LANES).zip(x[..full].chunks_exact(LANES)) {
-        for l in 0..LANES {
-            lanes[l] += w[l] * x[l];
+fn dot<S: pulp::Simd>(simd: S, w: &[f32], x: &[f32]) -> f32 {
+    let (w_head, w_tail) = S::as_simd_f32s(w);
+    let (x_head, x_tail) = S::as_simd_f32s(x);
+    let mut acc = [simd.splat_f32s(0.0); ACCUMULATORS];
+    let mut w_chunks = w_head.chunks_exact(ACCUMULATORS);
+    let mut x_chunks = x_head.chunks_exact(ACCUMULATORS);
+    for (w, x) in (&mut w_chunks).zip(&mut x_chunks) {
+        for a in 0..ACCUMULATORS {
+            acc[a] = simd.mul_add_e_f32s(w[a], x[a], acc[a]);
         }
     }
-    let mut width = LANES / 2;
-    while width > 0 {
-        for l in 0..width {
-            lanes[l] += lanes[l + width];
-        }
-        width /= 2;
+    for (w, x) in w_chunks.remainder().iter().zip(x_chunks.remainder()) {
+        acc[0] = simd.mul_add_e_f32s(*w, *x, acc[0]);
     }
-    let mut sum = lanes[0];
-    for (w, x) in w[full..].iter().zip(&x[full..]) {
-        sum += w * x;
+    let folded = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
+    let mut sum = simd.reduce_sum_f32s(folded);
+    for (w, x) in w_tail.iter().zip(x_tail) {
+        sum = w.mul_add(*x, sum);
     }
     sum
 }
