@@ -9,6 +9,9 @@ use std::time::Duration;
 use registry::Registry;
 use registry::usage::{MAX_MODEL_LEN, UNRESOLVED_MODEL, UsageCounts, UsageKey, bounded};
 
+/// Tries of the flush at shutdown (waiting 0.1, 0.2, 0.4, 0.8 s between them).
+const FINAL_FLUSH_ATTEMPTS: u32 = 5;
+
 #[derive(Default)]
 pub struct UsageMeter {
     pending: Mutex<HashMap<UsageKey, UsageCounts>>,
@@ -76,7 +79,19 @@ impl UsageMeter {
                 () = &mut stop => break,
             }
         }
-        self.flush(&registry).await;
+        // The last chance to write what was counted: a write refused for a moment (a busy
+        // SQLite file, a pool at its limit) is tried again, a few times, before giving up.
+        let mut wait = Duration::from_millis(100);
+        for attempt in 0..FINAL_FLUSH_ATTEMPTS {
+            self.flush(&registry).await;
+            if self.pending.lock().unwrap_or_else(PoisonError::into_inner).is_empty() {
+                break;
+            }
+            if attempt + 1 < FINAL_FLUSH_ATTEMPTS {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+        }
         let left = self.pending.lock().unwrap_or_else(PoisonError::into_inner).len();
         if left > 0 {
             tracing::error!(rows = left, "the last usage flush failed; this usage is lost");

@@ -137,6 +137,7 @@ async fn usage_counted_right_before_a_graceful_stop_survives_the_restart() {
 /// the stop must write them, not drop them.
 async fn usage_across_a_stop_on(database: Database) {
     const CALLS: i64 = 25;
+    let backend = format!("{database:?}");
     let mut app = TestApp::spawn(AppOptions::new(database)).await;
     let (key, _) = app.acme_with_tiny_model().await;
     for i in 0..CALLS {
@@ -146,8 +147,8 @@ async fn usage_across_a_stop_on(database: Database) {
     app.restart().await;
     let (status, usage) = app.call(Method::GET, "/api/v1/tenants/acme/usage?step=minute", &key, None).await;
     assert_eq!(status, 200, "{usage}");
-    assert_eq!(total(&usage, "requests", |_| true), CALLS, "every call before the stop is counted: {usage}");
-    assert_eq!(total(&usage, "errors", |_| true), 0, "{usage}");
+    assert_eq!(total(&usage, "requests", |_| true), CALLS, "{backend}: every call before the stop is counted: {usage}");
+    assert_eq!(total(&usage, "errors", |_| true), 0, "{backend}: {usage}");
     app.stop().await;
 }
 
