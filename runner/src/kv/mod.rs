@@ -10,10 +10,13 @@
 //!   and including it.
 //! - [`preemption_victim`] (`preempt.rs`): the youngest sequence of the tenant holding the
 //!   most blocks.
+//! - [`fair::FairQueue`] (`fair.rs`): who is admitted next while requests wait for room: tenants
+//!   take turns weighted by their share, each tenant's requests in order.
 //!
 //! Sizes come from a tenant's `config.json`: every product is checked, and nothing here
 //! panics on what a caller passes.
 
+pub mod fair;
 mod pool;
 mod preempt;
 mod prefix;
