@@ -226,6 +226,43 @@ impl BlockPool {
         Ok(added)
     }
 
+    /// Starts `child` as a copy of `parent` so far (OpenAI's `n` > 1: completions of one
+    /// prompt): it shares the parent's full blocks, which are never written again, and gets a
+    /// block of its own for a partly filled last one. Answers that copy, `(from, to)`, whose
+    /// slots the scheduler copies before either sequence writes on. On [`KvError::NoRoom`]
+    /// nothing changed.
+    pub fn fork(&mut self, parent: SeqId, child: SeqId) -> Result<Option<(BlockId, BlockId)>, KvError> {
+        if self.seqs.contains_key(&child) {
+            return Err(KvError::SequenceExists(child));
+        }
+        let from = self.seqs.get(&parent).ok_or(KvError::UnknownSequence(parent))?;
+        let partial = from.len % self.block_size != 0;
+        if partial && self.available() == 0 {
+            return Err(KvError::NoRoom { needed: 1, available: 0 });
+        }
+        let mut entry = Seq {
+            tenant: from.tenant.clone(),
+            admitted: 0,
+            blocks: from.blocks.clone(),
+            len: from.len,
+            keyed: from.keyed,
+            chain: from.chain,
+        };
+        let last = if partial { entry.blocks.pop() } else { None };
+        for &id in &entry.blocks {
+            self.hold(id);
+        }
+        let copy = last.map(|from| {
+            let to = self.take();
+            entry.blocks.push(to);
+            (from, to)
+        });
+        self.clock += 1;
+        entry.admitted = self.clock;
+        self.seqs.insert(child, entry);
+        Ok(copy)
+    }
+
     /// Releases every block of `seq`; keyed ones stay cached. Its last blocks are released
     /// first, so they are evicted before its first ones, which more prompts share.
     pub fn free(&mut self, seq: SeqId) -> Result<(), KvError> {

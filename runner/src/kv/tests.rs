@@ -360,3 +360,37 @@ fn kv_random_operations_keep_the_pool_consistent() {
         assert!(stats.prefix_hit_tokens > 0 && stats.evictions > 0, "seed {seed} exercised reuse: {stats:?}");
     }
 }
+
+#[test]
+fn kv_a_fork_shares_the_full_blocks_and_copies_a_partly_filled_one() {
+    let mut pool = pool(8);
+    pool.allocate(A, "t", &tokens(0..10)).expect("room");
+    let copy = pool.fork(A, B).expect("room").expect("the third block is partly filled");
+    let (parent, child) = (pool.block_table(A).expect("held").to_vec(), pool.block_table(B).expect("held").to_vec());
+    assert_eq!(parent[..2], child[..2], "the full blocks are shared");
+    assert_eq!(copy, (parent[2], child[2]), "the partly filled one is copied to a block of its own");
+    assert_ne!(parent[2], child[2]);
+    assert_eq!((pool.len_of(B), pool.stats().blocks_used), (Some(10), 4));
+    pool.grow(B, 13).expect("room");
+    pool.grow(A, 11).expect("room");
+    assert_eq!(pool.block_table(A).map(<[BlockId]>::len), Some(3), "each grows on its own");
+    pool.free(A).expect("held");
+    assert_eq!(pool.block_table(B).map(<[BlockId]>::len), Some(4), "the child keeps the shared blocks");
+    pool.assert_consistent();
+    pool.free(B).expect("held");
+    assert_eq!(pool.stats().blocks_used, 0);
+    pool.assert_consistent();
+}
+
+#[test]
+fn kv_a_fork_of_whole_blocks_copies_nothing_and_a_full_pool_refuses_a_copy() {
+    let mut pool = pool(3);
+    pool.allocate(A, "t", &tokens(0..8)).expect("room");
+    assert_eq!(pool.fork(A, B), Ok(None), "two full blocks: all shared");
+    pool.allocate(C, "t", &tokens(0..3)).expect("the last block");
+    assert_eq!(pool.fork(C, SeqId(4)), Err(KvError::NoRoom { needed: 1, available: 0 }));
+    assert_eq!(pool.fork(SeqId(9), SeqId(5)), Err(KvError::UnknownSequence(SeqId(9))));
+    assert_eq!(pool.fork(A, B), Err(KvError::SequenceExists(B)));
+    assert_eq!(pool.stats().sequences, 3, "a refused fork adds nothing");
+    pool.assert_consistent();
+}
