@@ -7,11 +7,11 @@ use registry::names::Task;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::input::texts;
+use super::input::{list_answer, texts};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::inference::{Call, SERVED_BY};
+use crate::inference::Call;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(example = json!({"model": "sentiment", "input": ["I loved it.", "Not worth the money."]}))]
@@ -49,10 +49,5 @@ pub(super) async fn classifications(
         })
         .collect();
     call.succeeded();
-    Ok(HttpResponse::Ok().insert_header((SERVED_BY, served_by)).json(json!({
-        "object": "list",
-        "data": data,
-        "model": body.model,
-        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
-    })))
+    Ok(list_answer(served_by, &body.model, data, u64::from(tokens)))
 }

@@ -1,9 +1,11 @@
-//! The `input` of the OpenAI-shaped inference routes (embeddings, classifications): a
-//! string, or an array of strings.
+//! What the OpenAI-shaped inference routes (embeddings, classifications) share: their `input`
+//! (a string, or an array of strings) and their answer (a list with usage).
 
-use serde_json::Value;
+use actix_web::HttpResponse;
+use serde_json::{Value, json};
 
 use crate::error::{ApiError, ErrorCode};
+use crate::inference::SERVED_BY;
 
 /// Inputs in one request at most (OpenAI's limit for embeddings).
 const MAX_INPUTS: usize = 2048;
@@ -42,10 +44,19 @@ pub(super) fn texts(input: Value) -> Result<Vec<String>, ApiError> {
     Ok(texts)
 }
 
+/// The answer: `data` for `model`, which `served_by` (`tenant/model@version`) computed from
+/// `tokens` input tokens.
+pub(super) fn list_answer(served_by: String, model: &str, data: Vec<Value>, tokens: u64) -> HttpResponse {
+    HttpResponse::Ok().insert_header((SERVED_BY, served_by)).json(json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
+    }))
+}
+
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
 
     #[test]

@@ -7,11 +7,11 @@ use registry::names::{Role, Task};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::input::texts;
+use super::input::{list_answer, texts};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::inference::{Call, SERVED_BY};
+use crate::inference::Call;
 
 /// The caller's callable models: each model with a ready version, and each of its aliases.
 /// Requires: invoker.
@@ -91,12 +91,7 @@ pub(super) async fn embeddings(
         })
         .collect();
     call.succeeded();
-    Ok(HttpResponse::Ok().insert_header((SERVED_BY, served_by)).json(json!({
-        "object": "list",
-        "data": data,
-        "model": body.model,
-        "usage": { "prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens },
-    })))
+    Ok(list_answer(served_by, &body.model, data, prompt_tokens))
 }
 
 /// The first `dimensions` values, scaled back to unit length (as OpenAI shortens its
