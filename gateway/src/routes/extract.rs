@@ -10,7 +10,7 @@ use std::pin::Pin;
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use registry::models::Model;
-use registry::names::{ModelName, Role};
+use registry::names::Role;
 use registry::tenants::Tenant;
 use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::{Required, schema::Type};
@@ -73,9 +73,7 @@ async fn tenant(req: &HttpRequest) -> Result<(web::Data<AppState>, Tenant), ApiE
 
 async fn model(req: &HttpRequest) -> Result<ModelPath, ApiError> {
     let (state, tenant) = tenant(req).await?;
-    let raw = segment(req, "model");
-    let name = ModelName::parse(&raw).map_err(|_| ApiError::not_found(format!("model {raw:?} not found")))?;
-    let model = state.registry.model(&tenant.id, &name).await?;
+    let model = super::model_of(&state, &tenant, &segment(req, "model")).await?;
     Ok(ModelPath { tenant, model })
 }
 

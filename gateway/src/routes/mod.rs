@@ -97,7 +97,16 @@ pub(crate) async fn model_in(
     need: registry::names::Role,
 ) -> Result<registry::models::Model, ApiError> {
     let tenant = principal.tenant(&state.registry, tenant, need).await?;
-    let name = registry::names::ModelName::parse(model)
-        .map_err(|_| ApiError::not_found(format!("model {model:?} not found")))?;
+    model_of(state, &tenant, model).await
+}
+
+/// The model `raw` names in `tenant`; an unparseable name is "not found", like a missing one.
+pub(crate) async fn model_of(
+    state: &crate::AppState,
+    tenant: &registry::tenants::Tenant,
+    raw: &str,
+) -> Result<registry::models::Model, ApiError> {
+    let name =
+        registry::names::ModelName::parse(raw).map_err(|_| ApiError::not_found(format!("model {raw:?} not found")))?;
     Ok(state.registry.model(&tenant.id, &name).await?)
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::VersionPath;
-use super::{model_in, version_number};
+use super::{model_of, version_number};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
@@ -93,7 +93,7 @@ pub(crate) async fn ready_version(
     (tenant, model, version): &(String, String, String),
 ) -> Result<ModelSpec, ApiError> {
     let tenant = principal.tenant(&state.registry, tenant, Role::Admin).await?;
-    let model = model_in(state, principal, tenant.name.as_str(), model, Role::Admin).await?;
+    let model = model_of(state, &tenant, model).await?;
     spec_to_load(state, &tenant, &model, version_number(version)?).await
 }
 
