@@ -289,6 +289,16 @@ mod tests {
         assert!(Digest::parse(&"g".repeat(64)).is_err());
     }
 
+    /// `Registry::callable_models` splits its one-row listing on `;`, `:` and `,`, and model
+    /// references split on `:` and `@`: a tenant can name nothing that holds them.
+    #[test]
+    fn model_and_alias_names_never_hold_a_listing_or_reference_separator() {
+        for separator in [';', ':', ',', '@'] {
+            assert!(ModelName::parse(&format!("a{separator}b")).is_err(), "model name with {separator:?}");
+            assert!(AliasName::parse(&format!("a{separator}b")).is_err(), "alias name with {separator:?}");
+        }
+    }
+
     #[test]
     fn model_references_parse_in_three_forms() {
         let name = |s: &str| ModelName::parse(s).ok();
